@@ -1,0 +1,50 @@
+//! Message bodies: JSON, with the size limit every provider enforces on send.
+
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::value::RawValue;
+
+use crate::MessagingError;
+
+/// Serializes a message, refusing it before any I/O when it exceeds `max_bytes`.
+pub(crate) fn encode<T: Serialize>(
+    message: &T,
+    max_bytes: usize,
+) -> Result<Box<RawValue>, MessagingError> {
+    let raw = serde_json::value::to_raw_value(message).map_err(MessagingError::Serialization)?;
+    let size = raw.get().len();
+    if size > max_bytes {
+        return Err(MessagingError::MessageTooLarge {
+            size,
+            max: max_bytes,
+        });
+    }
+    Ok(raw)
+}
+
+/// Serializes a batch; one oversized message refuses the whole batch.
+pub(crate) fn encode_all<T: Serialize>(
+    messages: &[T],
+    max_bytes: usize,
+) -> Result<Vec<Box<RawValue>>, MessagingError> {
+    messages.iter().map(|m| encode(m, max_bytes)).collect()
+}
+
+/// Decodes a body; a failure marks the message as poison for the dead-letter policy.
+pub(crate) fn decode<T: DeserializeOwned>(body: &str) -> Result<T, serde_json::Error> {
+    serde_json::from_str(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_oversized_messages() {
+        let big = "x".repeat(100);
+        assert!(matches!(
+            encode(&big, 50),
+            Err(MessagingError::MessageTooLarge { size: 102, max: 50 })
+        ));
+        assert_eq!(encode(&big, 102).unwrap().get().len(), 102);
+    }
+}

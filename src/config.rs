@@ -1,0 +1,274 @@
+//! `MessagingConfig` and its figment loading: a TOML file, then
+//! `TASKER_MESSAGING_*` environment variables (`__` separates nesting).
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    providers::{Env, Format, Toml},
+    Figment,
+};
+use serde::Deserialize;
+
+use crate::{lease::MAX_VISIBILITY_TIMEOUT, queue_name, MessagingError, SecretUrl};
+
+/// Which queue provider a [`MessageBackend`](crate::MessageBackend) talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+pub enum Provider {
+    /// PGMQ on PostgreSQL (`provider = "pgmq"`).
+    #[serde(rename = "pgmq")]
+    Pgmq,
+    /// RabbitMQ over AMQP 0-9-1 (`provider = "rabbitmq"`).
+    #[serde(rename = "rabbitmq")]
+    RabbitMq,
+    /// An in-process queue with the same semantics (`provider = "in_memory"`).
+    #[default]
+    #[serde(rename = "in_memory")]
+    InMemory,
+}
+
+impl Provider {
+    /// The name used in config files and receipts.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Self::Pgmq => "pgmq",
+            Self::RabbitMq => "rabbitmq",
+            Self::InMemory => "in_memory",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.tag())
+    }
+}
+
+/// The whole configuration. Load it with [`MessagingConfig::load`]; every
+/// field has a default except the selected provider's URL.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessagingConfig {
+    /// The provider `MessageBackend::connect` builds.
+    pub provider: Provider,
+    /// Queue naming, leases, dead letters and size limits.
+    pub queues: QueuesConfig,
+    /// PGMQ settings; required when `provider = "pgmq"`.
+    pub pgmq: Option<PgmqConfig>,
+    /// RabbitMQ settings; required when `provider = "rabbitmq"`.
+    pub rabbitmq: Option<RabbitMqConfig>,
+}
+
+/// The `[queues]` section, shared by every provider.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueuesConfig {
+    /// How a namespace maps to a queue name; must contain `{namespace}`.
+    pub namespace_pattern: String,
+    /// The namespaces an orchestrator creates queues for.
+    pub namespaces: Vec<String>,
+    /// Lease length when the caller has no better idea, in seconds.
+    pub default_visibility_timeout_secs: u64,
+    /// Deliveries without a delete before a message is dead-lettered.
+    pub max_receive_count: u32,
+    /// Appended to a queue's name to name its dead-letter queue.
+    pub dead_letter_queue_suffix: String,
+    /// Largest serialized message accepted by a send, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for QueuesConfig {
+    fn default() -> Self {
+        Self {
+            namespace_pattern: "{namespace}_queue".into(),
+            namespaces: Vec::new(),
+            default_visibility_timeout_secs: 30,
+            max_receive_count: 5,
+            dead_letter_queue_suffix: "_dlq".into(),
+            max_message_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl QueuesConfig {
+    /// `default_visibility_timeout_secs` as a `Duration`.
+    pub fn default_visibility_timeout(&self) -> Duration {
+        Duration::from_secs(self.default_visibility_timeout_secs)
+    }
+}
+
+/// The `[pgmq]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgmqConfig {
+    /// `postgres://user:password@host:port/database`; the password is never shown.
+    pub database_url: SecretUrl,
+    /// Most connections the pool opens.
+    #[serde(default = "defaults::pool_size")]
+    pub pool_size: u32,
+    /// How long to wait for a connection before a call fails (and
+    /// `health_check` answers `false`), in milliseconds.
+    #[serde(default = "defaults::connection_timeout_ms")]
+    pub connection_timeout_ms: u64,
+}
+
+/// The `[rabbitmq]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RabbitMqConfig {
+    /// `amqp://user:password@host:port/vhost`; the password is never shown.
+    pub url: SecretUrl,
+    /// Deliveries the broker pushes ahead of `receive_messages` per queue (`basic.qos`).
+    #[serde(default = "defaults::prefetch_count")]
+    pub prefetch_count: u16,
+    /// AMQP heartbeat interval, in seconds.
+    #[serde(default = "defaults::heartbeat_interval_secs")]
+    pub heartbeat_interval_secs: u16,
+    /// How long to wait for the broker before a call fails, in milliseconds.
+    #[serde(default = "defaults::connection_timeout_ms")]
+    pub connection_timeout_ms: u64,
+}
+
+mod defaults {
+    pub fn pool_size() -> u32 {
+        10
+    }
+    pub fn connection_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn prefetch_count() -> u16 {
+        200
+    }
+    pub fn heartbeat_interval_secs() -> u16 {
+        10
+    }
+}
+
+impl MessagingConfig {
+    /// Prefix of the environment variables that override the file.
+    pub const ENV_PREFIX: &'static str = "TASKER_MESSAGING_";
+    /// Environment variable naming the config file to load.
+    pub const PATH_ENV: &'static str = "TASKER_MESSAGING_CONFIG";
+    /// File loaded when `TASKER_MESSAGING_CONFIG` is unset (optional).
+    pub const DEFAULT_PATH: &'static str = "config/messaging.toml";
+
+    /// Loads the file named by `TASKER_MESSAGING_CONFIG` (which must exist), or
+    /// `config/messaging.toml` if present, then applies `TASKER_MESSAGING_*`
+    /// environment variables, then validates.
+    pub fn load() -> Result<Self, MessagingError> {
+        match std::env::var_os(Self::PATH_ENV) {
+            Some(path) => Self::from_file(PathBuf::from(path)),
+            None => Self::from_figment(Self::figment(Some(Path::new(Self::DEFAULT_PATH)))),
+        }
+    }
+
+    /// Loads `path` (which must exist), then the environment, then validates.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, MessagingError> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(MessagingError::Config(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        Self::from_figment(Self::figment(Some(path)))
+    }
+
+    /// The layered figment: defaults, then `file` if present, then
+    /// `TASKER_MESSAGING_*`. Merge more providers into it, then call
+    /// [`from_figment`](Self::from_figment).
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment.merge(
+            Env::prefixed(Self::ENV_PREFIX)
+                .ignore(&["config"])
+                .split("__"),
+        )
+    }
+
+    /// Extracts and validates a configuration from any figment.
+    pub fn from_figment(figment: Figment) -> Result<Self, MessagingError> {
+        let config: Self = figment
+            .extract()
+            .map_err(|e| MessagingError::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value's range and that the selected provider is configured.
+    pub fn validate(&self) -> Result<(), MessagingError> {
+        let q = &self.queues;
+        let bad = |key: &str, why: String| Err(MessagingError::Config(format!("{key} {why}")));
+        if q.max_receive_count == 0 {
+            return bad("queues.max_receive_count", "must be at least 1".into());
+        }
+        if q.default_visibility_timeout_secs == 0
+            || q.default_visibility_timeout() > MAX_VISIBILITY_TIMEOUT
+        {
+            return bad(
+                "queues.default_visibility_timeout_secs",
+                format!("must be between 1 and {}", MAX_VISIBILITY_TIMEOUT.as_secs()),
+            );
+        }
+        let suffix = &q.dead_letter_queue_suffix;
+        if suffix.is_empty()
+            || suffix.len() > 8
+            || !suffix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return bad(
+                "queues.dead_letter_queue_suffix",
+                format!("must be 1 to 8 bytes of `a-z`, `0-9` and `_` (got {suffix:?})"),
+            );
+        }
+        if q.max_message_bytes == 0 {
+            return bad("queues.max_message_bytes", "must be at least 1".into());
+        }
+        if !q.namespace_pattern.contains("{namespace}") {
+            return bad(
+                "queues.namespace_pattern",
+                format!("must contain `{{namespace}}` (got {:?})", q.namespace_pattern),
+            );
+        }
+        let router = crate::NamespaceQueueRouter::new(q.namespace_pattern.clone());
+        for namespace in &q.namespaces {
+            let queue = crate::MessageRouter::route_to_queue(&router, namespace, "");
+            queue_name::validate_new_queue_name(&queue, suffix)
+                .map_err(|e| MessagingError::Config(format!("queues.namespaces: {e}")))?;
+        }
+        if let Some(pgmq) = &self.pgmq {
+            if pgmq.pool_size == 0 {
+                return bad("pgmq.pool_size", "must be at least 1".into());
+            }
+            if pgmq.connection_timeout_ms == 0 {
+                return bad("pgmq.connection_timeout_ms", "must be at least 1".into());
+            }
+        }
+        if let Some(rabbit) = &self.rabbitmq {
+            if rabbit.prefetch_count == 0 {
+                return bad("rabbitmq.prefetch_count", "must be at least 1".into());
+            }
+            if rabbit.connection_timeout_ms == 0 {
+                return bad("rabbitmq.connection_timeout_ms", "must be at least 1".into());
+            }
+        }
+        match self.provider {
+            Provider::Pgmq if self.pgmq.is_none() => bad(
+                "pgmq.database_url",
+                "is required when provider = \"pgmq\"".into(),
+            ),
+            Provider::RabbitMq if self.rabbitmq.is_none() => bad(
+                "rabbitmq.url",
+                "is required when provider = \"rabbitmq\"".into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The dead-letter policy, written once: when a delivery goes to the
+//! dead-letter queue instead of the caller, and what gets logged.
+
+/// Why a message was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeadLetterReason {
+    /// Received `max_receive_count` times without being deleted.
+    MaxReceives,
+    /// The body does not decode as the requested type.
+    Poison,
+}
+
+impl DeadLetterReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxReceives => "max_receive_count_exceeded",
+            Self::Poison => "undecodable_body",
+        }
+    }
+}
+
+/// What a receive does with one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Hand it to the caller.
+    Deliver,
+    /// Move it to the dead-letter queue, in the same step as the read.
+    DeadLetter(DeadLetterReason),
+    /// Keep it leased and out of the caller's hands (poison in a dead-letter queue).
+    Hold,
+}
+
+/// The queue settings that decide dead-lettering.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadLetterPolicy {
+    pub max_receive_count: u32,
+    pub suffix: String,
+}
+
+impl DeadLetterPolicy {
+    /// The dead-letter queue of `queue`, or `None` when `queue` is itself one
+    /// (a dead-letter queue has no dead-letter queue of its own).
+    pub(crate) fn dead_letter_queue(&self, queue: &str) -> Option<String> {
+        (!queue.ends_with(&self.suffix)).then(|| format!("{queue}{}", self.suffix))
+    }
+
+    /// What to do with a delivery of a message from `queue` that has now been
+    /// received `receive_count` times (this delivery included).
+    ///
+    /// A dead-letter queue has no dead-letter queue: its messages are never
+    /// moved, and an undecodable one is held (left leased) for an operator.
+    pub(crate) fn verdict(&self, queue: &str, receive_count: u32, decodes: bool) -> Verdict {
+        let reason = if !decodes {
+            DeadLetterReason::Poison
+        } else if receive_count > self.max_receive_count {
+            DeadLetterReason::MaxReceives
+        } else {
+            return Verdict::Deliver;
+        };
+        match (self.dead_letter_queue(queue), reason) {
+            (Some(_), reason) => Verdict::DeadLetter(reason),
+            (None, DeadLetterReason::MaxReceives) => Verdict::Deliver,
+            (None, DeadLetterReason::Poison) => Verdict::Hold,
+        }
+    }
+
+    /// Logs a dead-letter move; every provider calls this once per message moved.
+    pub(crate) fn log_move(&self, queue: &str, message_id: &str, reason: DeadLetterReason) {
+        tracing::warn!(
+            queue,
+            message_id,
+            reason = reason.as_str(),
+            "moved message to dead-letter queue"
+        );
+    }
+
+    /// Logs a held message (see [`Verdict::Hold`]).
+    pub(crate) fn log_held(&self, queue: &str, message_id: &str) {
+        tracing::warn!(
+            queue,
+            message_id,
+            reason = DeadLetterReason::Poison.as_str(),
+            "undecodable message in a dead-letter queue; left leased for an operator"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> DeadLetterPolicy {
+        DeadLetterPolicy {
+            max_receive_count: 3,
+            suffix: "_dlq".into(),
+        }
+    }
+
+    #[test]
+    fn dead_letter_queues_have_none_of_their_own() {
+        assert_eq!(policy().dead_letter_queue("orders").as_deref(), Some("orders_dlq"));
+        assert_eq!(policy().dead_letter_queue("orders_dlq"), None);
+    }
+
+    #[test]
+    fn verdicts() {
+        let p = policy();
+        assert_eq!(p.verdict("q", 3, true), Verdict::Deliver);
+        assert_eq!(p.verdict("q", 4, true), Verdict::DeadLetter(DeadLetterReason::MaxReceives));
+        assert_eq!(p.verdict("q", 1, false), Verdict::DeadLetter(DeadLetterReason::Poison));
+        assert_eq!(p.verdict("q_dlq", 9, true), Verdict::Deliver);
+        assert_eq!(p.verdict("q_dlq", 1, false), Verdict::Hold);
+    }
+}

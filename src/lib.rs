@@ -1,0 +1,75 @@
+//! # tasker-messaging
+//!
+//! One queue abstraction for the Tasker workflow orchestrator: small UUID
+//! messages over **PGMQ** (PostgreSQL) or an **in-memory** queue, chosen by
+//! configuration at startup, with the same observable behaviour on each.
+//!
+//! Hold one [`MessageBackend`]; every call dispatches statically (an
+//! `enum_dispatch` `match`) to the configured provider: no trait objects, no
+//! boxed futures, no generic parameter to carry around.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tasker_messaging::{MessageBackend, MessagingConfig, MessagingService, SimpleStepMessage};
+//! use uuid::Uuid;
+//!
+//! # async fn run() -> Result<(), tasker_messaging::MessagingError> {
+//! let backend = MessageBackend::connect(&MessagingConfig::load()?).await?;
+//! backend.create_queue("fulfillment_queue").await?;
+//! let step = SimpleStepMessage::new(Uuid::new_v4(), Uuid::new_v4());
+//! backend.send_message("fulfillment_queue", &step).await?;
+//! for msg in backend
+//!     .receive_messages::<SimpleStepMessage>("fulfillment_queue", 10, Duration::from_secs(30))
+//!     .await?
+//! {
+//!     // ... run the step, then:
+//!     backend.delete_message("fulfillment_queue", msg.receipt()).await?;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! ## The contract
+//!
+//! Every provider passes the same [`conformance`] suite:
+//! - sends return once the message is durable;
+//! - receives are pull-based and lease each message for a visibility timeout
+//!   (whole seconds); an unreleased lease expires and the message comes back
+//!   with `receive_count` one higher;
+//! - a receipt names one lease: a stale one is [`MessagingError::LeaseExpired`]
+//!   and never touches a message another consumer holds;
+//! - after `max_receive_count` deliveries, or at once if its body does not
+//!   decode, a message moves to the queue's dead-letter queue;
+//! - delivery is at-least-once: duplicates are possible, loss is not.
+#![deny(missing_docs)]
+
+// enum_dispatch expands the enum's impl where it meets the second of the
+// pair, so the trait must be declared before the enum.
+mod service;
+mod backend;
+
+mod codec;
+mod config;
+pub mod conformance;
+mod dead_letter;
+mod error;
+mod lease;
+mod message;
+mod providers;
+mod queue_name;
+mod receipt;
+mod router;
+mod secret;
+
+pub use backend::MessageBackend;
+pub use config::{MessagingConfig, PgmqConfig, Provider, QueuesConfig, RabbitMqConfig};
+pub use error::{BoxError, MessagingError};
+pub use lease::MAX_VISIBILITY_TIMEOUT;
+pub use message::{
+    MessageId, QueueMessage, QueueStats, QueuedMessage, QueuedMessageMetadata, ReceiptHandle,
+    SimpleStepMessage,
+};
+pub use providers::{InMemoryMessageService, PgmqMessageService};
+pub use queue_name::{validate_queue_name, MAX_QUEUE_NAME_BYTES};
+pub use router::{MessageRouter, NamespaceQueueRouter};
+pub use secret::SecretUrl;
+pub use service::MessagingService;

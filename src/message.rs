@@ -1,0 +1,207 @@
+//! The values that travel through a queue: messages, ids, receipts and stats.
+
+use std::{fmt, str::FromStr};
+
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A message that can be queued: any serde type that is `Send + Sync + 'static`.
+///
+/// Bodies travel as JSON. Implement it for your own types with an empty `impl`;
+/// override [`message_type`](Self::message_type) when routing needs a stable name.
+pub trait QueueMessage: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// A short type name, used for routing and logs. Defaults to the type's
+    /// name without its module path.
+    fn message_type(&self) -> &str {
+        let full = std::any::type_name::<Self>();
+        let base = full.split('<').next().unwrap_or(full);
+        base.rsplit("::").next().unwrap_or(base)
+    }
+
+    /// An id that ties this message to a larger unit of work, for tracing.
+    fn correlation_id(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Tasker's step message: "step X of task Y is ready", with the steps it waited on.
+///
+/// PostgreSQL holds the state; the message carries only ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimpleStepMessage {
+    /// The task the step belongs to.
+    pub task_uuid: Uuid,
+    /// The step that is ready to run.
+    pub step_uuid: Uuid,
+    /// The steps whose completion made this one ready.
+    #[serde(default)]
+    pub ready_dependency_step_uuids: Vec<Uuid>,
+}
+
+impl SimpleStepMessage {
+    /// A step message with no dependencies.
+    pub fn new(task_uuid: Uuid, step_uuid: Uuid) -> Self {
+        Self {
+            task_uuid,
+            step_uuid,
+            ready_dependency_step_uuids: Vec::new(),
+        }
+    }
+}
+
+impl QueueMessage for SimpleStepMessage {
+    fn message_type(&self) -> &str {
+        "SimpleStepMessage"
+    }
+
+    fn correlation_id(&self) -> Option<String> {
+        Some(self.task_uuid.to_string())
+    }
+}
+
+/// A message's provider-assigned id (a PGMQ `msg_id`, a RabbitMQ message id, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(String);
+
+impl MessageId {
+    /// Wraps a provider's id.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Proof of one lease on one received message; pass it to `delete_message` or
+/// `change_message_visibility`.
+///
+/// Opaque: its text round-trips through `Display`/`FromStr` (so it can be stored
+/// or sent elsewhere), and the provider checks it when it comes back. A receipt
+/// from another provider or queue is `InvalidReceipt`; one whose lease has ended
+/// is `LeaseExpired`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ReceiptHandle(String);
+
+impl ReceiptHandle {
+    pub(crate) fn from_string(text: String) -> Self {
+        Self(text)
+    }
+
+    /// The receipt as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ReceiptHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for ReceiptHandle {
+    type Err = std::convert::Infallible;
+
+    /// Any text parses; the provider validates it when it is used.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// What the queue knows about one delivery of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessageMetadata {
+    /// The message's id; stable across deliveries.
+    pub message_id: MessageId,
+    /// The receipt of this delivery's lease.
+    pub receipt_handle: ReceiptHandle,
+    /// When the message was first enqueued.
+    pub enqueued_at: DateTime<Utc>,
+    /// How many times the message has been received, this delivery included
+    /// (1 on first receive).
+    pub receive_count: u32,
+    /// When this lease ends and the message becomes visible again.
+    pub visibility_timeout_expires: DateTime<Utc>,
+}
+
+/// A received message and its delivery metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedMessage<T> {
+    /// The delivery's id, receipt and counters.
+    pub metadata: QueuedMessageMetadata,
+    /// The decoded message.
+    pub message: T,
+}
+
+impl<T> QueuedMessage<T> {
+    /// Shorthand for `&self.metadata.receipt_handle`.
+    pub fn receipt(&self) -> &ReceiptHandle {
+        &self.metadata.receipt_handle
+    }
+}
+
+/// A snapshot of one queue. A field a provider cannot know is `None`, never a guess.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// The queue's name.
+    pub queue_name: String,
+    /// Messages ready to be received now.
+    pub message_count: u64,
+    /// Messages currently leased to a consumer.
+    pub in_flight_count: Option<u64>,
+    /// Age of the oldest message in the queue, in seconds.
+    pub oldest_message_age_seconds: Option<i64>,
+    /// Messages in the queue's dead-letter queue.
+    pub dead_letter_count: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    struct Custom;
+    impl QueueMessage for Custom {}
+
+    #[test]
+    fn default_message_type_is_the_short_type_name() {
+        assert_eq!(Custom.message_type(), "Custom");
+    }
+
+    #[test]
+    fn ids_and_receipts_round_trip_through_text() {
+        let receipt: ReceiptHandle = "pgmq:q:1:2".parse().unwrap();
+        assert_eq!(receipt.to_string().parse::<ReceiptHandle>().unwrap(), receipt);
+        let id: MessageId = "42".parse().unwrap();
+        assert_eq!(id.as_str(), "42");
+    }
+
+    #[test]
+    fn step_message_without_dependencies_decodes() {
+        let task = Uuid::new_v4();
+        let step = Uuid::new_v4();
+        let json = format!(r#"{{"task_uuid":"{task}","step_uuid":"{step}"}}"#);
+        let msg: SimpleStepMessage = serde_json::from_str(&json).unwrap();
+        assert_eq!(msg, SimpleStepMessage::new(task, step));
+    }
+}

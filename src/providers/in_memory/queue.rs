@@ -1,0 +1,142 @@
+//! One in-memory queue: messages by id (FIFO), the ready set and the leases.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+
+use crate::receipt::Receipt;
+
+#[derive(Debug)]
+struct Stored {
+    body: Box<str>,
+    enqueued_at: DateTime<Utc>,
+    receive_count: u32,
+    /// `Some(deadline)` while leased.
+    lease: Option<Instant>,
+}
+
+/// A message handed out by [`Queue::lease_next`].
+pub(super) struct Received {
+    pub id: u64,
+    pub body: Box<str>,
+    pub enqueued_at: DateTime<Utc>,
+    pub receive_count: u32,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Queue {
+    next_id: u64,
+    messages: BTreeMap<u64, Stored>,
+    /// Ids of messages not leased, in FIFO order.
+    ready: BTreeSet<u64>,
+    /// `(deadline, id)` of every lease, earliest first.
+    leases: BTreeSet<(Instant, u64)>,
+}
+
+impl Queue {
+    pub fn push(&mut self, body: Box<str>) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.messages.insert(
+            id,
+            Stored {
+                body,
+                enqueued_at: Utc::now(),
+                receive_count: 0,
+                lease: None,
+            },
+        );
+        self.ready.insert(id);
+        id
+    }
+
+    /// Makes every message whose lease ended at or before `now` ready again.
+    pub fn release_expired(&mut self, now: Instant) {
+        while let Some(&(deadline, id)) = self.leases.first() {
+            if deadline > now {
+                break;
+            }
+            self.leases.pop_first();
+            if let Some(stored) = self.messages.get_mut(&id) {
+                stored.lease = None;
+                self.ready.insert(id);
+            }
+        }
+    }
+
+    /// Leases the oldest ready message until `deadline`.
+    pub fn lease_next(&mut self, deadline: Instant) -> Option<Received> {
+        let id = self.ready.pop_first()?;
+        let stored = self.messages.get_mut(&id)?;
+        stored.receive_count = stored.receive_count.saturating_add(1);
+        stored.lease = Some(deadline);
+        self.leases.insert((deadline, id));
+        Some(Received {
+            id,
+            body: stored.body.clone(),
+            enqueued_at: stored.enqueued_at,
+            receive_count: stored.receive_count,
+        })
+    }
+
+    /// Removes a message outright, returning its body.
+    pub fn remove(&mut self, id: u64) -> Option<Box<str>> {
+        let stored = self.messages.remove(&id)?;
+        self.ready.remove(&id);
+        if let Some(deadline) = stored.lease {
+            self.leases.remove(&(deadline, id));
+        }
+        Some(stored.body)
+    }
+
+    /// The live lease `receipt` names, if it is still held.
+    fn live_lease(&self, receipt: Receipt) -> Option<Instant> {
+        let stored = self.messages.get(&receipt.id)?;
+        (u64::from(stored.receive_count) == receipt.lease)
+            .then_some(stored.lease)
+            .flatten()
+    }
+
+    pub fn delete_leased(&mut self, receipt: Receipt) -> bool {
+        self.live_lease(receipt).is_some() && self.remove(receipt.id).is_some()
+    }
+
+    /// Moves a live lease's deadline; a deadline of now releases the message.
+    pub fn extend_lease(&mut self, receipt: Receipt, deadline: Instant) -> bool {
+        let Some(old) = self.live_lease(receipt) else {
+            return false;
+        };
+        self.leases.remove(&(old, receipt.id));
+        self.leases.insert((deadline, receipt.id));
+        if let Some(stored) = self.messages.get_mut(&receipt.id) {
+            stored.lease = Some(deadline);
+        }
+        self.release_expired(Instant::now());
+        true
+    }
+
+    pub fn purge_ready(&mut self) -> u64 {
+        let ready = std::mem::take(&mut self.ready);
+        for id in &ready {
+            self.messages.remove(id);
+        }
+        ready.len() as u64
+    }
+
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    pub fn leased_len(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub fn oldest_enqueued_at(&self) -> Option<DateTime<Utc>> {
+        self.messages.first_key_value().map(|(_, m)| m.enqueued_at)
+    }
+}

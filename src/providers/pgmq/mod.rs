@@ -1,0 +1,378 @@
+//! PGMQ on PostgreSQL, through a sqlx pool.
+//!
+//! Reads and sends go through the `pgmq.*` functions with explicit column
+//! lists. Deletes and lease changes are guarded statements on the queue table
+//! itself, because `pgmq.delete`/`pgmq.set_vt` cannot check that the caller
+//! still holds the lease: a receipt is `msg_id` plus `read_ct`, and a statement
+//! that changes a message requires both, and an unexpired `vt`.
+
+mod errors;
+mod install;
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    types::Json,
+    PgPool,
+};
+
+use self::errors::db_error;
+use crate::{
+    codec,
+    dead_letter::{DeadLetterPolicy, DeadLetterReason, Verdict},
+    lease,
+    queue_name::{validate_new_queue_name, validate_queue_name},
+    receipt::Receipt,
+    MessageId, MessagingError, MessagingService, PgmqConfig, Provider, QueueMessage, QueueStats,
+    QueuedMessage, QueuedMessageMetadata, QueuesConfig, ReceiptHandle,
+};
+
+/// The PGMQ provider: a sqlx pool and the queue settings. Clones share the pool.
+#[derive(Debug, Clone)]
+pub struct PgmqMessageService {
+    pool: PgPool,
+    config: Arc<QueuesConfig>,
+    dead_letters: Arc<DeadLetterPolicy>,
+    connection_timeout: Duration,
+}
+
+/// One row of `pgmq.read`.
+#[derive(sqlx::FromRow)]
+struct ReadRow {
+    msg_id: i64,
+    read_ct: i32,
+    enqueued_at: DateTime<Utc>,
+    vt: DateTime<Utc>,
+    body: String,
+}
+
+impl PgmqMessageService {
+    /// Connects a pool to `config.database_url` and installs PGMQ if absent.
+    pub async fn connect(config: &PgmqConfig, queues: QueuesConfig) -> Result<Self, MessagingError> {
+        let options = PgConnectOptions::from_str(config.database_url.expose()).map_err(|_| {
+            MessagingError::Config(format!(
+                "pgmq.database_url is not a PostgreSQL URL: {}",
+                config.database_url
+            ))
+        })?;
+        let connection_timeout = Duration::from_millis(config.connection_timeout_ms);
+        let pool = PgPoolOptions::new()
+            .max_connections(config.pool_size)
+            .acquire_timeout(connection_timeout)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| {
+                MessagingError::connection(
+                    Provider::Pgmq,
+                    format!("cannot connect to {}: {e}", config.database_url),
+                    Some(e.into()),
+                )
+            })?;
+        install::ensure_installed(&options, &pool).await?;
+        Ok(Self::from_pool(pool, queues, connection_timeout))
+    }
+
+    /// Wraps an existing pool on a database where PGMQ is installed.
+    pub fn from_pool(pool: PgPool, queues: QueuesConfig, connection_timeout: Duration) -> Self {
+        Self {
+            pool,
+            dead_letters: Arc::new((&queues).into()),
+            config: Arc::new(queues),
+            connection_timeout,
+        }
+    }
+
+    /// The underlying pool, for running SQL in the same database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn receipt(&self, queue: &str, receipt: &ReceiptHandle) -> Result<Receipt, MessagingError> {
+        validate_queue_name(queue)?;
+        Receipt::decode(receipt, Provider::Pgmq, queue)
+    }
+
+    /// Runs a lease-guarded statement (`$1` msg_id, `$2` read_ct, then `extra`);
+    /// no matching row means the lease has ended.
+    async fn on_live_lease(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        queue: &str,
+        receipt: &ReceiptHandle,
+        extra: Option<i32>,
+    ) -> Result<(), MessagingError> {
+        let lease = self.receipt(queue, receipt)?;
+        let (Ok(msg_id), Ok(read_ct)) = (i64::try_from(lease.id), i32::try_from(lease.lease))
+        else {
+            return Err(MessagingError::InvalidReceipt {
+                receipt: receipt.to_string(),
+                reason: "receipt numbers out of range",
+            });
+        };
+        let mut query = sqlx::query(sql).bind(msg_id).bind(read_ct);
+        if let Some(extra) = extra {
+            query = query.bind(extra);
+        }
+        let done = query
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(operation, e, Some(queue)))?;
+        if done.rows_affected() == 0 {
+            return Err(MessagingError::LeaseExpired {
+                queue: queue.to_owned(),
+                receipt: receipt.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Moves messages this transaction has just leased to the dead-letter queue.
+    async fn move_to_dead_letters(
+        tx: &mut sqlx::PgConnection,
+        queue: &str,
+        dlq: &str,
+        dead: &[(i64, DeadLetterReason)],
+    ) -> Result<(), sqlx::Error> {
+        let ids: Vec<i64> = dead.iter().map(|(id, _)| *id).collect();
+        let reasons: Vec<&str> = dead.iter().map(|(_, r)| r.as_str()).collect();
+        // Recreate the dead-letter queue if someone dropped it on its own.
+        sqlx::query("SELECT pgmq.create($1)")
+            .bind(dlq)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!(
+            "WITH moved AS (
+                 DELETE FROM pgmq.q_{queue} WHERE msg_id = ANY($1)
+                 RETURNING msg_id, message, headers)
+             INSERT INTO pgmq.q_{dlq} (vt, message, headers)
+             SELECT clock_timestamp(), moved.message,
+                    coalesce(moved.headers, '{{}}'::jsonb) || jsonb_build_object(
+                        'dead_letter', jsonb_build_object(
+                            'source_queue', $3::text,
+                            'source_msg_id', moved.msg_id,
+                            'reason', r.reason))
+             FROM moved JOIN unnest($1::bigint[], $2::text[]) AS r(id, reason)
+                  ON r.id = moved.msg_id
+             ORDER BY moved.msg_id"
+        ))
+        .bind(&ids)
+        .bind(&reasons)
+        .bind(queue)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+impl MessagingService for PgmqMessageService {
+    async fn health_check(&self) -> Result<bool, MessagingError> {
+        let ping = sqlx::query("SELECT 1").execute(&self.pool);
+        Ok(matches!(
+            tokio::time::timeout(self.connection_timeout, ping).await,
+            Ok(Ok(_))
+        ))
+    }
+
+    async fn create_queue(&self, queue: &str) -> Result<(), MessagingError> {
+        validate_new_queue_name(queue, &self.config.dead_letter_queue_suffix)?;
+        let mut names = vec![queue.to_owned()];
+        names.extend(self.dead_letters.dead_letter_queue(queue));
+        sqlx::query("SELECT pgmq.create(name) FROM unnest($1::text[]) AS name")
+            .bind(&names)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("create_queue", e, None))?;
+        Ok(())
+    }
+
+    async fn send_message<T: QueueMessage>(
+        &self,
+        queue: &str,
+        message: &T,
+    ) -> Result<MessageId, MessagingError> {
+        validate_queue_name(queue)?;
+        let body = codec::encode(message, self.config.max_message_bytes)?;
+        let id: i64 = sqlx::query_scalar("SELECT pgmq.send($1, $2)")
+            .bind(queue)
+            .bind(Json(&body))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error("send_message", e, Some(queue)))?;
+        Ok(MessageId::new(id.to_string()))
+    }
+
+    async fn send_batch<T: QueueMessage>(
+        &self,
+        queue: &str,
+        messages: &[T],
+    ) -> Result<Vec<MessageId>, MessagingError> {
+        validate_queue_name(queue)?;
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bodies: Vec<_> = codec::encode_all(messages, self.config.max_message_bytes)?
+            .into_iter()
+            .map(Json)
+            .collect();
+        // One statement: all or nothing, ids in input order.
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT pgmq.send_batch($1, $2)")
+            .bind(queue)
+            .bind(&bodies)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("send_batch", e, Some(queue)))?;
+        Ok(ids.into_iter().map(|id| MessageId::new(id.to_string())).collect())
+    }
+
+    async fn receive_messages<T: QueueMessage>(
+        &self,
+        queue: &str,
+        max_messages: usize,
+        visibility_timeout: Duration,
+    ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        validate_queue_name(queue)?;
+        lease::check_max_messages(max_messages)?;
+        let vt = i32::try_from(lease::lease_secs(visibility_timeout, 1)?)
+            .map_err(|_| MessagingError::invalid_argument("visibility timeout too large"))?;
+        let qty = i32::try_from(max_messages).unwrap_or(i32::MAX);
+        let err = |e| db_error("receive_messages", e, Some(queue));
+
+        // The read and any dead-letter move commit together: a crash between
+        // them leaves the message leased in its queue, never lost.
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let rows: Vec<ReadRow> = sqlx::query_as(
+            "SELECT msg_id, read_ct, enqueued_at, vt, message::text AS body
+             FROM pgmq.read($1, $2, $3)",
+        )
+        .bind(queue)
+        .bind(vt)
+        .bind(qty)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+
+        let mut delivered = Vec::with_capacity(rows.len());
+        let mut dead = Vec::new();
+        for row in rows {
+            let receive_count = u32::try_from(row.read_ct).unwrap_or(0);
+            let decoded = codec::decode::<T>(&row.body);
+            match self
+                .dead_letters
+                .verdict(queue, receive_count, decoded.is_ok())
+            {
+                Verdict::Deliver => {
+                    let Ok(message) = decoded else { continue };
+                    delivered.push(QueuedMessage {
+                        metadata: QueuedMessageMetadata {
+                            message_id: MessageId::new(row.msg_id.to_string()),
+                            receipt_handle: Receipt {
+                                id: row.msg_id as u64,
+                                lease: u64::from(receive_count),
+                            }
+                            .encode(Provider::Pgmq, queue),
+                            enqueued_at: row.enqueued_at,
+                            receive_count,
+                            visibility_timeout_expires: row.vt,
+                        },
+                        message,
+                    });
+                }
+                Verdict::DeadLetter(reason) => dead.push((row.msg_id, reason)),
+                Verdict::Hold => self.dead_letters.log_held(queue, &row.msg_id.to_string()),
+            }
+        }
+        if let (false, Some(dlq)) = (dead.is_empty(), self.dead_letters.dead_letter_queue(queue)) {
+            Self::move_to_dead_letters(&mut tx, queue, &dlq, &dead)
+                .await
+                .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+        for (id, reason) in dead {
+            self.dead_letters.log_move(queue, &id.to_string(), reason);
+        }
+        Ok(delivered)
+    }
+
+    async fn delete_message(
+        &self,
+        queue: &str,
+        receipt: &ReceiptHandle,
+    ) -> Result<(), MessagingError> {
+        let sql = format!(
+            "DELETE FROM pgmq.q_{queue}
+             WHERE msg_id = $1 AND read_ct = $2 AND vt > clock_timestamp()"
+        );
+        self.on_live_lease("delete_message", &sql, queue, receipt, None)
+            .await
+    }
+
+    async fn change_message_visibility(
+        &self,
+        queue: &str,
+        receipt: &ReceiptHandle,
+        visibility_timeout: Duration,
+    ) -> Result<(), MessagingError> {
+        let secs = i32::try_from(lease::lease_secs(visibility_timeout, 0)?)
+            .map_err(|_| MessagingError::invalid_argument("visibility timeout too large"))?;
+        let sql = format!(
+            "UPDATE pgmq.q_{queue} SET vt = clock_timestamp() + make_interval(secs => $3)
+             WHERE msg_id = $1 AND read_ct = $2 AND vt > clock_timestamp()"
+        );
+        self.on_live_lease("change_message_visibility", &sql, queue, receipt, Some(secs))
+            .await
+    }
+
+    async fn get_queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError> {
+        validate_queue_name(queue)?;
+        let dlq = self.dead_letters.dead_letter_queue(queue);
+        let (ready, total, oldest, dead): (i64, i64, Option<i32>, Option<i64>) = sqlx::query_as(
+            "SELECT m.queue_visible_length, m.queue_length, m.oldest_msg_age_sec,
+                    CASE WHEN to_regclass('pgmq.q_' || $2) IS NULL THEN NULL
+                         ELSE (SELECT d.queue_length FROM pgmq.metrics($2) d) END
+             FROM pgmq.metrics($1) m",
+        )
+        .bind(queue)
+        .bind(dlq.as_deref())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_error("get_queue_stats", e, Some(queue)))?;
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok(QueueStats {
+            queue_name: queue.to_owned(),
+            message_count: count(ready),
+            in_flight_count: Some(count(total - ready)),
+            oldest_message_age_seconds: oldest.map(i64::from),
+            dead_letter_count: dead.map(count),
+        })
+    }
+
+    async fn purge_queue(&self, queue: &str) -> Result<u64, MessagingError> {
+        validate_queue_name(queue)?;
+        let done = sqlx::query(&format!(
+            "DELETE FROM pgmq.q_{queue} WHERE vt <= clock_timestamp()"
+        ))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("purge_queue", e, Some(queue)))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<(), MessagingError> {
+        validate_queue_name(queue)?;
+        let mut names = vec![queue.to_owned()];
+        names.extend(self.dead_letters.dead_letter_queue(queue));
+        sqlx::query("SELECT pgmq.drop_queue(name) FROM unnest($1::text[]) AS name")
+            .bind(&names)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("delete_queue", e, None))?;
+        Ok(())
+    }
+
+    fn provider(&self) -> Provider {
+        Provider::Pgmq
+    }
+}

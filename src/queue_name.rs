@@ -1,0 +1,99 @@
+//! Queue-name rules, shared by every provider and checked before any I/O.
+
+use crate::MessagingError;
+
+/// Longest queue name, dead-letter suffix included: PGMQ's limit, so that
+/// `template_pgmq_q_{name}` fits PostgreSQL's 63-byte identifiers.
+pub const MAX_QUEUE_NAME_BYTES: usize = 47;
+
+/// Checks a queue name against `^[a-z_][a-z0-9_]*$` and the
+/// [`MAX_QUEUE_NAME_BYTES`] limit.
+///
+/// This is the check every operation runs first; a name that passes is safe to
+/// embed in SQL identifiers and AMQP queue names. `create_queue` additionally
+/// requires room for the dead-letter suffix.
+pub fn validate_queue_name(name: &str) -> Result<(), MessagingError> {
+    let reason = if name.is_empty() {
+        Some("must not be empty")
+    } else if name.len() > MAX_QUEUE_NAME_BYTES {
+        Some("is longer than 47 bytes")
+    } else if name.starts_with(|c: char| c.is_ascii_digit()) {
+        Some("must start with a lower-case letter or `_`")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        Some("may contain only `a-z`, `0-9` and `_`")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(invalid(name, reason)),
+    }
+}
+
+/// Checks a name for `create_queue`: valid, and short enough that its
+/// dead-letter queue `{name}{suffix}` is valid too.
+pub(crate) fn validate_new_queue_name(name: &str, dlq_suffix: &str) -> Result<(), MessagingError> {
+    validate_queue_name(name)?;
+    if !name.ends_with(dlq_suffix) && name.len() + dlq_suffix.len() > MAX_QUEUE_NAME_BYTES {
+        return Err(invalid(
+            name,
+            "leaves no room for the dead-letter suffix within 47 bytes",
+        ));
+    }
+    Ok(())
+}
+
+fn invalid(name: &str, reason: &'static str) -> MessagingError {
+    // Names come from callers and may be huge; keep errors and logs bounded.
+    let shown: String = name.chars().take(64).collect();
+    MessagingError::InvalidQueueName {
+        name: shown,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_documented_alphabet() {
+        for ok in ["a", "_", "fulfillment_queue", "q1_2", &"a".repeat(47)] {
+            validate_queue_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn rejects_everything_else() {
+        let long = "a".repeat(48);
+        for bad in [
+            "", "Upper", "dash-name", "with space", "quote'", "semi;colon", "ünï", "1abc", &long,
+            "a\"b", "a$b", "a.b",
+        ] {
+            assert!(
+                matches!(
+                    validate_queue_name(bad),
+                    Err(MessagingError::InvalidQueueName { .. })
+                ),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn create_needs_room_for_the_suffix() {
+        let base = "a".repeat(44);
+        assert!(validate_new_queue_name(&base, "_dlq").is_err());
+        assert!(validate_new_queue_name(&base[..43], "_dlq").is_ok());
+    }
+
+    #[test]
+    fn error_text_is_bounded() {
+        let huge = "X".repeat(10_000);
+        let err = validate_queue_name(&huge).unwrap_err().to_string();
+        assert!(err.len() < 200, "{err}");
+    }
+}

@@ -1,0 +1,91 @@
+//! The receipt format shared by every provider: `{provider}:{queue}:{id}:{lease}`.
+//!
+//! `id` names the message (or delivery) and `lease` the lease on it: PGMQ's
+//! `read_ct`, the in-memory receive count, or RabbitMQ's connection generation.
+//! A receipt therefore identifies one lease, not just one message.
+
+use crate::{MessagingError, Provider, ReceiptHandle};
+
+/// A parsed receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Receipt {
+    pub id: u64,
+    pub lease: u64,
+}
+
+impl Receipt {
+    pub(crate) fn encode(self, provider: Provider, queue: &str) -> ReceiptHandle {
+        ReceiptHandle::from_string(format!(
+            "{}:{queue}:{}:{}",
+            provider.tag(),
+            self.id,
+            self.lease
+        ))
+    }
+
+    /// Parses a receipt that must belong to `provider` and `queue`.
+    pub(crate) fn decode(
+        handle: &ReceiptHandle,
+        provider: Provider,
+        queue: &str,
+    ) -> Result<Self, MessagingError> {
+        let invalid = |reason| MessagingError::InvalidReceipt {
+            receipt: handle.as_str().chars().take(128).collect(),
+            reason,
+        };
+        let mut parts = handle.as_str().split(':');
+        let (Some(tag), Some(q), Some(id), Some(lease), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(invalid("not a tasker-messaging receipt"));
+        };
+        if tag != provider.tag() {
+            return Err(invalid("issued by another provider"));
+        }
+        if q != queue {
+            return Err(invalid("issued for another queue"));
+        }
+        match (id.parse(), lease.parse()) {
+            (Ok(id), Ok(lease)) => Ok(Self { id, lease }),
+            _ => Err(invalid("malformed receipt numbers")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let r = Receipt { id: 7, lease: 2 };
+        let handle = r.encode(Provider::Pgmq, "orders");
+        assert_eq!(Receipt::decode(&handle, Provider::Pgmq, "orders").unwrap(), r);
+    }
+
+    #[test]
+    fn rejects_foreign_and_malformed_receipts() {
+        let handle = Receipt { id: 7, lease: 2 }.encode(Provider::Pgmq, "orders");
+        let cases = [
+            (handle.clone(), Provider::InMemory, "orders"),
+            (handle, Provider::Pgmq, "other"),
+            ("".parse().unwrap(), Provider::Pgmq, "orders"),
+            ("pgmq:orders:x:1".parse().unwrap(), Provider::Pgmq, "orders"),
+            ("pgmq:orders:1:2:3".parse().unwrap(), Provider::Pgmq, "orders"),
+            ("pgmq:orders:-1:2".parse().unwrap(), Provider::Pgmq, "orders"),
+        ];
+        for (handle, provider, queue) in cases {
+            assert!(
+                matches!(
+                    Receipt::decode(&handle, provider, queue),
+                    Err(MessagingError::InvalidReceipt { .. })
+                ),
+                "{handle} accepted for {provider}/{queue}"
+            );
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The `MessagingService` trait: the one contract every provider implements.
+
+use std::time::Duration;
+
+use enum_dispatch::enum_dispatch;
+
+use crate::{
+    MessageId, MessagingError, Provider, QueueMessage, QueueStats, QueuedMessage, ReceiptHandle,
+};
+
+/// Operations every provider offers, with the same observable behaviour
+/// (see the crate docs and `DESIGN.md` §3 for the contract).
+///
+/// Call it through [`MessageBackend`](crate::MessageBackend), which dispatches
+/// statically to the configured provider. The trait is not object-safe on
+/// purpose: generic message methods and native `async fn` avoid boxing on the
+/// hot path. Every future returned through `MessageBackend` is `Send`
+/// (checked at compile time in `tests/send_futures.rs`).
+///
+/// Queue names are validated before any I/O (see
+/// [`validate_queue_name`](crate::validate_queue_name)). Every operation but
+/// `create_queue` and `delete_queue` fails with `QueueNotFound` on a missing queue.
+// `Send` bounds cannot be written on native async trait methods without boxing;
+// the concrete `MessageBackend` futures are Send, which is what callers spawn.
+#[allow(async_fn_in_trait)]
+#[enum_dispatch]
+pub trait MessagingService {
+    /// `Ok(true)` when the server answers, `Ok(false)` when it does not within
+    /// the connection timeout. Never hangs.
+    async fn health_check(&self) -> Result<bool, MessagingError>;
+
+    /// Creates `queue` and its dead-letter queue. Idempotent.
+    async fn create_queue(&self, queue: &str) -> Result<(), MessagingError>;
+
+    /// Sends one message; returns once it is durable.
+    async fn send_message<T: QueueMessage>(
+        &self,
+        queue: &str,
+        message: &T,
+    ) -> Result<MessageId, MessagingError>;
+
+    /// Sends messages in order, one id per message, returning once all are
+    /// durable. An empty batch is `Ok(vec![])` with no I/O.
+    async fn send_batch<T: QueueMessage>(
+        &self,
+        queue: &str,
+        messages: &[T],
+    ) -> Result<Vec<MessageId>, MessagingError>;
+
+    /// Returns at once with up to `max_messages` messages available now, each
+    /// leased for `visibility_timeout` (whole seconds, rounded up, at least 1).
+    async fn receive_messages<T: QueueMessage>(
+        &self,
+        queue: &str,
+        max_messages: usize,
+        visibility_timeout: Duration,
+    ) -> Result<Vec<QueuedMessage<T>>, MessagingError>;
+
+    /// Removes a leased message for good. A receipt whose lease has ended is
+    /// `LeaseExpired`; a malformed or foreign one is `InvalidReceipt`.
+    async fn delete_message(
+        &self,
+        queue: &str,
+        receipt: &ReceiptHandle,
+    ) -> Result<(), MessagingError>;
+
+    /// Moves a live lease's deadline to now + `visibility_timeout`; zero
+    /// releases the message at once.
+    async fn change_message_visibility(
+        &self,
+        queue: &str,
+        receipt: &ReceiptHandle,
+        visibility_timeout: Duration,
+    ) -> Result<(), MessagingError>;
+
+    /// Ready, leased and dead-lettered counts, and the oldest message's age.
+    async fn get_queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError>;
+
+    /// Removes every ready message (leased ones stay) and returns how many.
+    async fn purge_queue(&self, queue: &str) -> Result<u64, MessagingError>;
+
+    /// Deletes `queue` and its dead-letter queue. Idempotent.
+    async fn delete_queue(&self, queue: &str) -> Result<(), MessagingError>;
+
+    /// Which provider this is.
+    fn provider(&self) -> Provider;
+}
