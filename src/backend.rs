@@ -8,7 +8,7 @@ use enum_dispatch::enum_dispatch;
 use crate::{
     providers::{InMemoryMessageService, PgmqMessageService},
     MessageId, MessagingConfig, MessagingError, MessagingService, Provider, QueueMessage,
-    QueueStats, QueuedMessage, ReceiptHandle,
+    QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
 };
 
 /// The value an application holds: one of the providers, dispatched statically.

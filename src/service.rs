@@ -5,7 +5,8 @@ use std::time::Duration;
 use enum_dispatch::enum_dispatch;
 
 use crate::{
-    MessageId, MessagingError, Provider, QueueMessage, QueueStats, QueuedMessage, ReceiptHandle,
+    MessageId, MessagingError, Provider, QueueMessage, QueueStats, QueuedMessage, QueuesConfig,
+    ReceiptHandle,
 };
 
 /// Operations every provider offers, with the same observable behaviour
@@ -84,4 +85,7 @@ pub trait MessagingService {
 
     /// Which provider this is.
     fn provider(&self) -> Provider;
+
+    /// The `[queues]` settings this service enforces (limits, dead-letter policy).
+    fn queues_config(&self) -> &QueuesConfig;
 }

@@ -263,4 +263,8 @@ impl MessagingService for InMemoryMessageService {
     fn provider(&self) -> Provider {
         Provider::InMemory
     }
+
+    fn queues_config(&self) -> &QueuesConfig {
+        &self.config
+    }
 }

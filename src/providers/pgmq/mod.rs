@@ -375,4 +375,8 @@ impl MessagingService for PgmqMessageService {
     fn provider(&self) -> Provider {
         Provider::Pgmq
     }
+
+    fn queues_config(&self) -> &QueuesConfig {
+        &self.config
+    }
 }
