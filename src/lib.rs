@@ -43,8 +43,10 @@
 #![deny(missing_docs)]
 
 // enum_dispatch expands the enum's impl where it meets the second of the
-// pair, so the trait must be declared before the enum.
+// pair, so the trait's module must come before the enum's (a blank line
+// keeps rustfmt from sorting them).
 mod service;
+
 mod backend;
 
 mod codec;

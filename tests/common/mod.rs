@@ -1,0 +1,70 @@
+//! Backends for the live test suites, connected to this machine's services.
+//!
+//! A missing service fails the test loudly and names the service; nothing is skipped.
+
+use tasker_messaging::{
+    MessageBackend, MessagingConfig, PgmqConfig, Provider, QueuesConfig, RabbitMqConfig, SecretUrl,
+};
+
+/// PostgreSQL for the PGMQ tests; override with `TASKER_TEST_DATABASE_URL`.
+pub fn database_url() -> String {
+    std::env::var("TASKER_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// RabbitMQ for the RabbitMQ tests; override with `TASKER_TEST_AMQP_URL`.
+pub fn amqp_url() -> String {
+    std::env::var("TASKER_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// The configuration the suites use: small limits so dead-letter cases are quick.
+pub fn config(provider: Provider) -> MessagingConfig {
+    let url = |text: String| SecretUrl::parse(&text).expect("test URL parses");
+    MessagingConfig {
+        provider,
+        queues: QueuesConfig {
+            max_receive_count: 3,
+            max_message_bytes: 4 * 1024,
+            ..QueuesConfig::default()
+        },
+        pgmq: Some(PgmqConfig {
+            database_url: url(database_url()),
+            pool_size: 4,
+            connection_timeout_ms: 5_000,
+        }),
+        rabbitmq: Some(RabbitMqConfig {
+            url: url(amqp_url()),
+            prefetch_count: 50,
+            heartbeat_interval_secs: 10,
+            connection_timeout_ms: 5_000,
+        }),
+    }
+}
+
+/// A connected backend, or a panic that names the service that is missing.
+pub async fn backend(provider: Provider) -> MessageBackend {
+    let config = config(provider);
+    MessageBackend::connect(&config).await.unwrap_or_else(|e| {
+        let service = match provider {
+            Provider::Pgmq => format!(
+                "PostgreSQL at {}",
+                config
+                    .pgmq
+                    .as_ref()
+                    .map(|c| c.database_url.to_string())
+                    .unwrap_or_default()
+            ),
+            Provider::RabbitMq => format!(
+                "RabbitMQ at {}",
+                config
+                    .rabbitmq
+                    .as_ref()
+                    .map(|c| c.url.to_string())
+                    .unwrap_or_default()
+            ),
+            Provider::InMemory => "the in-memory provider".into(),
+        };
+        panic!("{service} is not usable: {e}. Start it (scripts/test.sh does) and rerun.")
+    })
+}
