@@ -234,7 +234,10 @@ impl MessagingConfig {
         if !q.namespace_pattern.contains("{namespace}") {
             return bad(
                 "queues.namespace_pattern",
-                format!("must contain `{{namespace}}` (got {:?})", q.namespace_pattern),
+                format!(
+                    "must contain `{{namespace}}` (got {:?})",
+                    q.namespace_pattern
+                ),
             );
         }
         let router = crate::NamespaceQueueRouter::new(q.namespace_pattern.clone());
@@ -256,7 +259,10 @@ impl MessagingConfig {
                 return bad("rabbitmq.prefetch_count", "must be at least 1".into());
             }
             if rabbit.connection_timeout_ms == 0 {
-                return bad("rabbitmq.connection_timeout_ms", "must be at least 1".into());
+                return bad(
+                    "rabbitmq.connection_timeout_ms",
+                    "must be at least 1".into(),
+                );
             }
         }
         match self.provider {

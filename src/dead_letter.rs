@@ -98,7 +98,10 @@ mod tests {
 
     #[test]
     fn dead_letter_queues_have_none_of_their_own() {
-        assert_eq!(policy().dead_letter_queue("orders").as_deref(), Some("orders_dlq"));
+        assert_eq!(
+            policy().dead_letter_queue("orders").as_deref(),
+            Some("orders_dlq")
+        );
         assert_eq!(policy().dead_letter_queue("orders_dlq"), None);
     }
 
@@ -106,8 +109,14 @@ mod tests {
     fn verdicts() {
         let p = policy();
         assert_eq!(p.verdict("q", 3, true), Verdict::Deliver);
-        assert_eq!(p.verdict("q", 4, true), Verdict::DeadLetter(DeadLetterReason::MaxReceives));
-        assert_eq!(p.verdict("q", 1, false), Verdict::DeadLetter(DeadLetterReason::Poison));
+        assert_eq!(
+            p.verdict("q", 4, true),
+            Verdict::DeadLetter(DeadLetterReason::MaxReceives)
+        );
+        assert_eq!(
+            p.verdict("q", 1, false),
+            Verdict::DeadLetter(DeadLetterReason::Poison)
+        );
         assert_eq!(p.verdict("q_dlq", 9, true), Verdict::Deliver);
         assert_eq!(p.verdict("q_dlq", 1, false), Verdict::Hold);
     }

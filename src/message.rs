@@ -191,7 +191,10 @@ mod tests {
     #[test]
     fn ids_and_receipts_round_trip_through_text() {
         let receipt: ReceiptHandle = "pgmq:q:1:2".parse().unwrap();
-        assert_eq!(receipt.to_string().parse::<ReceiptHandle>().unwrap(), receipt);
+        assert_eq!(
+            receipt.to_string().parse::<ReceiptHandle>().unwrap(),
+            receipt
+        );
         let id: MessageId = "42".parse().unwrap();
         assert_eq!(id.as_str(), "42");
     }

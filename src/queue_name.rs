@@ -70,8 +70,18 @@ mod tests {
     fn rejects_everything_else() {
         let long = "a".repeat(48);
         for bad in [
-            "", "Upper", "dash-name", "with space", "quote'", "semi;colon", "ünï", "1abc", &long,
-            "a\"b", "a$b", "a.b",
+            "",
+            "Upper",
+            "dash-name",
+            "with space",
+            "quote'",
+            "semi;colon",
+            "ünï",
+            "1abc",
+            &long,
+            "a\"b",
+            "a$b",
+            "a.b",
         ] {
             assert!(
                 matches!(

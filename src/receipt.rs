@@ -64,7 +64,10 @@ mod tests {
     fn round_trips() {
         let r = Receipt { id: 7, lease: 2 };
         let handle = r.encode(Provider::Pgmq, "orders");
-        assert_eq!(Receipt::decode(&handle, Provider::Pgmq, "orders").unwrap(), r);
+        assert_eq!(
+            Receipt::decode(&handle, Provider::Pgmq, "orders").unwrap(),
+            r
+        );
     }
 
     #[test]
@@ -75,8 +78,16 @@ mod tests {
             (handle, Provider::Pgmq, "other"),
             ("".parse().unwrap(), Provider::Pgmq, "orders"),
             ("pgmq:orders:x:1".parse().unwrap(), Provider::Pgmq, "orders"),
-            ("pgmq:orders:1:2:3".parse().unwrap(), Provider::Pgmq, "orders"),
-            ("pgmq:orders:-1:2".parse().unwrap(), Provider::Pgmq, "orders"),
+            (
+                "pgmq:orders:1:2:3".parse().unwrap(),
+                Provider::Pgmq,
+                "orders",
+            ),
+            (
+                "pgmq:orders:-1:2".parse().unwrap(),
+                Provider::Pgmq,
+                "orders",
+            ),
         ];
         for (handle, provider, queue) in cases {
             assert!(

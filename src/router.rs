@@ -69,7 +69,10 @@ mod tests {
         let router = NamespaceQueueRouter::default();
         let queue = router.route_to_queue("fulfillment", "SimpleStepMessage");
         assert_eq!(queue, "fulfillment_queue");
-        assert_eq!(router.extract_namespace(&queue).as_deref(), Some("fulfillment"));
+        assert_eq!(
+            router.extract_namespace(&queue).as_deref(),
+            Some("fulfillment")
+        );
         assert_eq!(router.extract_namespace("fulfillment"), None);
         assert_eq!(router.extract_namespace("_queue"), None);
     }
@@ -77,7 +80,13 @@ mod tests {
     #[test]
     fn custom_patterns() {
         let router = NamespaceQueueRouter::new("tasker_{namespace}_steps");
-        assert_eq!(router.route_to_queue("billing", "x"), "tasker_billing_steps");
-        assert_eq!(router.extract_namespace("tasker_billing_steps").as_deref(), Some("billing"));
+        assert_eq!(
+            router.route_to_queue("billing", "x"),
+            "tasker_billing_steps"
+        );
+        assert_eq!(
+            router.extract_namespace("tasker_billing_steps").as_deref(),
+            Some("billing")
+        );
     }
 }

@@ -17,8 +17,8 @@ use crate::{
     lease,
     queue_name::{validate_new_queue_name, validate_queue_name},
     receipt::Receipt,
-    MessageId, MessagingError, MessagingService, Provider, QueueMessage, QueueStats,
-    QueuedMessage, QueuedMessageMetadata, QueuesConfig, ReceiptHandle,
+    MessageId, MessagingError, MessagingService, Provider, QueueMessage, QueueStats, QueuedMessage,
+    QueuedMessageMetadata, QueuesConfig, ReceiptHandle,
 };
 
 /// Queues held in this process, behind one mutex; nothing survives the process.
@@ -98,7 +98,9 @@ impl MessagingService for InMemoryMessageService {
         message: &T,
     ) -> Result<MessageId, MessagingError> {
         let body = codec::encode(message, self.config.max_message_bytes)?;
-        self.with_queue(queue, |q| Ok(MessageId::new(q.push(body.into()).to_string())))
+        self.with_queue(queue, |q| {
+            Ok(MessageId::new(q.push(body.into()).to_string()))
+        })
     }
 
     async fn send_batch<T: QueueMessage>(

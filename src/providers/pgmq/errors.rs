@@ -19,7 +19,8 @@ pub(super) fn db_error(
                 queue: queue.to_owned(),
             }
         }
-        (E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed, _) => {            MessagingError::connection(Provider::Pgmq, error.to_string(), Some(error.into()))
+        (E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed, _) => {
+            MessagingError::connection(Provider::Pgmq, error.to_string(), Some(error.into()))
         }
         _ => MessagingError::Provider {
             provider: Provider::Pgmq,

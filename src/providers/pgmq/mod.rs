@@ -50,7 +50,10 @@ struct ReadRow {
 
 impl PgmqMessageService {
     /// Connects a pool to `config.database_url` and installs PGMQ if absent.
-    pub async fn connect(config: &PgmqConfig, queues: QueuesConfig) -> Result<Self, MessagingError> {
+    pub async fn connect(
+        config: &PgmqConfig,
+        queues: QueuesConfig,
+    ) -> Result<Self, MessagingError> {
         let options = PgConnectOptions::from_str(config.database_url.expose()).map_err(|_| {
             MessagingError::Config(format!(
                 "pgmq.database_url is not a PostgreSQL URL: {}",
@@ -224,7 +227,10 @@ impl MessagingService for PgmqMessageService {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error("send_batch", e, Some(queue)))?;
-        Ok(ids.into_iter().map(|id| MessageId::new(id.to_string())).collect())
+        Ok(ids
+            .into_iter()
+            .map(|id| MessageId::new(id.to_string()))
+            .collect())
     }
 
     async fn receive_messages<T: QueueMessage>(
@@ -321,8 +327,14 @@ impl MessagingService for PgmqMessageService {
             "UPDATE pgmq.q_{queue} SET vt = clock_timestamp() + make_interval(secs => $3)
              WHERE msg_id = $1 AND read_ct = $2 AND vt > clock_timestamp()"
         );
-        self.on_live_lease("change_message_visibility", &sql, queue, receipt, Some(secs))
-            .await
+        self.on_live_lease(
+            "change_message_visibility",
+            &sql,
+            queue,
+            receipt,
+            Some(secs),
+        )
+        .await
     }
 
     async fn get_queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError> {
