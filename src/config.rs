@@ -161,7 +161,10 @@ impl MessagingConfig {
     pub fn load() -> Result<Self, MessagingError> {
         match std::env::var_os(Self::PATH_ENV) {
             Some(path) => Self::from_file(PathBuf::from(path)),
-            None => Self::from_figment(Self::figment(Some(Path::new(Self::DEFAULT_PATH)))),
+            None => {
+                let default = Path::new(Self::DEFAULT_PATH);
+                Self::from_figment(Self::figment(default.is_file().then_some(default)))
+            }
         }
     }
 

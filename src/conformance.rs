@@ -3,7 +3,7 @@
 //!
 //! Run it against a provider with one line per provider:
 //!
-//! ```ignore
+//! ```text
 //! mod pgmq {
 //!     tasker_messaging::conformance_tests!(my_tests::connect(Provider::Pgmq));
 //! }

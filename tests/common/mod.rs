@@ -2,6 +2,9 @@
 //!
 //! A missing service fails the test loudly and names the service; nothing is skipped.
 
+// Each test binary uses a subset of these helpers.
+#![allow(dead_code)]
+
 use tasker_messaging::{
     MessageBackend, MessagingConfig, PgmqConfig, Provider, QueuesConfig, RabbitMqConfig, SecretUrl,
 };

@@ -1,0 +1,236 @@
+//! Configuration loading: layering, provider switching, and errors that name
+//! the file or key at fault. `figment::Jail` isolates env and cwd per test.
+
+// `figment::Jail` closures return figment's (large) error type.
+#![allow(clippy::result_large_err)]
+
+use figment::Jail;
+use tasker_messaging::{MessagingConfig, MessagingError, Provider};
+
+const FILE: &str = "config/messaging.toml";
+
+fn load(jail: &mut Jail) -> Result<MessagingConfig, MessagingError> {
+    jail.create_dir("config").expect("jail dir");
+    MessagingConfig::load()
+}
+
+fn config_error(result: Result<MessagingConfig, MessagingError>) -> String {
+    match result {
+        Err(MessagingError::Config(message)) => message,
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn defaults_without_a_file_are_in_memory() {
+    Jail::expect_with(|jail| {
+        let config = load(jail).expect("defaults load");
+        assert_eq!(config.provider, Provider::InMemory);
+        assert_eq!(config.queues.max_receive_count, 5);
+        assert_eq!(config.queues.dead_letter_queue_suffix, "_dlq");
+        assert_eq!(config.queues.max_message_bytes, 256 * 1024);
+        Ok(())
+    });
+}
+
+#[test]
+fn the_shipped_files_load() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for (file, provider) in [
+        ("messaging.toml", Provider::InMemory),
+        ("in_memory.toml", Provider::InMemory),
+        ("pgmq.toml", Provider::Pgmq),
+    ] {
+        Jail::expect_with(|_| {
+            let config = MessagingConfig::from_file(format!("{root}/config/{file}"))
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(config.provider, provider, "{file}");
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn environment_beats_the_file() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file(
+            FILE,
+            "provider = \"in_memory\"\n[queues]\nmax_receive_count = 7\n",
+        )?;
+        jail.set_env("TASKER_MESSAGING_QUEUES__MAX_RECEIVE_COUNT", "9");
+        let config = MessagingConfig::load().expect("load");
+        assert_eq!(config.queues.max_receive_count, 9);
+        Ok(())
+    });
+}
+
+#[test]
+fn one_env_variable_switches_provider() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file(
+            FILE,
+            r#"
+provider = "in_memory"
+[pgmq]
+database_url = "postgres://postgres@127.0.0.1:5432/test"
+[rabbitmq]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+"#,
+        )?;
+        assert_eq!(
+            MessagingConfig::load().unwrap().provider,
+            Provider::InMemory
+        );
+        jail.set_env("TASKER_MESSAGING_PROVIDER", "pgmq");
+        assert_eq!(MessagingConfig::load().unwrap().provider, Provider::Pgmq);
+        jail.set_env("TASKER_MESSAGING_PROVIDER", "rabbitmq");
+        assert_eq!(
+            MessagingConfig::load().unwrap().provider,
+            Provider::RabbitMq
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn config_path_comes_from_the_environment() {
+    Jail::expect_with(|jail| {
+        jail.create_file("elsewhere.toml", "[queues]\nmax_receive_count = 2\n")?;
+        jail.set_env("TASKER_MESSAGING_CONFIG", "elsewhere.toml");
+        assert_eq!(MessagingConfig::load().unwrap().queues.max_receive_count, 2);
+        jail.set_env("TASKER_MESSAGING_CONFIG", "missing.toml");
+        let message = config_error(MessagingConfig::load());
+        assert!(message.contains("missing.toml"), "{message}");
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_provider_lists_the_valid_ones() {
+    Jail::expect_with(|jail| {
+        jail.set_env("TASKER_MESSAGING_PROVIDER", "kafka");
+        let message = config_error(load(jail));
+        for name in ["kafka", "pgmq", "rabbitmq", "in_memory"] {
+            assert!(message.contains(name), "{name} missing from: {message}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn malformed_toml_names_the_file() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file(FILE, "provider = \"pgmq\n[queues\n")?;
+        let message = config_error(MessagingConfig::load());
+        assert!(message.contains("messaging.toml"), "{message}");
+        Ok(())
+    });
+}
+
+#[test]
+fn missing_required_key_is_named() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        // The selected provider has no section at all.
+        jail.create_file(FILE, "provider = \"pgmq\"\n")?;
+        let message = config_error(MessagingConfig::load());
+        assert!(message.contains("pgmq.database_url"), "{message}");
+        // A section without its required key.
+        jail.create_file(
+            FILE,
+            "provider = \"rabbitmq\"\n[rabbitmq]\nprefetch_count = 5\n",
+        )?;
+        let message = config_error(MessagingConfig::load());
+        assert!(
+            message.contains("url") && message.contains("rabbitmq"),
+            "{message}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_keys_and_out_of_range_values_are_named() {
+    let cases = [
+        ("[queues]\nmax_recieve_count = 3\n", "max_recieve_count"),
+        (
+            "[queues]\nmax_receive_count = 0\n",
+            "queues.max_receive_count",
+        ),
+        ("[queues]\nmax_receive_count = -1\n", "max_receive_count"),
+        (
+            "[queues]\ndefault_visibility_timeout_secs = 0\n",
+            "queues.default_visibility_timeout_secs",
+        ),
+        (
+            "[queues]\ndead_letter_queue_suffix = \"-DLQ\"\n",
+            "queues.dead_letter_queue_suffix",
+        ),
+        (
+            "[queues]\nnamespace_pattern = \"static\"\n",
+            "queues.namespace_pattern",
+        ),
+        (
+            "[queues]\nnamespaces = [\"Bad-Name\"]\n",
+            "queues.namespaces",
+        ),
+        (
+            "[pgmq]\ndatabase_url = \"postgres://h/db\"\npool_size = 0\n",
+            "pgmq.pool_size",
+        ),
+        (
+            "[pgmq]\ndatabase_url = \"postgres://h/db\"\nconnection_timeout_ms = -5\n",
+            "connection_timeout_ms",
+        ),
+        ("[pgmq]\ndatabase_url = \"not a url\"\n", "database_url"),
+    ];
+    for (toml, key) in cases {
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            jail.create_file(FILE, toml)?;
+            let message = config_error(MessagingConfig::load());
+            assert!(message.contains(key), "{toml:?}: {message}");
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn passwords_never_show() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file(
+            FILE,
+            r#"
+provider = "pgmq"
+[pgmq]
+database_url = "postgres://app:hunter2@db.internal:5432/tasker"
+[rabbitmq]
+url = "amqp://app:hunter2@mq.internal:5672/%2f"
+"#,
+        )?;
+        let config = MessagingConfig::load().expect("load");
+        let shown = format!(
+            "{config:?} {} {}",
+            config.pgmq.as_ref().unwrap().database_url,
+            config.rabbitmq.as_ref().unwrap().url
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("app:***@db.internal"), "{shown}");
+        assert_eq!(
+            config.pgmq.unwrap().database_url.expose(),
+            "postgres://app:hunter2@db.internal:5432/tasker"
+        );
+        // A malformed URL with a password is not echoed either.
+        jail.create_file(
+            FILE,
+            "[pgmq]\ndatabase_url = \"postgres://app:hunter2@[::1\"\n",
+        )?;
+        let message = config_error(MessagingConfig::load());
+        assert!(!message.contains("hunter2"), "{message}");
+        Ok(())
+    });
+}
