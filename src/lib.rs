@@ -75,3 +75,8 @@ pub use queue_name::{validate_queue_name, MAX_QUEUE_NAME_BYTES};
 pub use router::{MessageRouter, NamespaceQueueRouter};
 pub use secret::SecretUrl;
 pub use service::MessagingService;
+
+/// The README's examples, compiled as doctests so they keep working when copied.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
