@@ -6,7 +6,7 @@ use enum_dispatch::enum_dispatch;
 
 // The generated `impl MessagingService for MessageBackend` names these types.
 use crate::{
-    providers::{InMemoryMessageService, PgmqMessageService},
+    providers::{InMemoryMessageService, PgmqMessageService, RabbitMqMessageService},
     MessageId, MessagingConfig, MessagingError, MessagingService, Provider, QueueMessage,
     QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
 };
@@ -21,6 +21,8 @@ use crate::{
 pub enum MessageBackend {
     /// PGMQ on PostgreSQL.
     Pgmq(PgmqMessageService),
+    /// RabbitMQ (durable quorum queues, publisher confirms).
+    RabbitMq(RabbitMqMessageService),
     /// The in-process queue.
     InMemory(InMemoryMessageService),
 }
@@ -32,17 +34,16 @@ impl MessageBackend {
         config.validate()?;
         let queues = config.queues.clone();
         Ok(match config.provider {
-            Provider::Pgmq => {
-                let pgmq = config.pgmq.as_ref().ok_or_else(|| {
-                    MessagingError::Config("pgmq.database_url is required".into())
-                })?;
-                PgmqMessageService::connect(pgmq, queues).await?.into()
-            }
+            Provider::Pgmq => PgmqMessageService::connect(config).await?.into(),
             Provider::InMemory => InMemoryMessageService::new(queues).into(),
             Provider::RabbitMq => {
-                return Err(MessagingError::Config(
-                    "provider \"rabbitmq\" is not available in this build".into(),
-                ))
+                let rabbitmq = config
+                    .rabbitmq
+                    .as_ref()
+                    .ok_or_else(|| MessagingError::Config("rabbitmq.url is required".into()))?;
+                RabbitMqMessageService::connect(rabbitmq, queues)
+                    .await?
+                    .into()
             }
         })
     }

@@ -6,6 +6,12 @@ mod pgmq {
     tasker_messaging::conformance_tests!(crate::common::backend(tasker_messaging::Provider::Pgmq));
 }
 
+mod rabbitmq {
+    tasker_messaging::conformance_tests!(crate::common::backend(
+        tasker_messaging::Provider::RabbitMq
+    ));
+}
+
 mod in_memory {
     tasker_messaging::conformance_tests!(crate::common::backend(
         tasker_messaging::Provider::InMemory

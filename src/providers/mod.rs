@@ -3,9 +3,11 @@
 
 mod in_memory;
 mod pgmq;
+mod rabbitmq;
 
 pub use self::in_memory::InMemoryMessageService;
 pub use self::pgmq::PgmqMessageService;
+pub use self::rabbitmq::RabbitMqMessageService;
 
 use crate::{dead_letter::DeadLetterPolicy, QueuesConfig};
 

@@ -1,0 +1,303 @@
+//! One AMQP channel with what the broker told us about it, and the rules
+//! amqprs needs to be used safely.
+//!
+//! amqprs keys a channel's pending replies by method, so two requests of the
+//! same kind in flight on one channel cross their replies (and a reply nobody
+//! waits for panics its dispatcher task). Every synchronous request therefore
+//! runs one at a time per channel, inside a spawned task so that a caller
+//! dropping its future cannot abandon a request half-way; a request that
+//! times out leaves a reply pending, so the channel is marked unusable.
+
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
+};
+
+use amqprs::{
+    callbacks::ChannelCallback,
+    channel::{BasicAckArguments, BasicNackArguments, Channel},
+    connection::Connection,
+    Ack, BasicProperties, Cancel, CloseChannel, Nack, Return,
+};
+use async_trait::async_trait;
+
+use super::confirms::{Confirms, Outcome};
+
+/// Why the broker closed a channel (`channel.close` reply code and text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Closed {
+    pub code: u16,
+    pub text: String,
+}
+
+/// A failed channel request.
+#[derive(Debug)]
+pub(super) enum CallError {
+    /// The broker closed the channel, e.g. 404 for a missing queue.
+    Closed(Closed),
+    /// The connection is gone, the request timed out, or the driver failed.
+    Broken {
+        message: String,
+        source: Option<amqprs::error::Error>,
+    },
+}
+
+impl CallError {
+    pub(super) fn broken(message: impl Into<String>, source: Option<amqprs::error::Error>) -> Self {
+        Self::Broken {
+            message: message.into(),
+            source,
+        }
+    }
+}
+
+/// What the broker said about a channel, written by its callback.
+#[derive(Default)]
+struct Events {
+    closed: Mutex<Option<Closed>>,
+    /// The broker cancelled the channel's consumer (its queue was deleted).
+    cancelled: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a plain assignment; a poisoned lock holds a
+    // consistent value.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The channel callback amqprs calls from its dispatcher task. It must be
+/// quick: the dispatcher handles nothing else while it runs.
+struct Callback {
+    events: Arc<Events>,
+    confirms: Option<Arc<Confirms>>,
+    /// Channels of this connection the broker has closed (see [`CLOSED_CHANNEL_LIMIT`]).
+    closures: Arc<AtomicU32>,
+}
+
+#[async_trait]
+impl ChannelCallback for Callback {
+    async fn close(
+        &mut self,
+        channel: &Channel,
+        close: CloseChannel,
+    ) -> Result<(), amqprs::error::Error> {
+        let closed = Closed {
+            code: close.reply_code(),
+            text: close.reply_text().clone(),
+        };
+        tracing::debug!(
+            channel = channel.channel_id(),
+            code = closed.code,
+            text = %closed.text,
+            "RabbitMQ closed a channel"
+        );
+        *lock(&self.events.closed) = Some(closed);
+        self.closures.fetch_add(1, Ordering::Relaxed);
+        if let Some(confirms) = &self.confirms {
+            confirms.fail_all();
+        }
+        Ok(())
+    }
+
+    async fn cancel(
+        &mut self,
+        _channel: &Channel,
+        _cancel: Cancel,
+    ) -> Result<(), amqprs::error::Error> {
+        self.events.cancelled.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn flow(
+        &mut self,
+        _channel: &Channel,
+        active: bool,
+    ) -> Result<bool, amqprs::error::Error> {
+        Ok(active)
+    }
+
+    async fn publish_ack(&mut self, _channel: &Channel, ack: Ack) {
+        if let Some(confirms) = &self.confirms {
+            confirms.settle(ack.delivery_tag(), ack.mutiple(), Outcome::Ack);
+        }
+    }
+
+    async fn publish_nack(&mut self, _channel: &Channel, nack: Nack) {
+        if let Some(confirms) = &self.confirms {
+            confirms.settle(nack.delivery_tag(), nack.multiple(), Outcome::Nack);
+        }
+    }
+
+    async fn publish_return(
+        &mut self,
+        _channel: &Channel,
+        _ret: Return,
+        properties: BasicProperties,
+        _content: Vec<u8>,
+    ) {
+        // The broker sends a publish's return before its ack, on this same
+        // dispatcher, so the waiting caller sees the return.
+        if let (Some(confirms), Some(id)) = (&self.confirms, properties.message_id()) {
+            confirms.returned(id);
+        }
+    }
+}
+
+impl Drop for Callback {
+    fn drop(&mut self) {
+        // The dispatcher task ended (channel or connection gone): no confirm
+        // can arrive any more.
+        if let Some(confirms) = &self.confirms {
+            confirms.fail_all();
+        }
+    }
+}
+
+/// amqprs never frees the id of a channel the broker closed, and panics once
+/// every id is taken; a connection that has lost this many channels is
+/// replaced (the broker's default `channel_max` is 2047).
+pub(super) const CLOSED_CHANNEL_LIMIT: u32 = 1_000;
+
+/// A channel, its broker events, and the lock that serialises its requests.
+pub(super) struct TrackedChannel {
+    channel: Channel,
+    events: Arc<Events>,
+    requests: tokio::sync::Mutex<()>,
+    poisoned: AtomicBool,
+    timeout: Duration,
+}
+
+impl TrackedChannel {
+    /// Opens a channel on `connection`. `confirms` receives publisher
+    /// confirms and returns (publisher channels only).
+    pub(super) async fn open(
+        connection: &Connection,
+        timeout: Duration,
+        confirms: Option<Arc<Confirms>>,
+        closures: Arc<AtomicU32>,
+    ) -> Result<Arc<Self>, CallError> {
+        let connection = connection.clone();
+        // Spawned: an abandoned open would leave amqprs a reply nobody awaits.
+        let opening = tokio::spawn(async move {
+            let channel = tokio::time::timeout(timeout, connection.open_channel(None))
+                .await
+                .map_err(|_| CallError::broken("timed out opening a channel", None))?
+                .map_err(|e| CallError::broken("cannot open a channel", Some(e)))?;
+            let events = Arc::new(Events::default());
+            channel
+                .register_callback(Callback {
+                    events: Arc::clone(&events),
+                    confirms,
+                    closures,
+                })
+                .await
+                .map_err(|e| CallError::broken("cannot register a channel callback", Some(e)))?;
+            Ok(Arc::new(Self {
+                channel,
+                events,
+                requests: tokio::sync::Mutex::new(()),
+                poisoned: AtomicBool::new(false),
+                timeout,
+            }))
+        });
+        opening
+            .await
+            .unwrap_or_else(|e| Err(CallError::broken(format!("channel task failed: {e}"), None)))
+    }
+
+    /// Whether requests and acknowledgements may be sent on this channel.
+    pub(super) fn usable(&self) -> bool {
+        self.channel.is_open()
+            && !self.poisoned.load(Ordering::Acquire)
+            && lock(&self.events.closed).is_none()
+    }
+
+    /// Whether the broker cancelled this channel's consumer.
+    pub(super) fn cancelled_by_broker(&self) -> bool {
+        self.events.cancelled.load(Ordering::Acquire)
+    }
+
+    fn dead(&self) -> CallError {
+        match lock(&self.events.closed).clone() {
+            Some(closed) => CallError::Closed(closed),
+            None => CallError::broken("the channel is closed", None),
+        }
+    }
+
+    /// Runs one synchronous request (a method the broker answers), one at a
+    /// time on this channel, within the timeout.
+    pub(super) async fn call<T, F, Fut>(self: &Arc<Self>, request: F) -> Result<T, CallError>
+    where
+        F: FnOnce(Channel) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, amqprs::error::Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let this = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + this.timeout;
+            let Ok(_turn) = tokio::time::timeout_at(deadline, this.requests.lock()).await else {
+                return Err(CallError::broken("timed out waiting for the channel", None));
+            };
+            if !this.usable() {
+                return Err(this.dead());
+            }
+            match tokio::time::timeout_at(deadline, request(this.channel.clone())).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(error)) => {
+                    // The reply never came: the channel or its connection closed.
+                    this.poisoned.store(true, Ordering::Release);
+                    match lock(&this.events.closed).clone() {
+                        Some(closed) => Err(CallError::Closed(closed)),
+                        None => Err(CallError::broken("the request failed", Some(error))),
+                    }
+                }
+                Err(_) => {
+                    this.poisoned.store(true, Ordering::Release);
+                    Err(CallError::broken("timed out waiting for the broker", None))
+                }
+            }
+        });
+        task.await
+            .unwrap_or_else(|e| Err(CallError::broken(format!("request task failed: {e}"), None)))
+    }
+
+    /// Acknowledges (`requeue == false`) or requeues a delivery. Spawned so a
+    /// dropped caller cannot leave a delivery its lease no longer tracks
+    /// unsettled.
+    pub(super) async fn settle(
+        self: &Arc<Self>,
+        delivery_tag: u64,
+        requeue: bool,
+    ) -> Result<(), CallError> {
+        let this = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            // A tag sent on a channel the broker closed would close the whole
+            // connection, and an unknown tag closes the channel: send only on a
+            // live channel, and only tags its lease table still held.
+            if !this.usable() {
+                return Err(this.dead());
+            }
+            let sent = if requeue {
+                this.channel
+                    .basic_nack(BasicNackArguments::new(delivery_tag, false, true))
+                    .await
+            } else {
+                this.channel
+                    .basic_ack(BasicAckArguments::new(delivery_tag, false))
+                    .await
+            };
+            sent.map_err(|e| CallError::broken("cannot settle a delivery", Some(e)))
+        });
+        task.await
+            .unwrap_or_else(|e| Err(CallError::broken(format!("settle task failed: {e}"), None)))
+    }
+
+    /// The driver channel, for frames that need no reply (publishes).
+    pub(super) fn channel(&self) -> &Channel {
+        &self.channel
+    }
+}

@@ -1,0 +1,303 @@
+//! Publisher confirms: a confirm-mode channel whose publishes are matched to
+//! their callers by delivery tag.
+//!
+//! Publishing assigns tags in order under a short lock (the broker numbers a
+//! channel's publishes 1, 2, 3, ...); waiting for the confirm happens outside
+//! it, so concurrent sends pipeline on one channel. Acks and nacks honour
+//! `multiple`; a `basic.return` (no queue took a `mandatory` publish) arrives
+//! before the publish's ack and marks it, so its caller gets `QueueNotFound`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{atomic::AtomicU32, Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use amqprs::{
+    channel::{BasicPublishArguments, ConfirmSelectArguments},
+    connection::Connection,
+};
+use tokio::{sync::oneshot, time::Instant};
+
+use super::{
+    channel::{CallError, TrackedChannel},
+    errors,
+    properties::Outgoing,
+};
+use crate::{MessageId, MessagingError, Provider};
+
+/// How the broker settled one publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// Durable in the queue, or returned unrouted (`QueueNotFound`) when a
+    /// `basic.return` preceded it.
+    Ack,
+    /// The broker could not take it.
+    Nack,
+    /// The channel or connection ended first: it may or may not be durable.
+    Lost,
+}
+
+struct Waiting {
+    message_id: String,
+    returned: bool,
+    reply: oneshot::Sender<(Outcome, bool)>,
+}
+
+#[derive(Default)]
+struct State {
+    by_tag: BTreeMap<u64, Waiting>,
+    by_id: HashMap<String, u64>,
+    /// Set once the channel can confirm nothing more.
+    dead: bool,
+}
+
+/// The publishes of one channel that wait for their confirm.
+#[derive(Default)]
+pub(super) struct Confirms {
+    state: Mutex<State>,
+}
+
+impl Confirms {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Critical sections only move map entries; a poisoned lock is consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self, tag: u64, message_id: &str) -> Option<oneshot::Receiver<(Outcome, bool)>> {
+        let mut state = self.lock();
+        if state.dead {
+            return None;
+        }
+        let (reply, receiver) = oneshot::channel();
+        state.by_id.insert(message_id.to_owned(), tag);
+        state.by_tag.insert(
+            tag,
+            Waiting {
+                message_id: message_id.to_owned(),
+                returned: false,
+                reply,
+            },
+        );
+        Some(receiver)
+    }
+
+    fn forget(&self, tag: u64) {
+        let mut state = self.lock();
+        if let Some(waiting) = state.by_tag.remove(&tag) {
+            state.by_id.remove(&waiting.message_id);
+        }
+    }
+
+    /// An ack or nack for `tag` (and every earlier tag when `multiple`).
+    pub(super) fn settle(&self, tag: u64, multiple: bool, outcome: Outcome) {
+        let mut state = self.lock();
+        let settled: Vec<Waiting> = if multiple {
+            let later = state.by_tag.split_off(&tag.saturating_add(1));
+            std::mem::replace(&mut state.by_tag, later)
+                .into_values()
+                .collect()
+        } else {
+            state.by_tag.remove(&tag).into_iter().collect()
+        };
+        for waiting in settled {
+            state.by_id.remove(&waiting.message_id);
+            // The caller may have given up (timeout, dropped future).
+            let _ = waiting.reply.send((outcome, waiting.returned));
+        }
+    }
+
+    /// A `basic.return` of the publish carrying `message_id`.
+    pub(super) fn returned(&self, message_id: &str) {
+        let mut state = self.lock();
+        if let Some(tag) = state.by_id.get(message_id).copied() {
+            if let Some(waiting) = state.by_tag.get_mut(&tag) {
+                waiting.returned = true;
+            }
+        }
+    }
+
+    /// Fails every waiting publish: the channel will confirm nothing more.
+    pub(super) fn fail_all(&self) {
+        let mut state = self.lock();
+        state.dead = true;
+        state.by_id.clear();
+        for (_, waiting) in std::mem::take(&mut state.by_tag) {
+            let _ = waiting.reply.send((Outcome::Lost, waiting.returned));
+        }
+    }
+
+    fn is_dead(&self) -> bool {
+        self.lock().dead
+    }
+}
+
+/// A confirm-mode channel for publishing.
+pub(super) struct Publisher {
+    channel: Arc<TrackedChannel>,
+    confirms: Arc<Confirms>,
+    /// The tag of the last publish; held only while publishing, never while waiting.
+    last_tag: Arc<tokio::sync::Mutex<u64>>,
+    timeout: Duration,
+}
+
+impl Publisher {
+    /// Opens a channel on `connection` and puts it in confirm mode.
+    pub(super) async fn open(
+        connection: &Connection,
+        timeout: Duration,
+        closures: Arc<AtomicU32>,
+    ) -> Result<Self, CallError> {
+        let confirms = Arc::new(Confirms::default());
+        let channel =
+            TrackedChannel::open(connection, timeout, Some(Arc::clone(&confirms)), closures)
+                .await?;
+        channel
+            .call(|c| async move { c.confirm_select(ConfirmSelectArguments::default()).await })
+            .await?;
+        Ok(Self {
+            channel,
+            confirms,
+            last_tag: Arc::default(),
+            timeout,
+        })
+    }
+
+    /// Whether publishes can still be confirmed on this channel.
+    pub(super) fn usable(&self) -> bool {
+        self.channel.usable() && !self.confirms.is_dead()
+    }
+
+    /// Publishes `messages` in order to `queue` on the default exchange,
+    /// persistent and `mandatory`, returning one confirm to wait for per message.
+    pub(super) async fn publish(
+        &self,
+        queue: &str,
+        messages: Vec<Outgoing>,
+    ) -> Result<Vec<Pending>, MessagingError> {
+        let channel = Arc::clone(&self.channel);
+        let confirms = Arc::clone(&self.confirms);
+        let last_tag = Arc::clone(&self.last_tag);
+        let queue = queue.to_owned();
+        let timeout = self.timeout;
+        // Spawned: a caller dropped between numbering a publish and sending it
+        // would shift every later tag onto the wrong caller.
+        let task = tokio::spawn(async move {
+            let mut tag = last_tag.lock().await;
+            let mut pending = Vec::with_capacity(messages.len());
+            for message in messages {
+                let lost = || errors::connection("the publisher channel is closed", None);
+                if !channel.usable() {
+                    return Err(lost());
+                }
+                let next = *tag + 1;
+                let reply = confirms
+                    .register(next, &message.message_id)
+                    .ok_or_else(lost)?;
+                let args = BasicPublishArguments::new("", &queue)
+                    .mandatory(true)
+                    .finish();
+                if let Err(e) = channel
+                    .channel()
+                    .basic_publish(message.properties, message.body, args)
+                    .await
+                {
+                    // Tags and publishes may no longer line up: retire the channel.
+                    confirms.forget(next);
+                    confirms.fail_all();
+                    return Err(errors::connection("cannot publish", Some(e)));
+                }
+                *tag = next;
+                pending.push(Pending {
+                    tag: next,
+                    message_id: message.message_id,
+                    reply,
+                    confirms: Arc::clone(&confirms),
+                    queue: queue.clone(),
+                    timeout,
+                });
+            }
+            Ok(pending)
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(errors::connection(
+                format!("publish task failed: {e}"),
+                None,
+            ))
+        })
+    }
+}
+
+/// One publish waiting for its confirm.
+pub(super) struct Pending {
+    tag: u64,
+    message_id: String,
+    reply: oneshot::Receiver<(Outcome, bool)>,
+    confirms: Arc<Confirms>,
+    queue: String,
+    timeout: Duration,
+}
+
+impl Pending {
+    /// Waits for the confirm: the message id once the broker holds the
+    /// message durably, `QueueNotFound` if no queue took it, an error otherwise.
+    pub(super) async fn confirmed(self) -> Result<MessageId, MessagingError> {
+        let deadline = Instant::now() + self.timeout;
+        self.confirmed_by(deadline).await
+    }
+
+    /// [`confirmed`](Self::confirmed) with a shared deadline (batches).
+    pub(super) async fn confirmed_by(self, deadline: Instant) -> Result<MessageId, MessagingError> {
+        let Self {
+            tag,
+            message_id,
+            reply,
+            confirms,
+            queue,
+            ..
+        } = self;
+        match tokio::time::timeout_at(deadline, reply).await {
+            Ok(Ok((Outcome::Ack, false))) => Ok(MessageId::new(message_id)),
+            Ok(Ok((Outcome::Ack, true))) => Err(MessagingError::QueueNotFound { queue }),
+            Ok(Ok((Outcome::Nack, _))) => Err(MessagingError::Provider {
+                provider: Provider::RabbitMq,
+                operation: "send_message",
+                message: format!("the broker refused message {message_id} (basic.nack)"),
+                transient: true,
+                source: None,
+            }),
+            Ok(Ok((Outcome::Lost, _))) | Ok(Err(_)) => Err(errors::connection(
+                format!("the connection closed before message {message_id} was confirmed; it may or may not have been stored"),
+                None,
+            )),
+            Err(_) => {
+                confirms.forget(tag);
+                Err(errors::connection(
+                    format!("no publisher confirm for message {message_id} in time; it may or may not have been stored"),
+                    None,
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiple_acks_settle_every_earlier_tag_and_returns_mark_not_found() {
+        let confirms = Confirms::default();
+        let mut one = confirms.register(1, "a").unwrap();
+        let mut two = confirms.register(2, "b").unwrap();
+        let mut three = confirms.register(3, "c").unwrap();
+        confirms.returned("b");
+        confirms.settle(2, true, Outcome::Ack);
+        assert_eq!(one.try_recv().unwrap(), (Outcome::Ack, false));
+        assert_eq!(two.try_recv().unwrap(), (Outcome::Ack, true));
+        assert!(three.try_recv().is_err());
+        confirms.fail_all();
+        assert_eq!(three.try_recv().unwrap(), (Outcome::Lost, false));
+        assert!(confirms.register(4, "d").is_none());
+    }
+}

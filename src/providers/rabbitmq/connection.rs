@@ -1,0 +1,465 @@
+//! Connecting, and recovering by ourselves: amqprs has no automatic recovery.
+//!
+//! The data connection carries publishes and consumers. Each successful
+//! connect is a [`Link`] with a generation number; when it drops (broker
+//! restart, forced close, missed heartbeats) the supervisor task reconnects
+//! with backoff, installs the next generation, declares again what this
+//! backend declared and resumes the consumers. Calls made meanwhile wait for
+//! the new link up to the connection timeout, then fail with a transient
+//! `Connection` error.
+
+use std::{
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex, MutexGuard, Weak,
+    },
+    time::Duration,
+};
+
+use amqprs::{
+    callbacks::ConnectionCallback,
+    connection::{Connection, OpenConnectionArguments},
+    Close,
+};
+use async_trait::async_trait;
+use tokio::sync::watch;
+use url::Url;
+
+use super::{
+    channel::{TrackedChannel, CLOSED_CHANNEL_LIMIT},
+    confirms::Publisher,
+    errors, Inner,
+};
+use crate::{MessagingError, RabbitMqConfig};
+
+/// Longest pause between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How often a link checks its connection besides amqprs' shutdown signal
+/// (which a late subscriber can miss).
+const LIVENESS_POLL: Duration = Duration::from_millis(250);
+
+/// How to reach the broker, from `RabbitMqConfig`.
+pub(super) struct Settings {
+    args: OpenConnectionArguments,
+    /// The URL with its password redacted, for messages.
+    shown: String,
+    pub timeout: Duration,
+}
+
+impl Settings {
+    pub(super) fn new(config: &RabbitMqConfig) -> Result<Self, MessagingError> {
+        let shown = config.url.to_string();
+        let bad = |why: &str| MessagingError::Config(format!("rabbitmq.url {why}: {shown}"));
+        let url = Url::parse(config.url.expose()).map_err(|_| bad("is not a URL"))?;
+        match url.scheme() {
+            "amqp" => {}
+            "amqps" => return Err(bad("uses amqps, which this build does not support")),
+            _ => return Err(bad("must start with amqp://")),
+        }
+        let host = url.host_str().ok_or_else(|| bad("has no host"))?;
+        let decode = |text: &str| -> Result<String, MessagingError> {
+            percent_decode(text).ok_or_else(|| bad("has a malformed percent-encoding"))
+        };
+        let username = match url.username() {
+            "" => "guest".to_owned(),
+            user => decode(user)?,
+        };
+        let password = match url.password() {
+            None => "guest".to_owned(),
+            Some(password) => decode(password)?,
+        };
+        // `amqp://host` and `amqp://host/` name the default vhost "/"; `%2f` too.
+        let vhost = match url.path().strip_prefix('/').unwrap_or("") {
+            "" => "/".to_owned(),
+            path => decode(path)?,
+        };
+        let mut args = OpenConnectionArguments::new(
+            host.trim_start_matches('[').trim_end_matches(']'),
+            url.port().unwrap_or(5672),
+            &username,
+            &password,
+        );
+        args.virtual_host(&vhost)
+            .heartbeat(config.heartbeat_interval_secs);
+        Ok(Self {
+            args,
+            shown,
+            timeout: Duration::from_millis(config.connection_timeout_ms),
+        })
+    }
+
+    /// Opens a connection named `name` (shown in the broker's management UI).
+    pub(super) async fn open(&self, name: &str) -> Result<Connection, MessagingError> {
+        let mut args = self.args.clone();
+        args.connection_name(name);
+        let connection = match tokio::time::timeout(self.timeout, Connection::open(&args)).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(e)) => {
+                return Err(errors::connection(
+                    format!("cannot connect to {}: {e}", self.shown),
+                    Some(e),
+                ))
+            }
+            Err(_) => {
+                return Err(errors::connection(
+                    format!("timed out connecting to {}", self.shown),
+                    None,
+                ))
+            }
+        };
+        if let Err(e) = connection.register_callback(ConnectionEvents).await {
+            return Err(errors::connection(
+                "cannot register a connection callback",
+                Some(e),
+            ));
+        }
+        Ok(connection)
+    }
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Logs what the broker says about a connection.
+struct ConnectionEvents;
+
+#[async_trait]
+impl ConnectionCallback for ConnectionEvents {
+    async fn close(
+        &mut self,
+        connection: &Connection,
+        close: Close,
+    ) -> Result<(), amqprs::error::Error> {
+        tracing::warn!(
+            connection = connection.connection_name(),
+            reason = %close,
+            "RabbitMQ closed the connection"
+        );
+        Ok(())
+    }
+
+    async fn blocked(&mut self, connection: &Connection, reason: String) {
+        tracing::warn!(
+            connection = connection.connection_name(),
+            reason,
+            "RabbitMQ blocked publishing on the connection (resource alarm)"
+        );
+    }
+
+    async fn unblocked(&mut self, connection: &Connection) {
+        tracing::info!(
+            connection = connection.connection_name(),
+            "RabbitMQ unblocked the connection"
+        );
+    }
+
+    async fn secret_updated(&mut self, _connection: &Connection) {}
+}
+
+/// One generation of the data connection.
+pub(super) struct Link {
+    pub generation: u64,
+    connection: Connection,
+    publisher: Mutex<Option<Arc<Publisher>>>,
+    /// Held while a replacement publisher channel is opened.
+    reopening: tokio::sync::Mutex<()>,
+    alive: watch::Sender<bool>,
+    /// Channels of this connection the broker closed.
+    closures: Arc<AtomicU32>,
+    timeout: Duration,
+}
+
+impl Link {
+    async fn open(settings: &Settings, generation: u64) -> Result<Arc<Self>, MessagingError> {
+        let connection = settings.open("tasker-messaging").await?;
+        let closures = Arc::new(AtomicU32::new(0));
+        let publisher = Publisher::open(&connection, settings.timeout, Arc::clone(&closures))
+            .await
+            .map_err(|e| errors::call_error("connect", e, None))?;
+        Ok(Arc::new(Self {
+            generation,
+            connection,
+            publisher: Mutex::new(Some(Arc::new(publisher))),
+            reopening: tokio::sync::Mutex::new(()),
+            alive: watch::Sender::new(true),
+            closures,
+            timeout: settings.timeout,
+        }))
+    }
+
+    fn lock_publisher(&self) -> MutexGuard<'_, Option<Arc<Publisher>>> {
+        self.publisher.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this link still carries traffic.
+    pub(super) fn is_alive(&self) -> bool {
+        *self.alive.borrow() && self.connection.is_open()
+    }
+
+    fn mark_lost(&self) {
+        self.alive.send_replace(false);
+    }
+
+    fn lost() -> MessagingError {
+        errors::connection("the RabbitMQ connection was lost", None)
+    }
+
+    /// The confirm-mode publisher channel, reopened if the broker closed it.
+    pub(super) async fn publisher(&self) -> Result<Arc<Publisher>, MessagingError> {
+        let current = || self.lock_publisher().clone().filter(|p| p.usable());
+        if let Some(publisher) = current() {
+            return Ok(publisher);
+        }
+        let _reopening = self.reopening.lock().await;
+        if let Some(publisher) = current() {
+            return Ok(publisher);
+        }
+        self.check_closures()?;
+        if !self.is_alive() {
+            return Err(Self::lost());
+        }
+        let publisher = Publisher::open(&self.connection, self.timeout, Arc::clone(&self.closures))
+            .await
+            .map_err(|e| errors::call_error("open publisher channel", e, None))?;
+        let publisher = Arc::new(publisher);
+        *self.lock_publisher() = Some(Arc::clone(&publisher));
+        Ok(publisher)
+    }
+
+    /// A new channel for a consumer.
+    pub(super) async fn open_channel(&self) -> Result<Arc<TrackedChannel>, MessagingError> {
+        self.check_closures()?;
+        if !self.is_alive() {
+            return Err(Self::lost());
+        }
+        TrackedChannel::open(
+            &self.connection,
+            self.timeout,
+            None,
+            Arc::clone(&self.closures),
+        )
+        .await
+        .map_err(|e| errors::call_error("open channel", e, None))
+    }
+
+    /// Replaces a connection that leaked too many channel ids (see
+    /// [`CLOSED_CHANNEL_LIMIT`]): the supervisor reconnects.
+    fn check_closures(&self) -> Result<(), MessagingError> {
+        if self.closures.load(Ordering::Relaxed) < CLOSED_CHANNEL_LIMIT {
+            return Ok(());
+        }
+        tracing::warn!(
+            generation = self.generation,
+            "the broker closed too many channels on this connection; reconnecting"
+        );
+        self.mark_lost();
+        let connection = self.connection.clone();
+        tokio::spawn(async move {
+            let _ = connection.close().await;
+        });
+        Err(Self::lost())
+    }
+
+    /// Resolves once the connection is gone.
+    async fn until_lost(&self) {
+        let mut alive = self.alive.subscribe();
+        let poll = async {
+            while self.connection.is_open() {
+                tokio::time::sleep(LIVENESS_POLL).await;
+            }
+        };
+        tokio::select! {
+            _ = self.connection.listen_network_io_failure() => {}
+            _ = poll => {}
+            _ = alive.wait_for(|alive| !alive) => {}
+        }
+    }
+}
+
+/// The data connection: the current link, and a signal when a new one is installed.
+pub(super) struct DataConnection {
+    pub settings: Arc<Settings>,
+    current: Mutex<Arc<Link>>,
+    installed: watch::Sender<u64>,
+}
+
+impl DataConnection {
+    /// Connects the first generation.
+    pub(super) async fn connect(settings: Arc<Settings>) -> Result<Self, MessagingError> {
+        let link = Link::open(&settings, 1).await?;
+        Ok(Self {
+            settings,
+            current: Mutex::new(link),
+            installed: watch::Sender::new(1),
+        })
+    }
+
+    fn current(&self) -> Arc<Link> {
+        Arc::clone(&self.current.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The generation of the newest link.
+    pub(super) fn generation(&self) -> u64 {
+        *self.installed.borrow()
+    }
+
+    /// The live link, waiting up to the connection timeout while reconnecting.
+    pub(super) async fn link(&self) -> Result<Arc<Link>, MessagingError> {
+        let mut installed = self.installed.subscribe();
+        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        loop {
+            let link = self.current();
+            if link.is_alive() {
+                return Ok(link);
+            }
+            drop(link);
+            match tokio::time::timeout_at(deadline, installed.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => {
+                    return Err(errors::connection(
+                        "not connected to RabbitMQ (reconnecting)",
+                        None,
+                    ))
+                }
+            }
+        }
+    }
+
+    fn install(&self, link: Arc<Link>) {
+        let generation = link.generation;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = link;
+        self.installed.send_replace(generation);
+    }
+}
+
+/// Watches the data connection and reconnects it, until `stop`'s sender is dropped.
+pub(super) async fn supervise(inner: Weak<Inner>, mut stop: watch::Receiver<()>) {
+    loop {
+        let Some(link) = inner.upgrade().map(|i| i.data.current()) else {
+            return;
+        };
+        tokio::select! {
+            _ = link.until_lost() => {}
+            _ = stop.changed() => return,
+        }
+        link.mark_lost();
+        let generation = link.generation;
+        drop(link);
+        tracing::warn!(generation, "RabbitMQ connection lost; reconnecting");
+        match inner.upgrade() {
+            Some(inner) => inner.on_connection_lost(),
+            None => return,
+        }
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let Some(settings) = inner.upgrade().map(|i| Arc::clone(&i.data.settings)) else {
+                return;
+            };
+            let attempt = tokio::select! {
+                attempt = Link::open(&settings, generation + 1) => attempt,
+                _ = stop.changed() => return,
+            };
+            drop(settings);
+            match attempt {
+                Ok(link) => {
+                    let Some(inner) = inner.upgrade() else { return };
+                    inner.data.install(Arc::clone(&link));
+                    tracing::info!(
+                        generation = link.generation,
+                        "RabbitMQ connection recovered"
+                    );
+                    inner.after_reconnect(&link).await;
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?backoff, "RabbitMQ reconnect failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SecretUrl;
+
+    fn config(url: &str) -> RabbitMqConfig {
+        RabbitMqConfig {
+            url: SecretUrl::parse(url).unwrap(),
+            prefetch_count: 10,
+            heartbeat_interval_secs: 10,
+            connection_timeout_ms: 1_000,
+            consumer_idle_timeout_ms: 1_000,
+            broker_consumer_timeout_ms: 1_800_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out_instead_of_hanging() {
+        // Accepts TCP connections and never speaks AMQP.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let mut config = config(&format!("amqp://guest:hunter2@127.0.0.1:{port}/%2f"));
+        config.connection_timeout_ms = 300;
+        let started = std::time::Instant::now();
+        let error = crate::MessageBackend::connect(&crate::MessagingConfig {
+            provider: crate::Provider::RabbitMq,
+            rabbitmq: Some(config),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(error.is_transient(), "{error}");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn parses_urls_and_never_shows_the_password() {
+        let s = Settings::new(&config("amqp://us%40er:p%2Fss@rabbit:5673/%2f")).unwrap();
+        assert_eq!(s.args.get_host(), "rabbit");
+        assert_eq!(s.args.get_port(), 5673);
+        assert_eq!(s.args.get_virtual_host(), "/");
+        assert!(!s.shown.contains("p%2Fss"), "{}", s.shown);
+        let s = Settings::new(&config("amqp://localhost")).unwrap();
+        assert_eq!((s.args.get_port(), s.args.get_virtual_host()), (5672, "/"));
+        let s = Settings::new(&config("amqp://h/tasker")).unwrap();
+        assert_eq!(s.args.get_virtual_host(), "tasker");
+        for bad in ["http://h/", "amqps://u:secret@h/"] {
+            let e = Settings::new(&config(bad)).err().unwrap().to_string();
+            assert!(!e.contains("secret"), "{e}");
+        }
+    }
+}

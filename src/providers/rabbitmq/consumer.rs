@@ -1,0 +1,568 @@
+//! One queue's consumer: a pull API over AMQP's push delivery.
+//!
+//! The first receive on a queue starts a consumer on a channel of its own,
+//! with `basic.qos` prefetch; the broker pushes deliveries ahead into a local
+//! buffer (amqprs' channel to us, drained into a queue), and a receive hands
+//! out what is buffered, leasing each delivery as it goes. When the buffer
+//! runs short a receive makes one round trip on the consumer's channel (a
+//! repeated `basic.qos`): the broker sends deliveries it has already
+//! dispatched before that reply, so the receive sees everything available now.
+//!
+//! A consumer no receive has used for `consumer_idle_timeout_ms` is
+//! cancelled and its buffered deliveries go back to the broker, so an idle
+//! process strands nothing; the next receive starts it again.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use amqprs::{
+    channel::{BasicCancelArguments, BasicConsumeArguments, BasicQosArguments, ConsumerMessage},
+    BasicProperties,
+};
+use chrono::Utc;
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
+
+use super::{
+    channel::TrackedChannel,
+    connection::Link,
+    errors,
+    leases::{self, Leases},
+    properties::{self, Delivered},
+    Inner,
+};
+use crate::wait::Arrivals;
+use crate::{
+    codec,
+    dead_letter::{DeadLetterReason, Verdict},
+    receipt::Receipt,
+    MessageId, MessagingError, Provider, QueueMessage, QueuedMessage, QueuedMessageMetadata,
+};
+
+const RECEIVE: &str = "receive_messages";
+/// How long a receive that just started a consumer waits for the messages the
+/// queue reported ready (they may go to another consumer instead).
+const FIRST_DELIVERIES_WAIT: Duration = Duration::from_millis(500);
+
+/// Most message ids [`Slot::unseen`] remembers, and for how long.
+const UNSEEN_LIMIT: usize = 100_000;
+const UNSEEN_TTL: Duration = Duration::from_secs(3600);
+
+/// One delivery waiting in the local buffer.
+struct Delivery {
+    tag: u64,
+    properties: BasicProperties,
+    body: Vec<u8>,
+}
+
+impl Delivery {
+    fn from_message(message: ConsumerMessage) -> Option<Self> {
+        Some(Self {
+            tag: message.deliver?.delivery_tag(),
+            properties: message.basic_properties?,
+            body: message.content?,
+        })
+    }
+}
+
+/// An active `basic.consume`.
+struct Consuming {
+    tag: String,
+    deliveries: mpsc::UnboundedReceiver<ConsumerMessage>,
+}
+
+struct Consumer {
+    /// The data link generation the channel belongs to.
+    generation: u64,
+    /// Names the channel in receipts; a new channel gets a new epoch.
+    epoch: u64,
+    channel: Arc<TrackedChannel>,
+    consuming: Option<Consuming>,
+    /// The broker or the connection ended the consumer.
+    ended: bool,
+    buffer: VecDeque<Delivery>,
+    starts: u32,
+}
+
+impl Consumer {
+    /// Moves what amqprs has received into the buffer.
+    fn drain(&mut self) {
+        let Some(consuming) = self.consuming.as_mut() else {
+            return;
+        };
+        loop {
+            match consuming.deliveries.try_recv() {
+                Ok(message) => self.buffer.extend(Delivery::from_message(message)),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.consuming = None;
+                    self.ended = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Waits for one more delivery until `deadline`; false when none came.
+    async fn wait_for_delivery(&mut self, deadline: Instant) -> bool {
+        let Some(consuming) = self.consuming.as_mut() else {
+            return false;
+        };
+        match tokio::time::timeout_at(deadline, consuming.deliveries.recv()).await {
+            Ok(Some(message)) => {
+                self.buffer.extend(Delivery::from_message(message));
+                true
+            }
+            Ok(None) => {
+                self.consuming = None;
+                self.ended = true;
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether the channel, and so its buffered deliveries and leases, are current.
+    fn live(&self, generation: u64) -> bool {
+        !self.ended
+            && self.generation == generation
+            && self.channel.usable()
+            && !self.channel.cancelled_by_broker()
+    }
+
+    /// A round trip on the channel: deliveries dispatched before it arrive first.
+    async fn barrier(&self, prefetch: u16, queue: &str) -> Result<(), MessagingError> {
+        self.channel
+            .call(move |c| async move {
+                c.basic_qos(BasicQosArguments::new(0, prefetch, false))
+                    .await
+            })
+            .await
+            .map_err(|e| errors::call_error(RECEIVE, e, Some(queue)))
+    }
+}
+
+/// A delivery bound for the dead-letter queue, leased until it is moved.
+pub(super) struct DeadLetter {
+    pub tag: u64,
+    pub delivered: Delivered,
+    pub body: Vec<u8>,
+    pub reason: DeadLetterReason,
+}
+
+/// What one receive took from the buffer.
+pub(super) struct Received<T> {
+    pub messages: Vec<QueuedMessage<T>>,
+    pub dead: Vec<DeadLetter>,
+    /// The epoch the leases above belong to.
+    pub epoch: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections are single assignments or map operations.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One queue's consumer state and leases.
+pub(super) struct Slot {
+    pub queue: String,
+    state: tokio::sync::Mutex<Option<Consumer>>,
+    pub leases: Arc<Leases>,
+    last_used: Mutex<Instant>,
+    /// Deliveries this process gave back without handing them out, by
+    /// message id. The quorum queue counts every return in
+    /// `x-delivery-count`; these were not receives, so they are taken off
+    /// when the message is handed out here again.
+    unseen: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Woken on every delivery, for waiting receives.
+    arrivals: Arc<Arrivals>,
+    /// Dropping the slot stops its lease timer.
+    _stop: watch::Sender<()>,
+}
+
+impl Slot {
+    /// A slot for `queue` with its lease timer running.
+    pub(super) fn new(queue: &str, arrivals: Arc<Arrivals>) -> Arc<Self> {
+        let leases = Arc::new(Leases::default());
+        let (stop, stopped) = watch::channel(());
+        tokio::spawn(leases::run_timer(
+            queue.to_owned(),
+            Arc::clone(&leases),
+            stopped,
+        ));
+        Arc::new(Self {
+            queue: queue.to_owned(),
+            state: tokio::sync::Mutex::new(None),
+            leases,
+            last_used: Mutex::new(Instant::now()),
+            unseen: Mutex::default(),
+            arrivals,
+            _stop: stop,
+        })
+    }
+
+    fn touch(&self) {
+        *lock(&self.last_used) = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        lock(&self.last_used).elapsed()
+    }
+
+    /// Remembers deliveries going back to the broker unseen (see [`Slot::unseen`]).
+    fn record_unseen<'a>(&self, deliveries: impl IntoIterator<Item = &'a Delivery>) {
+        let mut unseen = lock(&self.unseen);
+        let now = Instant::now();
+        for delivery in deliveries {
+            if let Some(id) = delivery.properties.message_id() {
+                let entry = unseen.entry(id.clone()).or_insert((0, now));
+                *entry = (entry.0.saturating_add(1), now);
+            }
+        }
+        if unseen.len() > UNSEEN_LIMIT {
+            // Most went to other consumers; forget the old ones.
+            unseen.retain(|_, (_, at)| at.elapsed() < UNSEEN_TTL);
+            if unseen.len() > UNSEEN_LIMIT {
+                unseen.clear();
+            }
+        }
+    }
+
+    fn take_unseen(&self, message_id: &str) -> u32 {
+        lock(&self.unseen).remove(message_id).map_or(0, |(n, _)| n)
+    }
+
+    /// Drops the consumer; its channel closes and the broker requeues what it held.
+    fn tear_down(&self, state: &mut Option<Consumer>) {
+        if let Some(mut consumer) = state.take() {
+            consumer.drain();
+            self.record_unseen(&consumer.buffer);
+            self.leases.clear();
+        }
+    }
+
+    /// Makes sure a current consumer runs, returning how many messages the
+    /// queue reported ready when one had to be started (0 otherwise).
+    async fn ensure(
+        &self,
+        state: &mut Option<Consumer>,
+        inner: &Inner,
+        link: &Arc<Link>,
+    ) -> Result<u64, MessagingError> {
+        if let Some(consumer) = state.as_mut() {
+            consumer.drain();
+            if consumer.live(link.generation) {
+                if consumer.consuming.is_some() {
+                    return Ok(0);
+                }
+                // Cancelled while idle: consume again on the same channel,
+                // which keeps its leases.
+                let ready = inner.admin.ready_count(RECEIVE, &self.queue).await?;
+                return match self.consume(consumer).await {
+                    Ok(()) => Ok(ready),
+                    Err(error) => {
+                        self.tear_down(state);
+                        Err(error)
+                    }
+                };
+            }
+            self.tear_down(state);
+        }
+        // Ask on the admin connection first: a consume on a missing queue
+        // would cost the data connection a channel.
+        let ready = inner.admin.ready_count(RECEIVE, &self.queue).await?;
+        let channel = link.open_channel().await?;
+        let mut consumer = Consumer {
+            generation: link.generation,
+            epoch: inner.next_epoch(),
+            channel,
+            consuming: None,
+            ended: false,
+            buffer: VecDeque::new(),
+            starts: 0,
+        };
+        consumer
+            .barrier(inner.config.prefetch_count, &self.queue)
+            .await?;
+        self.consume(&mut consumer).await?;
+        self.leases
+            .reset(consumer.epoch, Arc::clone(&consumer.channel));
+        *state = Some(consumer);
+        Ok(ready)
+    }
+
+    async fn consume(&self, consumer: &mut Consumer) -> Result<(), MessagingError> {
+        consumer.starts += 1;
+        let tag = format!(
+            "tasker-messaging.{}.{}.{}",
+            self.queue, consumer.epoch, consumer.starts
+        );
+        let args = BasicConsumeArguments::new(&self.queue, &tag)
+            .manual_ack(true)
+            .finish();
+        let (tag, mut from_broker) = consumer
+            .channel
+            .call(move |c| async move { c.basic_consume_rx(args).await })
+            .await
+            .map_err(|e| errors::call_error(RECEIVE, e, Some(&self.queue)))?;
+        // Relay deliveries so each one wakes the queue's waiting receivers;
+        // the relay ends, closing `deliveries`, when amqprs closes its side.
+        let (relay, deliveries) = mpsc::unbounded_channel();
+        let (arrivals, queue) = (Arc::clone(&self.arrivals), self.queue.clone());
+        tokio::spawn(async move {
+            while let Some(message) = from_broker.recv().await {
+                if relay.send(message).is_err() {
+                    return;
+                }
+                arrivals.notify(&queue);
+            }
+        });
+        consumer.consuming = Some(Consuming { tag, deliveries });
+        Ok(())
+    }
+
+    /// Hands out up to `max` messages available now, leased for `secs`.
+    pub(super) async fn receive<T: QueueMessage>(
+        &self,
+        inner: &Inner,
+        max: usize,
+        secs: u64,
+    ) -> Result<Received<T>, MessagingError> {
+        self.touch();
+        let link = inner.data.link().await?;
+        let mut state = self.state.lock().await;
+        let expected = self.ensure(&mut state, inner, &link).await?;
+        let Some(consumer) = state.as_mut() else {
+            return Err(errors::connection("the consumer did not start", None));
+        };
+        let mut got = Received {
+            messages: Vec::new(),
+            dead: Vec::new(),
+            epoch: consumer.epoch,
+        };
+        let prefetch = usize::from(inner.config.prefetch_count);
+        let mut taken = 0_usize;
+        let mut synced = false;
+        let deadline = Instant::now() + FIRST_DELIVERIES_WAIT;
+        loop {
+            consumer.drain();
+            taken += self.hand_out(consumer, inner, max, secs, &mut got);
+            let room = prefetch.saturating_sub(self.leases.len() + consumer.buffer.len());
+            if got.messages.len() >= max || consumer.consuming.is_none() || room == 0 {
+                break;
+            }
+            if (taken as u64) < expected && consumer.wait_for_delivery(deadline).await {
+                continue;
+            }
+            if synced {
+                break;
+            }
+            synced = true;
+            if let Err(error) = consumer
+                .barrier(inner.config.prefetch_count, &self.queue)
+                .await
+            {
+                if got.messages.is_empty() {
+                    self.tear_down(&mut state);
+                    return Err(error);
+                }
+                // Keep what was leased; the next receive starts afresh.
+                break;
+            }
+        }
+        Ok(got)
+    }
+
+    /// Takes deliveries from the buffer until `max` messages are handed out,
+    /// returning how many deliveries it took.
+    fn hand_out<T: QueueMessage>(
+        &self,
+        consumer: &mut Consumer,
+        inner: &Inner,
+        max: usize,
+        secs: u64,
+        got: &mut Received<T>,
+    ) -> usize {
+        if !consumer.live(inner.data.generation()) {
+            return 0;
+        }
+        let lease = Duration::from_secs(secs);
+        let mut taken = 0;
+        while got.messages.len() < max {
+            let Some(delivery) = consumer.buffer.pop_front() else {
+                break;
+            };
+            taken += 1;
+            // The lease clock starts now, when the message is handed out.
+            self.leases
+                .grant(consumer.epoch, delivery.tag, Instant::now() + lease);
+            let mut delivered = properties::delivered(&delivery.properties, delivery.tag);
+            let unseen = self.take_unseen(&delivered.message_id);
+            delivered.receive_count = delivered.receive_count.saturating_sub(unseen).max(1);
+            let decoded = std::str::from_utf8(&delivery.body)
+                .ok()
+                .and_then(|body| codec::decode::<T>(body).ok());
+            let verdict =
+                inner
+                    .dead_letters
+                    .verdict(&self.queue, delivered.receive_count, decoded.is_some());
+            match (verdict, decoded) {
+                (Verdict::Deliver, Some(message)) => got.messages.push(QueuedMessage {
+                    metadata: QueuedMessageMetadata {
+                        receipt_handle: Receipt {
+                            id: delivery.tag,
+                            lease: consumer.epoch,
+                        }
+                        .encode(Provider::RabbitMq, &self.queue),
+                        message_id: MessageId::new(delivered.message_id),
+                        enqueued_at: delivered.enqueued_at,
+                        receive_count: delivered.receive_count,
+                        visibility_timeout_expires: Utc::now()
+                            + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX)),
+                    },
+                    message,
+                }),
+                (Verdict::DeadLetter(reason), _) => got.dead.push(DeadLetter {
+                    tag: delivery.tag,
+                    delivered,
+                    body: delivery.body,
+                    reason,
+                }),
+                // Stays leased, out of the caller's hands, and comes back later.
+                (Verdict::Hold | Verdict::Deliver, _) => inner
+                    .dead_letters
+                    .log_held(&self.queue, &delivered.message_id),
+            }
+        }
+        taken
+    }
+
+    /// Deliveries buffered here, not handed out: ready as far as callers can
+    /// tell, though the broker counts them as delivered.
+    pub(super) async fn buffered(&self, inner: &Inner) -> u64 {
+        let mut state = self.state.lock().await;
+        let Some(consumer) = self.synced(&mut state, inner).await else {
+            return 0;
+        };
+        consumer.buffer.len() as u64
+    }
+
+    /// Acknowledges (removes for good) every buffered delivery, returning how many.
+    pub(super) async fn purge_buffered(&self, inner: &Inner) -> Result<u64, MessagingError> {
+        let mut state = self.state.lock().await;
+        let Some(consumer) = self.synced(&mut state, inner).await else {
+            return Ok(0);
+        };
+        let mut purged = 0;
+        while let Some(delivery) = consumer.buffer.pop_front() {
+            consumer
+                .channel
+                .settle(delivery.tag, false)
+                .await
+                .map_err(|e| errors::call_error("purge_queue", e, Some(&self.queue)))?;
+            purged += 1;
+        }
+        Ok(purged)
+    }
+
+    /// The current consumer with everything dispatched to it buffered.
+    async fn synced<'a>(
+        &self,
+        state: &'a mut Option<Consumer>,
+        inner: &Inner,
+    ) -> Option<&'a mut Consumer> {
+        let consumer = state.as_mut()?;
+        if !consumer.live(inner.data.generation()) {
+            return None;
+        }
+        if consumer.consuming.is_some()
+            && consumer
+                .barrier(inner.config.prefetch_count, &self.queue)
+                .await
+                .is_err()
+        {
+            return None;
+        }
+        consumer.drain();
+        Some(consumer)
+    }
+
+    /// After a reconnect: drops the old consumer (its deliveries and leases
+    /// died with the connection) and starts a new one if the queue was in use.
+    pub(super) async fn resume(&self, inner: &Inner, link: &Arc<Link>, idle: Duration) {
+        let mut state = self.state.lock().await;
+        if state
+            .as_ref()
+            .is_some_and(|c| c.generation != link.generation)
+        {
+            self.tear_down(&mut state);
+            if self.idle_for() < idle {
+                if let Err(error) = self.ensure(&mut state, inner, link).await {
+                    tracing::debug!(queue = self.queue, %error, "could not resume a consumer");
+                }
+            }
+        }
+    }
+
+    /// Returns buffered deliveries to the broker once the consumer has gone
+    /// unused for `idle`, and closes its channel when it holds no leases.
+    pub(super) async fn release_if_idle(&self, generation: u64, idle: Duration) {
+        if self.idle_for() < idle {
+            return;
+        }
+        // A receive in progress is not idle.
+        let Ok(mut state) = self.state.try_lock() else {
+            return;
+        };
+        let Some(consumer) = state.as_mut() else {
+            return;
+        };
+        consumer.drain();
+        if !consumer.live(generation) {
+            self.tear_down(&mut state);
+            return;
+        }
+        if let Some(consuming) = consumer.consuming.take() {
+            // Cancel first, or the broker would push the requeued deliveries
+            // straight back to this consumer.
+            let tag = consuming.tag;
+            let cancelled = consumer
+                .channel
+                .call(move |c| async move { c.basic_cancel(BasicCancelArguments::new(&tag)).await })
+                .await;
+            if cancelled.is_err() {
+                self.tear_down(&mut state);
+                return;
+            }
+            // Deliveries sent before the cancel-ok are in the receiver by now.
+            let mut deliveries = consuming.deliveries;
+            while let Ok(message) = deliveries.try_recv() {
+                consumer.buffer.extend(Delivery::from_message(message));
+            }
+            let returned = consumer.buffer.len();
+            self.record_unseen(&consumer.buffer);
+            for delivery in std::mem::take(&mut consumer.buffer) {
+                if consumer.channel.settle(delivery.tag, true).await.is_err() {
+                    // The channel is gone, and the broker requeued the rest with it.
+                    self.tear_down(&mut state);
+                    return;
+                }
+            }
+            if returned > 0 {
+                tracing::debug!(
+                    queue = self.queue,
+                    returned,
+                    "consumer idle: returned buffered deliveries to the broker"
+                );
+            }
+        }
+        if self.leases.len() == 0 {
+            self.tear_down(&mut state);
+        }
+    }
+}

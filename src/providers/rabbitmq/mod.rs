@@ -1,0 +1,608 @@
+//! RabbitMQ over AMQP 0-9-1, through amqprs.
+//!
+//! Queues are durable quorum queues; messages are persistent and every send
+//! waits for its publisher confirm (`confirms`). Receives are pulled from a
+//! per-queue push consumer with a local buffer (`consumer`), and leases are
+//! kept by the library because AMQP has none (`leases`): an expired lease is
+//! requeued with `basic.nack`, and `receive_count` comes from the quorum
+//! queue's `x-delivery-count` header. The data connection recovers by itself
+//! after a drop (`connection`); declarations and inspection use a connection
+//! of their own (`topology`).
+//!
+//! What the broker cannot tell is emulated, and the emulation has limits:
+//! - `get_queue_stats` counts ready messages the broker holds plus those
+//!   buffered (prefetched, not handed out) in this process; other processes'
+//!   buffers are invisible, and leased counts and ages are `None`.
+//! - `x-delivery-count` counts every return to the queue, including buffered
+//!   deliveries an idle consumer or a lost connection gave back, so
+//!   `receive_count` can run ahead of the receives a caller saw.
+//! - A receipt names the consumer channel's epoch: any reconnect (or a new
+//!   consumer channel) ends the leases of the old one.
+
+mod channel;
+mod confirms;
+mod connection;
+mod consumer;
+mod errors;
+mod leases;
+mod properties;
+mod topology;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt,
+    mem::ManuallyDrop,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, Weak,
+    },
+    time::Duration,
+};
+
+use tokio::{sync::watch, time::Instant};
+
+use self::{
+    confirms::Pending,
+    connection::{DataConnection, Link, Settings},
+    consumer::{DeadLetter, Slot},
+    leases::ExtendError,
+    properties::Outgoing,
+    topology::Admin,
+};
+use crate::wait::Arrivals;
+use crate::{
+    codec,
+    dead_letter::DeadLetterPolicy,
+    lease,
+    queue_name::{validate_new_queue_name, validate_queue_name},
+    receipt::Receipt,
+    MessageId, MessagingError, MessagingService, Provider, QueueMessage, QueueStats, QueuedMessage,
+    QueuesConfig, RabbitMqConfig, ReceiptHandle,
+};
+
+/// The RabbitMQ provider. Clones share one set of connections.
+///
+/// Holds two connections: one for publishes and consumers, which recovers by
+/// itself after a drop, and one for declarations and inspection. Dropping the
+/// last clone closes both; the broker then requeues every delivery this
+/// backend held.
+#[derive(Clone)]
+pub struct RabbitMqMessageService {
+    inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    config: RabbitMqConfig,
+    queues: QueuesConfig,
+    dead_letters: DeadLetterPolicy,
+    // Dropped by hand (see `Drop for Inner`).
+    data: ManuallyDrop<DataConnection>,
+    admin: ManuallyDrop<Admin>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Queues this backend created, declared again after a reconnect.
+    declared: Mutex<BTreeSet<String>>,
+    epochs: AtomicU64,
+    /// Wakes waiting receivers when a consumer gets a delivery.
+    arrivals: Arc<Arrivals>,
+    /// Dropping it stops the background tasks.
+    _stop: watch::Sender<()>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections are single map operations: a poisoned lock is consistent.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl fmt::Debug for RabbitMqMessageService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitMqMessageService")
+            .field("url", &self.inner.config.url)
+            .field("generation", &self.inner.data.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RabbitMqMessageService {
+    /// Connects to `config.url` (both connections), failing if the broker
+    /// does not answer within `connection_timeout_ms`.
+    pub async fn connect(
+        config: &RabbitMqConfig,
+        queues: QueuesConfig,
+    ) -> Result<Self, MessagingError> {
+        let settings = Arc::new(Settings::new(config)?);
+        let data = DataConnection::connect(Arc::clone(&settings)).await?;
+        let admin = Admin::new(settings);
+        admin.ping().await?;
+        let (stop, stopped) = watch::channel(());
+        let inner = Arc::new(Inner {
+            config: config.clone(),
+            dead_letters: (&queues).into(),
+            queues,
+            data: ManuallyDrop::new(data),
+            admin: ManuallyDrop::new(admin),
+            slots: Mutex::default(),
+            declared: Mutex::default(),
+            epochs: AtomicU64::new(0),
+            arrivals: Arc::default(),
+            _stop: stop,
+        });
+        tokio::spawn(connection::supervise(
+            Arc::downgrade(&inner),
+            stopped.clone(),
+        ));
+        tokio::spawn(janitor(
+            Arc::downgrade(&inner),
+            stopped,
+            inner.idle_timeout(),
+        ));
+        Ok(Self { inner })
+    }
+
+    /// The data connection's generation: 1 after connecting, one more after
+    /// each automatic reconnect.
+    pub fn connection_generation(&self) -> u64 {
+        self.inner.data.generation()
+    }
+
+    fn lease_expired(queue: &str, receipt: &ReceiptHandle) -> MessagingError {
+        MessagingError::LeaseExpired {
+            queue: queue.to_owned(),
+            receipt: receipt.to_string(),
+        }
+    }
+
+    /// The error for a receipt with no live lease: `QueueNotFound` when the
+    /// queue is gone, `LeaseExpired` otherwise.
+    async fn no_lease(
+        &self,
+        operation: &'static str,
+        queue: &str,
+        receipt: &ReceiptHandle,
+    ) -> MessagingError {
+        match self.inner.admin.exists(operation, queue).await {
+            Ok(true) => Self::lease_expired(queue, receipt),
+            Ok(false) => MessagingError::QueueNotFound {
+                queue: queue.to_owned(),
+            },
+            Err(error) => error,
+        }
+    }
+
+    /// Publishes `messages` to `queue` and waits for every confirm.
+    async fn publish(
+        &self,
+        queue: &str,
+        messages: Vec<Outgoing>,
+    ) -> Result<Vec<Pending>, MessagingError> {
+        let link = self.inner.data.link().await?;
+        let publisher = link.publisher().await?;
+        publisher.publish(queue, messages).await
+    }
+
+    /// Moves dead letters to the dead-letter queue: each is published with a
+    /// confirm, and only then is the original acknowledged, so a failure at
+    /// any point leaves the message leased in its queue, never lost.
+    async fn move_dead_letters(&self, slot: &Slot, epoch: u64, dead: Vec<DeadLetter>) {
+        let Some(dlq) = self.inner.dead_letters.dead_letter_queue(&slot.queue) else {
+            return;
+        };
+        let mut waiting: Vec<DeadLetter> = dead;
+        for attempt in 0..2 {
+            let copies = waiting
+                .iter()
+                .map(|d| {
+                    properties::dead_letter(&d.delivered, d.body.clone(), &slot.queue, d.reason)
+                })
+                .collect();
+            let pending = match self.publish(&dlq, copies).await {
+                Ok(pending) => pending,
+                Err(error) => {
+                    self.dead_letter_failed(&slot.queue, &waiting, &error);
+                    return;
+                }
+            };
+            let deadline = Instant::now() + self.inner.data.settings.timeout;
+            let mut missing_queue = Vec::new();
+            for (letter, pending) in waiting.into_iter().zip(pending) {
+                match pending.confirmed_by(deadline).await {
+                    Ok(_) => {
+                        if let Some(channel) = slot.leases.take(epoch, letter.tag) {
+                            if let Err(error) = channel.settle(letter.tag, false).await {
+                                tracing::debug!(queue = slot.queue, ?error, "could not acknowledge a dead-lettered delivery; it will come back");
+                            }
+                        }
+                        self.inner.dead_letters.log_move(
+                            &slot.queue,
+                            &letter.delivered.message_id,
+                            letter.reason,
+                        );
+                    }
+                    Err(MessagingError::QueueNotFound { .. }) if attempt == 0 => {
+                        missing_queue.push(letter)
+                    }
+                    Err(error) => {
+                        self.dead_letter_failed(&slot.queue, std::slice::from_ref(&letter), &error)
+                    }
+                }
+            }
+            if missing_queue.is_empty() {
+                return;
+            }
+            // Someone deleted the dead-letter queue alone: declare it again.
+            if let Err(error) = self.inner.admin.declare(&dlq).await {
+                self.dead_letter_failed(&slot.queue, &missing_queue, &error);
+                return;
+            }
+            waiting = missing_queue;
+        }
+    }
+
+    fn dead_letter_failed(&self, queue: &str, letters: &[DeadLetter], error: &MessagingError) {
+        for letter in letters {
+            tracing::warn!(
+                queue,
+                message_id = letter.delivered.message_id,
+                %error,
+                "could not move a message to the dead-letter queue; it stays leased and is tried again when the lease ends"
+            );
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let slots = std::mem::take(&mut *lock(&self.slots));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            drop(slots);
+            // SAFETY: each field is dropped exactly once, here, and `self` is
+            // never used again.
+            unsafe {
+                ManuallyDrop::drop(&mut self.data);
+                ManuallyDrop::drop(&mut self.admin);
+            }
+        } else {
+            // amqprs closes connections and channels from tasks it spawns on
+            // drop, which panics outside a runtime: leave them to the OS.
+            std::mem::forget(slots);
+        }
+    }
+}
+
+impl Inner {
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.consumer_idle_timeout_ms)
+    }
+
+    fn broker_consumer_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.broker_consumer_timeout_ms)
+    }
+
+    fn next_epoch(&self) -> u64 {
+        self.epochs.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn slot(&self, queue: &str) -> Arc<Slot> {
+        Arc::clone(
+            lock(&self.slots)
+                .entry(queue.to_owned())
+                .or_insert_with(|| Slot::new(queue, Arc::clone(&self.arrivals))),
+        )
+    }
+
+    /// Drops the slot of a queue found missing, unless it still holds leases.
+    fn forget_slot(&self, slot: &Arc<Slot>) {
+        let mut slots = lock(&self.slots);
+        if slots.get(&slot.queue).is_some_and(|s| Arc::ptr_eq(s, slot)) && slot.leases.len() == 0 {
+            slots.remove(&slot.queue);
+        }
+    }
+
+    fn existing_slot(&self, queue: &str) -> Option<Arc<Slot>> {
+        lock(&self.slots).get(queue).cloned()
+    }
+
+    fn all_slots(&self) -> Vec<Arc<Slot>> {
+        lock(&self.slots).values().cloned().collect()
+    }
+
+    /// The data connection dropped: every lease died with it.
+    fn on_connection_lost(&self) {
+        for slot in self.all_slots() {
+            slot.leases.clear();
+        }
+    }
+
+    /// A new data connection: declare again what this backend declared, then
+    /// resume the consumers in use.
+    async fn after_reconnect(&self, link: &Arc<Link>) {
+        let declared: Vec<String> = lock(&self.declared).iter().cloned().collect();
+        for queue in declared {
+            let names =
+                std::iter::once(queue.clone()).chain(self.dead_letters.dead_letter_queue(&queue));
+            for name in names {
+                if let Err(error) = self.admin.declare(&name).await {
+                    tracing::warn!(queue = name, %error, "could not declare a queue again after reconnecting");
+                }
+            }
+        }
+        for slot in self.all_slots() {
+            slot.resume(self, link, self.idle_timeout()).await;
+        }
+    }
+
+    fn check_broker_limit(&self, secs: u64) -> Result<(), MessagingError> {
+        let limit = self.broker_consumer_timeout();
+        if Duration::from_secs(secs) > limit {
+            return Err(MessagingError::invalid_argument(format!(
+                "visibility timeout of {secs} s exceeds RabbitMQ's consumer_timeout of {} s",
+                limit.as_secs()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Returns idle consumers' buffered deliveries, until `stop`'s sender is dropped.
+async fn janitor(inner: Weak<Inner>, mut stop: watch::Receiver<()>, idle: Duration) {
+    let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.changed() => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let generation = inner.data.generation();
+        let slots = inner.all_slots();
+        drop(inner);
+        for slot in slots {
+            slot.release_if_idle(generation, idle).await;
+        }
+    }
+}
+
+impl MessagingService for RabbitMqMessageService {
+    async fn health_check(&self) -> Result<bool, MessagingError> {
+        let check = async {
+            self.inner.data.link().await?;
+            self.inner.admin.ping().await
+        };
+        Ok(matches!(
+            tokio::time::timeout(self.inner.data.settings.timeout, check).await,
+            Ok(Ok(()))
+        ))
+    }
+
+    async fn create_queue(&self, queue: &str) -> Result<(), MessagingError> {
+        validate_new_queue_name(queue, &self.inner.queues.dead_letter_queue_suffix)?;
+        self.inner.admin.declare(queue).await?;
+        if let Some(dlq) = self.inner.dead_letters.dead_letter_queue(queue) {
+            self.inner.admin.declare(&dlq).await?;
+        }
+        lock(&self.inner.declared).insert(queue.to_owned());
+        Ok(())
+    }
+
+    async fn send_message<T: QueueMessage>(
+        &self,
+        queue: &str,
+        message: &T,
+    ) -> Result<MessageId, MessagingError> {
+        validate_queue_name(queue)?;
+        let body = codec::encode(message, self.inner.queues.max_message_bytes)?;
+        let outgoing = properties::outgoing(message, body);
+        let mut pending = self.publish(queue, vec![outgoing]).await?;
+        match pending.pop() {
+            Some(pending) => pending.confirmed().await,
+            None => Err(errors::connection("the publish was not sent", None)),
+        }
+    }
+
+    async fn send_batch<T: QueueMessage>(
+        &self,
+        queue: &str,
+        messages: &[T],
+    ) -> Result<Vec<MessageId>, MessagingError> {
+        validate_queue_name(queue)?;
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bodies = codec::encode_all(messages, self.inner.queues.max_message_bytes)?;
+        let outgoing = messages
+            .iter()
+            .zip(bodies)
+            .map(|(message, body)| properties::outgoing(message, body))
+            .collect();
+        // Not atomic on RabbitMQ: on an error, an earlier part may be stored.
+        let pending = self.publish(queue, outgoing).await?;
+        let deadline = Instant::now() + self.inner.data.settings.timeout;
+        let mut ids = Vec::with_capacity(pending.len());
+        for pending in pending {
+            ids.push(pending.confirmed_by(deadline).await?);
+        }
+        Ok(ids)
+    }
+
+    async fn receive_messages<T: QueueMessage>(
+        &self,
+        queue: &str,
+        max_messages: usize,
+        visibility_timeout: Duration,
+    ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        validate_queue_name(queue)?;
+        lease::check_max_messages(max_messages)?;
+        let secs = lease::lease_secs(visibility_timeout, 1)?;
+        self.inner.check_broker_limit(secs)?;
+        let slot = self.inner.slot(queue);
+        let received = match slot.receive::<T>(&self.inner, max_messages, secs).await {
+            Ok(received) => received,
+            Err(error) => {
+                if matches!(error, MessagingError::QueueNotFound { .. }) {
+                    self.inner.forget_slot(&slot);
+                }
+                return Err(error);
+            }
+        };
+        if !received.dead.is_empty() {
+            self.move_dead_letters(&slot, received.epoch, received.dead)
+                .await;
+        }
+        Ok(received.messages)
+    }
+
+    async fn receive_messages_wait<T: QueueMessage>(
+        &self,
+        queue: &str,
+        max_messages: usize,
+        visibility_timeout: Duration,
+        wait: Duration,
+    ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        let poll = self.inner.queues.wait_poll_interval();
+        let arrivals = &self.inner.arrivals;
+        crate::wait::receive_wait(
+            self,
+            arrivals,
+            poll,
+            queue,
+            max_messages,
+            visibility_timeout,
+            wait,
+        )
+        .await
+    }
+
+    async fn delete_message(
+        &self,
+        queue: &str,
+        receipt: &ReceiptHandle,
+    ) -> Result<(), MessagingError> {
+        validate_queue_name(queue)?;
+        let lease = Receipt::decode(receipt, Provider::RabbitMq, queue)?;
+        let channel = self
+            .inner
+            .existing_slot(queue)
+            .and_then(|slot| slot.leases.take(lease.lease, lease.id));
+        match channel {
+            Some(channel) => match channel.settle(lease.id, false).await {
+                Ok(()) => Ok(()),
+                // The channel died with its deliveries: the broker requeued this one.
+                Err(_) => Err(Self::lease_expired(queue, receipt)),
+            },
+            None => Err(self.no_lease("delete_message", queue, receipt).await),
+        }
+    }
+
+    async fn change_message_visibility(
+        &self,
+        queue: &str,
+        receipt: &ReceiptHandle,
+        visibility_timeout: Duration,
+    ) -> Result<(), MessagingError> {
+        validate_queue_name(queue)?;
+        let secs = lease::lease_secs(visibility_timeout, 0)?;
+        self.inner.check_broker_limit(secs)?;
+        let lease = Receipt::decode(receipt, Provider::RabbitMq, queue)?;
+        let Some(slot) = self.inner.existing_slot(queue) else {
+            return Err(self
+                .no_lease("change_message_visibility", queue, receipt)
+                .await);
+        };
+        if secs == 0 {
+            return match slot.leases.take(lease.lease, lease.id) {
+                Some(channel) => channel
+                    .settle(lease.id, true)
+                    .await
+                    .map_err(|_| Self::lease_expired(queue, receipt)),
+                None => Err(self
+                    .no_lease("change_message_visibility", queue, receipt)
+                    .await),
+            };
+        }
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        match slot.leases.extend(
+            lease.lease,
+            lease.id,
+            deadline,
+            self.inner.broker_consumer_timeout(),
+        ) {
+            Ok(()) => Ok(()),
+            Err(ExtendError::TooLong) => Err(MessagingError::invalid_argument(format!(
+                "a lease of {secs} s more would keep the delivery unacknowledged beyond RabbitMQ's consumer_timeout of {} s",
+                self.inner.broker_consumer_timeout().as_secs()
+            ))),
+            Err(ExtendError::Dead) => {
+                Err(self.no_lease("change_message_visibility", queue, receipt).await)
+            }
+        }
+    }
+
+    async fn get_queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError> {
+        validate_queue_name(queue)?;
+        let ready = self
+            .inner
+            .admin
+            .ready_count("get_queue_stats", queue)
+            .await?;
+        let buffered = match self.inner.existing_slot(queue) {
+            Some(slot) => slot.buffered(&self.inner).await,
+            None => 0,
+        };
+        let dead_letter_count = match self.inner.dead_letters.dead_letter_queue(queue) {
+            None => None,
+            Some(dlq) => match self.inner.admin.ready_count("get_queue_stats", &dlq).await {
+                Ok(ready) => {
+                    let here = match self.inner.existing_slot(&dlq) {
+                        Some(slot) => slot.buffered(&self.inner).await + slot.leases.len() as u64,
+                        None => 0,
+                    };
+                    Some(ready + here)
+                }
+                Err(MessagingError::QueueNotFound { .. }) => None,
+                Err(error) => return Err(error),
+            },
+        };
+        Ok(QueueStats {
+            queue_name: queue.to_owned(),
+            message_count: ready + buffered,
+            // The broker cannot say how many are leased, or how old the oldest is.
+            in_flight_count: None,
+            oldest_message_age_seconds: None,
+            dead_letter_count,
+        })
+    }
+
+    async fn purge_queue(&self, queue: &str) -> Result<u64, MessagingError> {
+        validate_queue_name(queue)?;
+        // queue.purge removes only what the broker has not delivered; what
+        // this process buffered but never handed out is ready too.
+        let purged = self.inner.admin.purge(queue).await?;
+        let buffered = match self.inner.existing_slot(queue) {
+            Some(slot) => slot.purge_buffered(&self.inner).await?,
+            None => 0,
+        };
+        Ok(purged + buffered)
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<(), MessagingError> {
+        validate_queue_name(queue)?;
+        lock(&self.inner.declared).remove(queue);
+        // Stop consuming first; dropping the slot closes its channel.
+        lock(&self.inner.slots).remove(queue);
+        let dlq = self.inner.dead_letters.dead_letter_queue(queue);
+        if let Some(dlq) = &dlq {
+            lock(&self.inner.slots).remove(dlq);
+        }
+        self.inner.admin.delete(queue).await?;
+        if let Some(dlq) = dlq {
+            self.inner.admin.delete(&dlq).await?;
+        }
+        Ok(())
+    }
+
+    fn provider(&self) -> Provider {
+        Provider::RabbitMq
+    }
+
+    fn queues_config(&self) -> &QueuesConfig {
+        &self.inner.queues
+    }
+}

@@ -1,0 +1,183 @@
+//! AMQP message properties: what a publish carries and what a delivery tells.
+
+use amqprs::{BasicProperties, FieldName, FieldTable, FieldValue, DELIVERY_MODE_PERSISTENT};
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::{dead_letter::DeadLetterReason, QueueMessage};
+
+/// Header with the enqueue time in milliseconds (`timestamp` has whole seconds).
+const ENQUEUED_AT_MS: &str = "x-tasker-enqueued-at-ms";
+/// Set by quorum queues on redelivery: how many times the message went back.
+const DELIVERY_COUNT: &str = "x-delivery-count";
+/// Headers a dead-letter move adds.
+const DEAD_LETTER_REASON: &str = "x-tasker-dead-letter-reason";
+const DEAD_LETTER_SOURCE: &str = "x-tasker-dead-letter-source";
+/// AMQP short strings (property values, header names) hold at most 255 bytes;
+/// amqprs panics on longer ones.
+const SHORT_STR_MAX: usize = 255;
+
+fn name(text: &str) -> FieldName {
+    // Only called with this module's constants, all far below 255 bytes.
+    text.try_into().unwrap_or_default()
+}
+
+/// A message ready to publish.
+pub(super) struct Outgoing {
+    pub message_id: String,
+    pub properties: BasicProperties,
+    pub body: Vec<u8>,
+}
+
+/// Builds a persistent JSON publish with a fresh message id.
+pub(super) fn outgoing<T: QueueMessage>(message: &T, body: Box<RawValue>) -> Outgoing {
+    let message_id = Uuid::new_v4().to_string();
+    let now = Utc::now();
+    let mut headers = FieldTable::new();
+    headers.insert(name(ENQUEUED_AT_MS), FieldValue::l(now.timestamp_millis()));
+    let mut properties = BasicProperties::default();
+    properties
+        .with_delivery_mode(DELIVERY_MODE_PERSISTENT)
+        .with_content_type("application/json")
+        .with_message_id(&message_id)
+        .with_timestamp(u64::try_from(now.timestamp()).unwrap_or(0))
+        .with_headers(headers);
+    let message_type = message.message_type();
+    if message_type.len() <= SHORT_STR_MAX {
+        properties.with_message_type(message_type);
+    }
+    if let Some(correlation_id) = message
+        .correlation_id()
+        .filter(|c| c.len() <= SHORT_STR_MAX)
+    {
+        properties.with_correlation_id(&correlation_id);
+    }
+    let body: Box<str> = body.into();
+    Outgoing {
+        message_id,
+        properties: properties.finish(),
+        body: body.into_string().into_bytes(),
+    }
+}
+
+/// The copy of a delivery published to its dead-letter queue: the same id,
+/// body and enqueue time, a fresh delivery count, and where and why it moved.
+pub(super) fn dead_letter(
+    original: &Delivered,
+    body: Vec<u8>,
+    source_queue: &str,
+    reason: DeadLetterReason,
+) -> Outgoing {
+    let mut headers = FieldTable::new();
+    headers.insert(
+        name(ENQUEUED_AT_MS),
+        FieldValue::l(original.enqueued_at.timestamp_millis()),
+    );
+    headers.insert(name(DEAD_LETTER_REASON), FieldValue::from(reason.as_str()));
+    headers.insert(name(DEAD_LETTER_SOURCE), FieldValue::from(source_queue));
+    let mut properties = BasicProperties::default();
+    properties
+        .with_delivery_mode(DELIVERY_MODE_PERSISTENT)
+        .with_message_id(&original.message_id)
+        .with_timestamp(u64::try_from(original.enqueued_at.timestamp()).unwrap_or(0))
+        .with_headers(headers);
+    if let Some(content_type) = &original.content_type {
+        properties.with_content_type(content_type);
+    }
+    Outgoing {
+        message_id: original.message_id.clone(),
+        properties: properties.finish(),
+        body,
+    }
+}
+
+/// What a delivery's properties say about the message.
+#[derive(Debug, Clone)]
+pub(super) struct Delivered {
+    pub message_id: String,
+    /// Receives of the message, this one included.
+    pub receive_count: u32,
+    pub enqueued_at: DateTime<Utc>,
+    /// Kept (already a short string) for the dead-letter copy.
+    content_type: Option<String>,
+}
+
+/// Reads a delivery's properties. Every field is optional on the wire (other
+/// publishers may omit them), so nothing here fails.
+pub(super) fn delivered(properties: &BasicProperties, delivery_tag: u64) -> Delivered {
+    let headers = properties.headers();
+    let header = |key: &str| headers.and_then(|h| h.get(&name(key)));
+    // Absent on a first delivery; the quorum queue counts returns.
+    let returns = header(DELIVERY_COUNT).and_then(integer).unwrap_or(0);
+    let receive_count = u32::try_from(returns.saturating_add(1))
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let enqueued_at = header(ENQUEUED_AT_MS)
+        .and_then(integer)
+        .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+        .or_else(|| {
+            properties
+                .timestamp()
+                .and_then(|s| i64::try_from(s).ok())
+                .and_then(|s| Utc.timestamp_opt(s, 0).single())
+        })
+        .unwrap_or_else(Utc::now);
+    Delivered {
+        message_id: properties
+            .message_id()
+            .cloned()
+            // Not ours: name it by delivery tag so logs can still point at it.
+            .unwrap_or_else(|| format!("delivery-{delivery_tag}")),
+        receive_count,
+        enqueued_at,
+        content_type: properties.content_type().cloned(),
+    }
+}
+
+fn integer(value: &FieldValue) -> Option<i64> {
+    match value {
+        FieldValue::b(v) => Some(i64::from(*v)),
+        FieldValue::B(v) => Some(i64::from(*v)),
+        FieldValue::s(v) => Some(i64::from(*v)),
+        FieldValue::u(v) => Some(i64::from(*v)),
+        FieldValue::I(v) => Some(i64::from(*v)),
+        FieldValue::i(v) => Some(i64::from(*v)),
+        FieldValue::l(v) => Some(*v),
+        FieldValue::T(v) => i64::try_from(*v).ok(),
+        _ => None,
+    }
+    .filter(|v| *v >= 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SimpleStepMessage;
+
+    #[test]
+    fn a_first_delivery_counts_one_and_keeps_the_enqueue_time() {
+        let step = SimpleStepMessage::new(Uuid::new_v4(), Uuid::new_v4());
+        let body = crate::codec::encode(&step, 1024).unwrap();
+        let out = outgoing(&step, body);
+        let seen = delivered(&out.properties, 7);
+        assert_eq!(seen.message_id, out.message_id);
+        assert_eq!(seen.receive_count, 1);
+        assert!((Utc::now() - seen.enqueued_at).num_seconds().abs() < 5);
+        assert_eq!(
+            out.properties.delivery_mode(),
+            Some(DELIVERY_MODE_PERSISTENT)
+        );
+    }
+
+    #[test]
+    fn the_delivery_count_header_adds_to_the_receive_count() {
+        let mut headers = FieldTable::new();
+        headers.insert(name(DELIVERY_COUNT), FieldValue::l(2));
+        let mut properties = BasicProperties::default();
+        properties.with_headers(headers);
+        let seen = delivered(&properties.finish(), 9);
+        assert_eq!(seen.receive_count, 3);
+        assert_eq!(seen.message_id, "delivery-9");
+    }
+}

@@ -1,0 +1,185 @@
+//! Queue declarations and inspection, on a connection of their own.
+//!
+//! AMQP answers a request about a missing queue by closing the channel (404),
+//! and amqprs never reuses the id of a channel the broker closed. Keeping
+//! these requests off the data connection means a 404 never disturbs the
+//! channels that hold leases, and a connection that has used up its channel
+//! ids can be replaced without losing anything.
+
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    },
+};
+
+use amqprs::{
+    channel::{
+        Channel, ExchangeDeclareArguments, QueueDeclareArguments, QueueDeleteArguments,
+        QueuePurgeArguments,
+    },
+    connection::Connection,
+    FieldTable, FieldValue,
+};
+
+use super::{
+    channel::{CallError, TrackedChannel, CLOSED_CHANNEL_LIMIT},
+    connection::Settings,
+    errors,
+};
+use crate::MessagingError;
+
+#[derive(Default)]
+struct State {
+    connection: Option<Connection>,
+    channel: Option<Arc<TrackedChannel>>,
+    closures: Arc<AtomicU32>,
+}
+
+/// The admin connection and its one channel; requests run one at a time.
+pub(super) struct Admin {
+    settings: Arc<Settings>,
+    state: tokio::sync::Mutex<State>,
+}
+
+/// Arguments of every queue this library declares: durable quorum queues.
+fn quorum_arguments() -> FieldTable {
+    let mut arguments = FieldTable::new();
+    arguments.insert(
+        "x-queue-type".try_into().unwrap_or_default(),
+        FieldValue::from("quorum"),
+    );
+    arguments
+}
+
+impl Admin {
+    pub(super) fn new(settings: Arc<Settings>) -> Self {
+        Self {
+            settings,
+            state: tokio::sync::Mutex::default(),
+        }
+    }
+
+    async fn channel(&self, state: &mut State) -> Result<Arc<TrackedChannel>, MessagingError> {
+        let worn_out = state.closures.load(Ordering::Relaxed) >= CLOSED_CHANNEL_LIMIT;
+        if worn_out || !state.connection.as_ref().is_some_and(Connection::is_open) {
+            // Dropping the old connection closes it.
+            *state = State::default();
+            state.connection = Some(self.settings.open("tasker-messaging admin").await?);
+        }
+        if let Some(channel) = state.channel.as_ref().filter(|c| c.usable()) {
+            return Ok(Arc::clone(channel));
+        }
+        let Some(connection) = state.connection.as_ref() else {
+            return Err(errors::connection("no admin connection", None));
+        };
+        let channel = TrackedChannel::open(
+            connection,
+            self.settings.timeout,
+            None,
+            Arc::clone(&state.closures),
+        )
+        .await
+        .map_err(|e| errors::call_error("open channel", e, None))?;
+        state.channel = Some(Arc::clone(&channel));
+        Ok(channel)
+    }
+
+    /// Runs one request; a 404 is `QueueNotFound` for `queue`.
+    async fn run<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        queue: Option<&str>,
+        request: F,
+    ) -> Result<T, MessagingError>
+    where
+        F: FnOnce(Channel) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, amqprs::error::Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut state = self.state.lock().await;
+        let channel = self.channel(&mut state).await?;
+        match channel.call(request).await {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                if matches!(error, CallError::Broken { .. }) {
+                    // Timed out or lost: start afresh next time.
+                    *state = State::default();
+                }
+                Err(errors::call_error(operation, error, queue))
+            }
+        }
+    }
+
+    /// Declares `queue` as a durable quorum queue (idempotent).
+    pub(super) async fn declare(&self, queue: &str) -> Result<(), MessagingError> {
+        let args = QueueDeclareArguments::durable_client_named(queue)
+            .arguments(quorum_arguments())
+            .finish();
+        self.run("create_queue", None, move |c| async move {
+            c.queue_declare(args).await.map(drop)
+        })
+        .await
+    }
+
+    /// Messages ready in `queue` (not delivered to any consumer), or `QueueNotFound`.
+    pub(super) async fn ready_count(
+        &self,
+        operation: &'static str,
+        queue: &str,
+    ) -> Result<u64, MessagingError> {
+        let args = QueueDeclareArguments::new(queue).passive(true).finish();
+        let declared = self
+            .run(operation, Some(queue), move |c| async move {
+                c.queue_declare(args).await
+            })
+            .await?;
+        Ok(declared.map_or(0, |(_, ready, _)| u64::from(ready)))
+    }
+
+    /// Whether `queue` exists.
+    pub(super) async fn exists(
+        &self,
+        operation: &'static str,
+        queue: &str,
+    ) -> Result<bool, MessagingError> {
+        match self.ready_count(operation, queue).await {
+            Ok(_) => Ok(true),
+            Err(MessagingError::QueueNotFound { .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Deletes `queue`; deleting a missing queue succeeds.
+    pub(super) async fn delete(&self, queue: &str) -> Result<(), MessagingError> {
+        let args = QueueDeleteArguments::new(queue);
+        self.run("delete_queue", None, move |c| async move {
+            c.queue_delete(args).await.map(drop)
+        })
+        .await
+    }
+
+    /// Removes `queue`'s ready messages, returning how many.
+    pub(super) async fn purge(&self, queue: &str) -> Result<u64, MessagingError> {
+        let args = QueuePurgeArguments::new(queue);
+        let purged = self
+            .run("purge_queue", Some(queue), move |c| async move {
+                c.queue_purge(args).await
+            })
+            .await?;
+        Ok(purged.map_or(0, u64::from))
+    }
+
+    /// One round trip to the broker.
+    pub(super) async fn ping(&self) -> Result<(), MessagingError> {
+        // amq.direct exists in every vhost.
+        let args = ExchangeDeclareArguments::new("amq.direct", "direct")
+            .passive(true)
+            .finish();
+        self.run("health_check", None, move |c| async move {
+            c.exchange_declare(args).await
+        })
+        .await
+    }
+}
