@@ -5,6 +5,8 @@
 // Each test binary uses a subset of these helpers.
 #![allow(dead_code)]
 
+pub mod load;
+
 use tasker_messaging::{
     MessageBackend, MessagingConfig, PgmqConfig, Provider, QueuesConfig, RabbitMqConfig, SecretUrl,
 };
@@ -41,7 +43,10 @@ pub fn config(provider: Provider) -> MessagingConfig {
             prefetch_count: 50,
             heartbeat_interval_secs: 10,
             connection_timeout_ms: 5_000,
+            consumer_idle_timeout_ms: 5_000,
+            broker_consumer_timeout_ms: 30 * 60 * 1_000,
         }),
+        ..MessagingConfig::default()
     }
 }
 

@@ -1,0 +1,70 @@
+//! Retry and circuit breaking, written once and wrapped around every
+//! provider's server calls.
+//!
+//! Retrying is safe under at-least-once delivery: a retried send may store a
+//! message twice (a duplicate, never a loss); a retried receive may have
+//! leased messages whose answer was lost, and they come back when the lease
+//! ends; a retried delete or lease change of a lease that the lost first
+//! attempt already ended reports `LeaseExpired`.
+
+mod circuit_breaker;
+mod retry;
+
+use std::future::Future;
+
+pub use self::{
+    circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitState},
+    retry::RetryPolicy,
+};
+use crate::{MessagingError, Provider};
+
+/// A provider's retry policy and circuit breaker.
+#[derive(Debug)]
+pub(crate) struct Resilience {
+    retry: RetryPolicy,
+    breaker: CircuitBreaker,
+}
+
+impl Resilience {
+    pub(crate) fn new(
+        provider: Provider,
+        retry: RetryPolicy,
+        breaker: CircuitBreakerConfig,
+    ) -> Self {
+        Self {
+            retry,
+            breaker: CircuitBreaker::new(provider, breaker),
+        }
+    }
+
+    pub(crate) fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+
+    /// Runs one server call through the breaker, retrying transient failures.
+    pub(crate) async fn run<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut call: F,
+    ) -> Result<T, MessagingError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, MessagingError>>,
+    {
+        let mut retry = 0;
+        loop {
+            let permit = self.breaker.acquire()?;
+            let result = call().await;
+            self.breaker.record(permit, &result);
+            match result {
+                Err(error) if error.is_transient() && retry < self.retry.max_retries => {
+                    let pause = self.retry.backoff(retry);
+                    tracing::debug!(operation, retry, ?pause, %error, "retrying transient failure");
+                    tokio::time::sleep(pause).await;
+                    retry += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+}

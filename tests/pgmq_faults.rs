@@ -1,0 +1,238 @@
+//! PostgreSQL fault tests: killed connections, a server restart and a stopped
+//! server, with messages flowing. They disturb the shared server, so they run
+//! one at a time, and the server is started again whatever the outcome.
+//! They need root (for `pg_ctlcluster`) and fail loudly without it.
+
+mod common;
+
+use std::{
+    process::Command,
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
+
+use common::load::{self, Load};
+use sqlx::{Connection, PgConnection};
+use tasker_messaging::{
+    CircuitState, MessageBackend, MessagingConfig, MessagingError, MessagingService, Provider,
+    SecretUrl,
+};
+
+const APP: &str = "tasker_fault_test";
+
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await
+}
+
+/// The test configuration, tagging connections so the tests can find them.
+fn config() -> MessagingConfig {
+    let mut config = common::config(Provider::Pgmq);
+    let pgmq = config.pgmq.as_mut().expect("pgmq settings");
+    let mut url = url::Url::parse(&common::database_url()).expect("test URL");
+    url.query_pairs_mut().append_pair("application_name", APP);
+    pgmq.database_url = SecretUrl::parse(url.as_str()).expect("URL");
+    pgmq.connection_timeout_ms = 1_000;
+    config.retry_policy.max_retries = 5;
+    config.circuit_breaker.timeout_ms = 500;
+    config
+}
+
+async fn admin() -> PgConnection {
+    PgConnection::connect(&common::database_url())
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable: {e}"))
+}
+
+/// Terminates every connection of the backend under test; returns how many.
+async fn terminate_backend_connections() -> i64 {
+    let mut admin = admin().await;
+    sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(APP)
+    .fetch_one(&mut admin)
+    .await
+    .expect("pg_terminate_backend")
+}
+
+/// Runs `pg_ctlcluster <version> main <action>`.
+fn pg_ctl(action: &str) {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .expect("PostgreSQL's /etc/postgresql (pg_ctlcluster needs it)")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .max()
+        .expect("a PostgreSQL cluster");
+    let out = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", action])
+        .output()
+        .unwrap_or_else(|e| panic!("PostgreSQL's pg_ctlcluster cannot run ({e})"));
+    assert!(
+        out.status.success() || action == "start",
+        "pg_ctlcluster {action}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts PostgreSQL again when dropped, so a failed test leaves it running.
+struct RestoreServer;
+
+impl Drop for RestoreServer {
+    fn drop(&mut self) {
+        pg_ctl("start");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect("127.0.0.1:5432").is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+async fn fresh_queue(backend: &MessageBackend, name: &str) -> String {
+    let queue = tasker_messaging::conformance::unique_queue(name);
+    backend.create_queue(&queue).await.expect("create_queue");
+    queue
+}
+
+/// (a) 5,000 messages flow while every pool connection is terminated twice:
+/// nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_connections_lose_no_message() {
+    let _serial = serial().await;
+    let backend = Arc::new(
+        MessageBackend::connect(&config())
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is not usable: {e}")),
+    );
+    let queue = fresh_queue(&backend, "terminate").await;
+    let report = load::run(
+        Arc::clone(&backend),
+        Arc::clone(&backend),
+        &queue,
+        Load {
+            total: 5_000,
+            in_flight: 8,
+            consumers: 3,
+            lease: Duration::from_secs(3),
+            disrupt_at: vec![1_500, 3_500],
+            deadline: Duration::from_secs(120),
+        },
+        || async {
+            let killed = terminate_backend_connections().await;
+            println!("terminated {killed} pool connections");
+        },
+    )
+    .await;
+    report.print("pg_terminate_backend x2");
+    assert_eq!(report.acknowledged, 5_000);
+    assert_eq!(report.lost, 0, "{report:?}");
+    backend.delete_queue(&queue).await.expect("delete_queue");
+}
+
+/// (b) PostgreSQL restarts mid-stream: calls fail transiently or are retried,
+/// the backend recovers without being rebuilt, nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_loses_no_message() {
+    let _serial = serial().await;
+    let _restore = RestoreServer;
+    let backend = Arc::new(
+        MessageBackend::connect(&config())
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is not usable: {e}")),
+    );
+    let queue = fresh_queue(&backend, "restart").await;
+    let report = load::run(
+        Arc::clone(&backend),
+        Arc::clone(&backend),
+        &queue,
+        Load {
+            total: 2_000,
+            in_flight: 8,
+            consumers: 3,
+            lease: Duration::from_secs(3),
+            disrupt_at: vec![800],
+            deadline: Duration::from_secs(120),
+        },
+        || async {
+            let started = Instant::now();
+            tokio::task::spawn_blocking(|| pg_ctl("restart"))
+                .await
+                .expect("restart task");
+            println!("PostgreSQL restarted in {:.1?}", started.elapsed());
+        },
+    )
+    .await;
+    report.print("pg_ctlcluster restart");
+    assert_eq!(report.acknowledged, 2_000);
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert!(backend.health_check().await.expect("health_check"));
+    backend.delete_queue(&queue).await.expect("delete_queue");
+}
+
+/// (c) With the server stopped, the breaker opens after `failure_threshold`
+/// failures and fails fast; with it back, it half-opens, then closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_opens_and_recovers() {
+    let _serial = serial().await;
+    let _restore = RestoreServer;
+    let mut config = config();
+    config.retry_policy.max_retries = 0;
+    config.circuit_breaker.failure_threshold = 3;
+    config.circuit_breaker.success_threshold = 1;
+    config.circuit_breaker.timeout_ms = 1_000;
+    let backend = MessageBackend::connect(&config)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is not usable: {e}"));
+    let MessageBackend::Pgmq(pgmq) = &backend else {
+        unreachable!("configured for PGMQ")
+    };
+    let breaker = pgmq.circuit_breaker();
+    let queue = fresh_queue(&backend, "breaker").await;
+    let mut seen = vec![breaker.state()];
+
+    tokio::task::spawn_blocking(|| pg_ctl("stop"))
+        .await
+        .expect("stop");
+    for attempt in 1..=3 {
+        let err = backend
+            .get_queue_stats(&queue)
+            .await
+            .expect_err("server is down");
+        assert!(err.is_transient(), "attempt {attempt}: {err}");
+        seen.push(breaker.state());
+    }
+    assert_eq!(breaker.state(), CircuitState::Open);
+    let started = Instant::now();
+    let fast = backend.get_queue_stats(&queue).await;
+    assert!(
+        matches!(fast, Err(MessagingError::CircuitOpen { .. })),
+        "{fast:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "an open circuit fails fast"
+    );
+
+    tokio::task::spawn_blocking(|| pg_ctl("start"))
+        .await
+        .expect("start");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    seen.push(breaker.state());
+    assert_eq!(breaker.state(), CircuitState::HalfOpen);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match backend.get_queue_stats(&queue).await {
+            Ok(_) => break,
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("PostgreSQL did not come back: {e}"),
+        }
+    }
+    seen.push(breaker.state());
+    assert_eq!(breaker.state(), CircuitState::Closed);
+    println!("circuit states seen: {seen:?}");
+    backend.delete_queue(&queue).await.expect("delete_queue");
+}
