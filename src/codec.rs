@@ -18,7 +18,22 @@ pub(crate) fn encode<T: Serialize>(
             max: max_bytes,
         });
     }
+    if contains_nul_escape(raw.get()) {
+        // PostgreSQL's jsonb cannot store it; refuse it everywhere for parity.
+        return Err(MessagingError::invalid_argument(
+            "message contains the character U+0000, which not every provider can store",
+        ));
+    }
     Ok(raw)
+}
+
+/// Whether serialized JSON holds a `\u0000` escape (an escaped backslash
+/// followed by `u0000` is text, not a NUL).
+fn contains_nul_escape(json: &str) -> bool {
+    json.match_indices("u0000").any(|(at, _)| {
+        let slashes = json[..at].bytes().rev().take_while(|&b| b == b'\\').count();
+        slashes % 2 == 1
+    })
 }
 
 /// Serializes a batch; one oversized message refuses the whole batch.
@@ -37,6 +52,19 @@ pub(crate) fn decode<T: DeserializeOwned>(body: &str) -> Result<T, serde_json::E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refuses_nul_characters_but_not_their_spelling() {
+        assert!(matches!(
+            encode(&"a\u{0}b", 100),
+            Err(MessagingError::InvalidArgument(_))
+        ));
+        assert!(
+            encode(&"a\\u0000b", 100).is_ok(),
+            "a literal backslash-u0000 is text"
+        );
+        assert!(encode(&"u0000", 100).is_ok());
+    }
 
     #[test]
     fn refuses_oversized_messages() {

@@ -1,0 +1,108 @@
+//! A password in a URL appears nowhere: not in `Debug`/`Display` of the
+//! config, not in connect errors, not in any tracing output (captured at TRACE).
+
+mod common;
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tasker_messaging::{MessageBackend, MessagingService, Provider, SecretUrl, SimpleStepMessage};
+
+const PASSWORD: &str = "hunter2-s3cr3t";
+
+/// Everything every tracing event wrote, at every level.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn with_password(url: &str) -> SecretUrl {
+    let mut url = url::Url::parse(url).expect("test URL");
+    if url.username().is_empty() {
+        url.set_username("postgres").expect("username");
+    }
+    url.set_password(Some(PASSWORD)).expect("password");
+    SecretUrl::parse(url.as_str()).expect("URL")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_never_reach_errors_debug_or_logs() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut shown = String::new();
+
+    // PostgreSQL trusts local connections, so the password is carried but unused:
+    // a full session (install check, send, receive, stats) runs with it.
+    let mut config = common::config(Provider::Pgmq);
+    config.pgmq.as_mut().unwrap().database_url = with_password(&common::database_url());
+    shown += &format!("{config:?} {}", config.pgmq.as_ref().unwrap().database_url);
+    let backend = MessageBackend::connect(&config)
+        .await
+        .expect("PostgreSQL connects");
+    let queue = tasker_messaging::conformance::unique_queue("secrets");
+    backend.create_queue(&queue).await.unwrap();
+    backend
+        .send_message(&queue, &tasker_messaging::conformance::step())
+        .await
+        .unwrap();
+    let got = backend
+        .receive_messages::<SimpleStepMessage>(&queue, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    shown += &format!("{backend:?} {got:?}");
+    backend.delete_queue(&queue).await.unwrap();
+
+    // Unreachable servers, and RabbitMQ refusing the password.
+    let mut unreachable_pg = config.clone();
+    let pgmq = unreachable_pg.pgmq.as_mut().unwrap();
+    pgmq.database_url = with_password("postgres://postgres@127.0.0.1:1/test");
+    pgmq.connection_timeout_ms = 300;
+    let mut rabbit_bad_password = common::config(Provider::RabbitMq);
+    rabbit_bad_password.rabbitmq.as_mut().unwrap().url = with_password(&common::amqp_url());
+    let mut rabbit_unreachable = rabbit_bad_password.clone();
+    let rabbitmq = rabbit_unreachable.rabbitmq.as_mut().unwrap();
+    rabbitmq.url = with_password("amqp://guest@127.0.0.1:1/%2f");
+    rabbitmq.connection_timeout_ms = 300;
+    for config in [unreachable_pg, rabbit_bad_password, rabbit_unreachable] {
+        let err = MessageBackend::connect(&config)
+            .await
+            .expect_err("connect must fail");
+        shown += &format!("{err} {err:?} {config:?}");
+        let mut source = std::error::Error::source(&err);
+        while let Some(e) = source {
+            shown += &format!(" {e} {e:?}");
+            source = e.source();
+        }
+    }
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(
+        !logs.is_empty(),
+        "tracing captured nothing; the test would prove nothing"
+    );
+    assert!(!shown.contains(PASSWORD), "password shown: {shown}");
+    assert!(!logs.contains(PASSWORD), "password logged: {logs}");
+    assert!(
+        shown.contains("***"),
+        "the redaction marker is shown instead"
+    );
+}
