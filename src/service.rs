@@ -57,6 +57,20 @@ pub trait MessagingService {
         visibility_timeout: Duration,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError>;
 
+    /// Like [`receive_messages`](Self::receive_messages), but when nothing is
+    /// available waits up to `wait` for a first message, returning as soon as
+    /// one can be leased. Waits on the provider's arrival signal (PGMQ:
+    /// LISTEN/NOTIFY; RabbitMQ: consumer deliveries; in-memory: a `Notify`),
+    /// with a slow fallback poll (`queues.wait_poll_interval_ms`) that also
+    /// catches leases that ran out. `Duration::ZERO` does not wait.
+    async fn receive_messages_wait<T: QueueMessage>(
+        &self,
+        queue: &str,
+        max_messages: usize,
+        visibility_timeout: Duration,
+        wait: Duration,
+    ) -> Result<Vec<QueuedMessage<T>>, MessagingError>;
+
     /// Removes a leased message for good. A receipt whose lease has ended is
     /// `LeaseExpired`; a malformed or foreign one is `InvalidReceipt`.
     async fn delete_message(

@@ -17,6 +17,7 @@ use crate::{
     lease,
     queue_name::{validate_new_queue_name, validate_queue_name},
     receipt::Receipt,
+    wait::Arrivals,
     MessageId, MessagingError, MessagingService, Provider, QueueMessage, QueueStats, QueuedMessage,
     QueuedMessageMetadata, QueuesConfig, ReceiptHandle,
 };
@@ -30,6 +31,7 @@ pub struct InMemoryMessageService {
     queues: Arc<Mutex<HashMap<String, Queue>>>,
     config: Arc<QueuesConfig>,
     dead_letters: Arc<DeadLetterPolicy>,
+    arrivals: Arc<Arrivals>,
 }
 
 impl InMemoryMessageService {
@@ -37,6 +39,7 @@ impl InMemoryMessageService {
     pub fn new(config: QueuesConfig) -> Self {
         Self {
             queues: Arc::default(),
+            arrivals: Arc::default(),
             dead_letters: Arc::new((&config).into()),
             config: Arc::new(config),
         }
@@ -98,9 +101,11 @@ impl MessagingService for InMemoryMessageService {
         message: &T,
     ) -> Result<MessageId, MessagingError> {
         let body = codec::encode(message, self.config.max_message_bytes)?;
-        self.with_queue(queue, |q| {
+        let id = self.with_queue(queue, |q| {
             Ok(MessageId::new(q.push(body.into()).to_string()))
-        })
+        })?;
+        self.arrivals.notify(queue);
+        Ok(id)
     }
 
     async fn send_batch<T: QueueMessage>(
@@ -113,12 +118,14 @@ impl MessagingService for InMemoryMessageService {
             return Ok(Vec::new());
         }
         let bodies = codec::encode_all(messages, self.config.max_message_bytes)?;
-        self.with_queue(queue, |q| {
+        let ids = self.with_queue(queue, |q| {
             Ok(bodies
                 .into_iter()
                 .map(|body| MessageId::new(q.push(body.into()).to_string()))
                 .collect())
-        })
+        })?;
+        self.arrivals.notify(queue);
+        Ok(ids)
     }
 
     async fn receive_messages<T: QueueMessage>(
@@ -181,16 +188,39 @@ impl MessagingService for InMemoryMessageService {
                 Verdict::Hold => self.dead_letters.log_held(queue, &id.to_string()),
             }
         }
-        if !dead.is_empty() {
-            // Exists: create_queue made it, and delete_queue removes both together.
-            let dlq_name = self.dead_letters.dead_letter_queue(queue);
-            let dlq = queues.entry(dlq_name.unwrap_or_default()).or_default();
+        let dlq_name = self.dead_letters.dead_letter_queue(queue);
+        if let (false, Some(dlq_name)) = (dead.is_empty(), dlq_name) {
+            // Recreated if it was deleted on its own: a dead letter is never dropped.
+            let dlq = queues.entry(dlq_name.clone()).or_default();
             for (id, body, reason) in dead {
                 dlq.push(body);
                 self.dead_letters.log_move(queue, &id.to_string(), reason);
             }
+            drop(queues);
+            self.arrivals.notify(&dlq_name);
         }
         Ok(delivered)
+    }
+
+    async fn receive_messages_wait<T: QueueMessage>(
+        &self,
+        queue: &str,
+        max_messages: usize,
+        visibility_timeout: Duration,
+        wait: Duration,
+    ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        let poll = self.config.wait_poll_interval();
+        let arrivals = &self.arrivals;
+        crate::wait::receive_wait(
+            self,
+            arrivals,
+            poll,
+            queue,
+            max_messages,
+            visibility_timeout,
+            wait,
+        )
+        .await
     }
 
     async fn delete_message(
@@ -219,7 +249,11 @@ impl MessagingService for InMemoryMessageService {
             q.extend_lease(lease, deadline)
                 .then_some(())
                 .ok_or_else(|| Self::lease_expired(queue, receipt))
-        })
+        })?;
+        if secs == 0 {
+            self.arrivals.notify(queue);
+        }
+        Ok(())
     }
 
     async fn get_queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError> {

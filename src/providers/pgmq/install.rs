@@ -3,7 +3,7 @@
 
 use sqlx::{postgres::PgConnectOptions, Connection, PgConnection, PgPool};
 
-use super::errors::db_error;
+use super::{errors::db_error, listener::notify_function_sql};
 use crate::MessagingError;
 
 /// Serialises concurrent first connects across processes.
@@ -14,9 +14,6 @@ pub(super) async fn ensure_installed(
     pool: &PgPool,
 ) -> Result<(), MessagingError> {
     let err = |e| db_error("install_pgmq", e, None);
-    if extension_version(pool).await?.is_some() {
-        return Ok(());
-    }
     // A connection of its own, so the lock is held outside the pool the
     // installer uses (a pool of size 1 would otherwise deadlock).
     let mut lock = PgConnection::connect_with(options).await.map_err(err)?;
@@ -24,7 +21,14 @@ pub(super) async fn ensure_installed(
         .execute(&mut lock)
         .await
         .map_err(err)?;
-    let result = install(pool).await;
+    let result = match install(pool).await {
+        Ok(()) => sqlx::raw_sql(&notify_function_sql())
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(err),
+        failed => failed,
+    };
     // Closing the session releases the lock even if this fails.
     let _ = lock.close().await;
     result

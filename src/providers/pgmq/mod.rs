@@ -8,6 +8,7 @@
 
 mod errors;
 mod install;
+mod listener;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
@@ -18,23 +19,27 @@ use sqlx::{
     PgPool,
 };
 
-use self::errors::db_error;
+use self::{errors::db_error, listener::Listener};
 use crate::{
     codec,
     dead_letter::{DeadLetterPolicy, DeadLetterReason, Verdict},
     lease,
     queue_name::{validate_new_queue_name, validate_queue_name},
     receipt::Receipt,
-    MessageId, MessagingError, MessagingService, PgmqConfig, Provider, QueueMessage, QueueStats,
-    QueuedMessage, QueuedMessageMetadata, QueuesConfig, ReceiptHandle,
+    resilience::{CircuitBreaker, Resilience},
+    MessageId, MessagingConfig, MessagingError, MessagingService, PgmqConfig, Provider,
+    QueueMessage, QueueStats, QueuedMessage, QueuedMessageMetadata, QueuesConfig, ReceiptHandle,
 };
 
-/// The PGMQ provider: a sqlx pool and the queue settings. Clones share the pool.
+/// The PGMQ provider: a sqlx pool and the queue settings. Clones share the
+/// pool and the circuit breaker.
 #[derive(Debug, Clone)]
 pub struct PgmqMessageService {
     pool: PgPool,
     config: Arc<QueuesConfig>,
     dead_letters: Arc<DeadLetterPolicy>,
+    resilience: Arc<Resilience>,
+    listener: Arc<Listener>,
     connection_timeout: Duration,
 }
 
@@ -49,42 +54,56 @@ struct ReadRow {
 }
 
 impl PgmqMessageService {
-    /// Connects a pool to `config.database_url` and installs PGMQ if absent.
-    pub async fn connect(
-        config: &PgmqConfig,
-        queues: QueuesConfig,
-    ) -> Result<Self, MessagingError> {
-        let options = PgConnectOptions::from_str(config.database_url.expose()).map_err(|_| {
-            MessagingError::Config(format!(
-                "pgmq.database_url is not a PostgreSQL URL: {}",
-                config.database_url
-            ))
+    /// Connects a pool to `[pgmq] database_url` and installs PGMQ if absent.
+    pub async fn connect(config: &MessagingConfig) -> Result<Self, MessagingError> {
+        let pgmq = config
+            .pgmq
+            .as_ref()
+            .ok_or_else(|| MessagingError::Config("pgmq.database_url is required".into()))?;
+        let url = &pgmq.database_url;
+        let options = PgConnectOptions::from_str(url.expose()).map_err(|_| {
+            MessagingError::Config(format!("pgmq.database_url is not a PostgreSQL URL: {url}"))
         })?;
-        let connection_timeout = Duration::from_millis(config.connection_timeout_ms);
         let pool = PgPoolOptions::new()
-            .max_connections(config.pool_size)
-            .acquire_timeout(connection_timeout)
+            .max_connections(pgmq.pool_size)
+            .acquire_timeout(Duration::from_millis(pgmq.connection_timeout_ms))
             .connect_with(options.clone())
             .await
             .map_err(|e| {
                 MessagingError::connection(
                     Provider::Pgmq,
-                    format!("cannot connect to {}: {e}", config.database_url),
+                    format!("cannot connect to {url}: {e}"),
                     Some(e.into()),
                 )
             })?;
         install::ensure_installed(&options, &pool).await?;
-        Ok(Self::from_pool(pool, queues, connection_timeout))
+        Ok(Self::from_pool(pool, config))
     }
 
-    /// Wraps an existing pool on a database where PGMQ is installed.
-    pub fn from_pool(pool: PgPool, queues: QueuesConfig, connection_timeout: Duration) -> Self {
+    /// Wraps an existing pool on a database where PGMQ is installed, with the
+    /// queue, retry and circuit-breaker settings of `config`.
+    pub fn from_pool(pool: PgPool, config: &MessagingConfig) -> Self {
+        let timeout_ms = config.pgmq.as_ref().map_or_else(
+            || PgmqConfig::DEFAULT_CONNECTION_TIMEOUT_MS,
+            |pgmq| pgmq.connection_timeout_ms,
+        );
         Self {
+            listener: Arc::new(Listener::new(&pool)),
             pool,
-            dead_letters: Arc::new((&queues).into()),
-            config: Arc::new(queues),
-            connection_timeout,
+            dead_letters: Arc::new((&config.queues).into()),
+            config: Arc::new(config.queues.clone()),
+            resilience: Arc::new(Resilience::new(
+                Provider::Pgmq,
+                config.retry_policy.clone(),
+                config.circuit_breaker.clone(),
+            )),
+            connection_timeout: Duration::from_millis(timeout_ms),
         }
+    }
+
+    /// The breaker guarding this provider's database calls.
+    pub fn circuit_breaker(&self) -> &CircuitBreaker {
+        self.resilience.breaker()
     }
 
     /// The underlying pool, for running SQL in the same database.
@@ -115,14 +134,19 @@ impl PgmqMessageService {
                 reason: "receipt numbers out of range",
             });
         };
-        let mut query = sqlx::query(sql).bind(msg_id).bind(read_ct);
-        if let Some(extra) = extra {
-            query = query.bind(extra);
-        }
-        let done = query
-            .execute(&self.pool)
-            .await
-            .map_err(|e| db_error(operation, e, Some(queue)))?;
+        let done = self
+            .resilience
+            .run(operation, || async {
+                let mut query = sqlx::query(sql).bind(msg_id).bind(read_ct);
+                if let Some(extra) = extra {
+                    query = query.bind(extra);
+                }
+                query
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| db_error(operation, e, Some(queue)))
+            })
+            .await?;
         if done.rows_affected() == 0 {
             return Err(MessagingError::LeaseExpired {
                 queue: queue.to_owned(),
@@ -130,6 +154,67 @@ impl PgmqMessageService {
             });
         }
         Ok(())
+    }
+
+    /// One receive attempt: read and lease up to `qty` messages, and move those
+    /// the dead-letter policy rejects, in one transaction. A crash between the
+    /// read and the move leaves the message leased in its queue, never lost.
+    async fn read_leases<T: QueueMessage>(
+        &self,
+        queue: &str,
+        vt: i32,
+        qty: i32,
+    ) -> Result<(Vec<QueuedMessage<T>>, Vec<(i64, DeadLetterReason)>), MessagingError> {
+        let err = |e| db_error("receive_messages", e, Some(queue));
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let rows: Vec<ReadRow> = sqlx::query_as(
+            "SELECT msg_id, read_ct, enqueued_at, vt, message::text AS body
+             FROM pgmq.read($1, $2, $3)",
+        )
+        .bind(queue)
+        .bind(vt)
+        .bind(qty)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+
+        let mut delivered = Vec::with_capacity(rows.len());
+        let mut dead = Vec::new();
+        for row in rows {
+            let receive_count = u32::try_from(row.read_ct).unwrap_or(0);
+            let decoded = codec::decode::<T>(&row.body);
+            match self
+                .dead_letters
+                .verdict(queue, receive_count, decoded.is_ok())
+            {
+                Verdict::Deliver => {
+                    let Ok(message) = decoded else { continue };
+                    delivered.push(QueuedMessage {
+                        metadata: QueuedMessageMetadata {
+                            message_id: MessageId::new(row.msg_id.to_string()),
+                            receipt_handle: Receipt {
+                                id: row.msg_id as u64,
+                                lease: u64::from(receive_count),
+                            }
+                            .encode(Provider::Pgmq, queue),
+                            enqueued_at: row.enqueued_at,
+                            receive_count,
+                            visibility_timeout_expires: row.vt,
+                        },
+                        message,
+                    });
+                }
+                Verdict::DeadLetter(reason) => dead.push((row.msg_id, reason)),
+                Verdict::Hold => self.dead_letters.log_held(queue, &row.msg_id.to_string()),
+            }
+        }
+        if let (false, Some(dlq)) = (dead.is_empty(), self.dead_letters.dead_letter_queue(queue)) {
+            Self::move_to_dead_letters(&mut tx, queue, &dlq, &dead)
+                .await
+                .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok((delivered, dead))
     }
 
     /// Moves messages this transaction has just leased to the dead-letter queue.
@@ -183,11 +268,24 @@ impl MessagingService for PgmqMessageService {
         validate_new_queue_name(queue, &self.config.dead_letter_queue_suffix)?;
         let mut names = vec![queue.to_owned()];
         names.extend(self.dead_letters.dead_letter_queue(queue));
-        sqlx::query("SELECT pgmq.create(name) FROM unnest($1::text[]) AS name")
-            .bind(&names)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| db_error("create_queue", e, None))?;
+        self.resilience
+            .run("create_queue", || async {
+                let err = |e| db_error("create_queue", e, None);
+                let mut tx = self.pool.begin().await.map_err(err)?;
+                sqlx::query("SELECT pgmq.create(name) FROM unnest($1::text[]) AS name")
+                    .bind(&names)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                for name in &names {
+                    sqlx::query(&listener::trigger_sql(name))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err)?;
+                }
+                tx.commit().await.map_err(err)
+            })
+            .await?;
         Ok(())
     }
 
@@ -198,12 +296,17 @@ impl MessagingService for PgmqMessageService {
     ) -> Result<MessageId, MessagingError> {
         validate_queue_name(queue)?;
         let body = codec::encode(message, self.config.max_message_bytes)?;
-        let id: i64 = sqlx::query_scalar("SELECT pgmq.send($1, $2)")
-            .bind(queue)
-            .bind(Json(&body))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| db_error("send_message", e, Some(queue)))?;
+        let id: i64 = self
+            .resilience
+            .run("send_message", || async {
+                sqlx::query_scalar("SELECT pgmq.send($1, $2)")
+                    .bind(queue)
+                    .bind(Json(&body))
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| db_error("send_message", e, Some(queue)))
+            })
+            .await?;
         Ok(MessageId::new(id.to_string()))
     }
 
@@ -221,12 +324,17 @@ impl MessagingService for PgmqMessageService {
             .map(Json)
             .collect();
         // One statement: all or nothing, ids in input order.
-        let ids: Vec<i64> = sqlx::query_scalar("SELECT pgmq.send_batch($1, $2)")
-            .bind(queue)
-            .bind(&bodies)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db_error("send_batch", e, Some(queue)))?;
+        let ids: Vec<i64> = self
+            .resilience
+            .run("send_batch", || async {
+                sqlx::query_scalar("SELECT pgmq.send_batch($1, $2)")
+                    .bind(queue)
+                    .bind(&bodies)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| db_error("send_batch", e, Some(queue)))
+            })
+            .await?;
         Ok(ids
             .into_iter()
             .map(|id| MessageId::new(id.to_string()))
@@ -244,62 +352,35 @@ impl MessagingService for PgmqMessageService {
         let vt = i32::try_from(lease::lease_secs(visibility_timeout, 1)?)
             .map_err(|_| MessagingError::invalid_argument("visibility timeout too large"))?;
         let qty = i32::try_from(max_messages).unwrap_or(i32::MAX);
-        let err = |e| db_error("receive_messages", e, Some(queue));
-
-        // The read and any dead-letter move commit together: a crash between
-        // them leaves the message leased in its queue, never lost.
-        let mut tx = self.pool.begin().await.map_err(err)?;
-        let rows: Vec<ReadRow> = sqlx::query_as(
-            "SELECT msg_id, read_ct, enqueued_at, vt, message::text AS body
-             FROM pgmq.read($1, $2, $3)",
-        )
-        .bind(queue)
-        .bind(vt)
-        .bind(qty)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(err)?;
-
-        let mut delivered = Vec::with_capacity(rows.len());
-        let mut dead = Vec::new();
-        for row in rows {
-            let receive_count = u32::try_from(row.read_ct).unwrap_or(0);
-            let decoded = codec::decode::<T>(&row.body);
-            match self
-                .dead_letters
-                .verdict(queue, receive_count, decoded.is_ok())
-            {
-                Verdict::Deliver => {
-                    let Ok(message) = decoded else { continue };
-                    delivered.push(QueuedMessage {
-                        metadata: QueuedMessageMetadata {
-                            message_id: MessageId::new(row.msg_id.to_string()),
-                            receipt_handle: Receipt {
-                                id: row.msg_id as u64,
-                                lease: u64::from(receive_count),
-                            }
-                            .encode(Provider::Pgmq, queue),
-                            enqueued_at: row.enqueued_at,
-                            receive_count,
-                            visibility_timeout_expires: row.vt,
-                        },
-                        message,
-                    });
-                }
-                Verdict::DeadLetter(reason) => dead.push((row.msg_id, reason)),
-                Verdict::Hold => self.dead_letters.log_held(queue, &row.msg_id.to_string()),
-            }
-        }
-        if let (false, Some(dlq)) = (dead.is_empty(), self.dead_letters.dead_letter_queue(queue)) {
-            Self::move_to_dead_letters(&mut tx, queue, &dlq, &dead)
-                .await
-                .map_err(err)?;
-        }
-        tx.commit().await.map_err(err)?;
+        let (delivered, dead) = self
+            .resilience
+            .run("receive_messages", || self.read_leases::<T>(queue, vt, qty))
+            .await?;
         for (id, reason) in dead {
             self.dead_letters.log_move(queue, &id.to_string(), reason);
         }
         Ok(delivered)
+    }
+
+    async fn receive_messages_wait<T: QueueMessage>(
+        &self,
+        queue: &str,
+        max_messages: usize,
+        visibility_timeout: Duration,
+        wait: Duration,
+    ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        let poll = self.config.wait_poll_interval();
+        let arrivals = self.listener.arrivals();
+        crate::wait::receive_wait(
+            self,
+            arrivals,
+            poll,
+            queue,
+            max_messages,
+            visibility_timeout,
+            wait,
+        )
+        .await
     }
 
     async fn delete_message(
@@ -340,17 +421,23 @@ impl MessagingService for PgmqMessageService {
     async fn get_queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError> {
         validate_queue_name(queue)?;
         let dlq = self.dead_letters.dead_letter_queue(queue);
-        let (ready, total, oldest, dead): (i64, i64, Option<i32>, Option<i64>) = sqlx::query_as(
-            "SELECT m.queue_visible_length, m.queue_length, m.oldest_msg_age_sec,
-                    CASE WHEN to_regclass('pgmq.q_' || $2) IS NULL THEN NULL
-                         ELSE (SELECT d.queue_length FROM pgmq.metrics($2) d) END
-             FROM pgmq.metrics($1) m",
-        )
-        .bind(queue)
-        .bind(dlq.as_deref())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| db_error("get_queue_stats", e, Some(queue)))?;
+        type Row = (i64, i64, Option<i32>, Option<i64>);
+        let (ready, total, oldest, dead): Row = self
+            .resilience
+            .run("get_queue_stats", || async {
+                sqlx::query_as(
+                    "SELECT m.queue_visible_length, m.queue_length, m.oldest_msg_age_sec,
+                            CASE WHEN to_regclass('pgmq.q_' || $2) IS NULL THEN NULL
+                                 ELSE (SELECT d.queue_length FROM pgmq.metrics($2) d) END
+                     FROM pgmq.metrics($1) m",
+                )
+                .bind(queue)
+                .bind(dlq.as_deref())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| db_error("get_queue_stats", e, Some(queue)))
+            })
+            .await?;
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
         Ok(QueueStats {
             queue_name: queue.to_owned(),
@@ -363,12 +450,16 @@ impl MessagingService for PgmqMessageService {
 
     async fn purge_queue(&self, queue: &str) -> Result<u64, MessagingError> {
         validate_queue_name(queue)?;
-        let done = sqlx::query(&format!(
-            "DELETE FROM pgmq.q_{queue} WHERE vt <= clock_timestamp()"
-        ))
-        .execute(&self.pool)
-        .await
-        .map_err(|e| db_error("purge_queue", e, Some(queue)))?;
+        let sql = format!("DELETE FROM pgmq.q_{queue} WHERE vt <= clock_timestamp()");
+        let done = self
+            .resilience
+            .run("purge_queue", || async {
+                sqlx::query(&sql)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| db_error("purge_queue", e, Some(queue)))
+            })
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -376,11 +467,15 @@ impl MessagingService for PgmqMessageService {
         validate_queue_name(queue)?;
         let mut names = vec![queue.to_owned()];
         names.extend(self.dead_letters.dead_letter_queue(queue));
-        sqlx::query("SELECT pgmq.drop_queue(name) FROM unnest($1::text[]) AS name")
-            .bind(&names)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| db_error("delete_queue", e, None))?;
+        self.resilience
+            .run("delete_queue", || async {
+                sqlx::query("SELECT pgmq.drop_queue(name) FROM unnest($1::text[]) AS name")
+                    .bind(&names)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| db_error("delete_queue", e, None))
+            })
+            .await?;
         Ok(())
     }
 
