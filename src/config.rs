@@ -13,7 +13,10 @@ use figment::{
 };
 use serde::Deserialize;
 
-use crate::{lease::MAX_VISIBILITY_TIMEOUT, queue_name, MessagingError, SecretUrl};
+use crate::{
+    lease::MAX_VISIBILITY_TIMEOUT, queue_name, CircuitBreakerConfig, MessagingError, RetryPolicy,
+    SecretUrl,
+};
 
 /// Which queue provider a [`MessageBackend`](crate::MessageBackend) talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
@@ -60,6 +63,10 @@ pub struct MessagingConfig {
     pub pgmq: Option<PgmqConfig>,
     /// RabbitMQ settings; required when `provider = "rabbitmq"`.
     pub rabbitmq: Option<RabbitMqConfig>,
+    /// Retries of transient failures, for every provider.
+    pub retry_policy: RetryPolicy,
+    /// The circuit breaker guarding each provider's server.
+    pub circuit_breaker: CircuitBreakerConfig,
 }
 
 /// The `[queues]` section, shared by every provider.
@@ -78,6 +85,9 @@ pub struct QueuesConfig {
     pub dead_letter_queue_suffix: String,
     /// Largest serialized message accepted by a send, in bytes.
     pub max_message_bytes: usize,
+    /// How often a waiting receive re-checks a queue without an arrival
+    /// signal (to see leases that ran out), in milliseconds.
+    pub wait_poll_interval_ms: u64,
 }
 
 impl Default for QueuesConfig {
@@ -89,15 +99,26 @@ impl Default for QueuesConfig {
             max_receive_count: 5,
             dead_letter_queue_suffix: "_dlq".into(),
             max_message_bytes: 256 * 1024,
+            wait_poll_interval_ms: 1_000,
         }
     }
 }
 
 impl QueuesConfig {
+    /// `wait_poll_interval_ms` as a `Duration`.
+    pub fn wait_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.wait_poll_interval_ms)
+    }
+
     /// `default_visibility_timeout_secs` as a `Duration`.
     pub fn default_visibility_timeout(&self) -> Duration {
         Duration::from_secs(self.default_visibility_timeout_secs)
     }
+}
+
+impl PgmqConfig {
+    /// `connection_timeout_ms` when the section does not set it.
+    pub const DEFAULT_CONNECTION_TIMEOUT_MS: u64 = 5_000;
 }
 
 /// The `[pgmq]` section.
@@ -130,6 +151,19 @@ pub struct RabbitMqConfig {
     /// How long to wait for the broker before a call fails, in milliseconds.
     #[serde(default = "defaults::connection_timeout_ms")]
     pub connection_timeout_ms: u64,
+    /// How long a queue's consumer may go without a `receive_messages` call
+    /// before the deliveries buffered for it (prefetched, never handed out) go
+    /// back to the broker and the consumer is cancelled, in milliseconds. Keeps
+    /// an idle process from stranding messages other consumers could take; the
+    /// next receive starts the consumer again.
+    #[serde(default = "defaults::consumer_idle_timeout_ms")]
+    pub consumer_idle_timeout_ms: u64,
+    /// The broker's `consumer_timeout`, in milliseconds (RabbitMQ 3.10 default:
+    /// 30 minutes). The broker closes a channel holding a delivery unacked for
+    /// longer, so a visibility timeout above it is `InvalidArgument`. Set it to
+    /// the broker's value if that was changed.
+    #[serde(default = "defaults::broker_consumer_timeout_ms")]
+    pub broker_consumer_timeout_ms: u64,
 }
 
 mod defaults {
@@ -137,13 +171,19 @@ mod defaults {
         10
     }
     pub fn connection_timeout_ms() -> u64 {
-        5_000
+        super::PgmqConfig::DEFAULT_CONNECTION_TIMEOUT_MS
     }
     pub fn prefetch_count() -> u16 {
         200
     }
     pub fn heartbeat_interval_secs() -> u16 {
         10
+    }
+    pub fn consumer_idle_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn broker_consumer_timeout_ms() -> u64 {
+        30 * 60 * 1_000
     }
 }
 
@@ -231,6 +271,9 @@ impl MessagingConfig {
                 format!("must be 1 to 8 bytes of `a-z`, `0-9` and `_` (got {suffix:?})"),
             );
         }
+        if q.wait_poll_interval_ms == 0 {
+            return bad("queues.wait_poll_interval_ms", "must be at least 1".into());
+        }
         if q.max_message_bytes == 0 {
             return bad("queues.max_message_bytes", "must be at least 1".into());
         }
@@ -267,7 +310,25 @@ impl MessagingConfig {
                     "must be at least 1".into(),
                 );
             }
+            if rabbit.consumer_idle_timeout_ms == 0 {
+                return bad(
+                    "rabbitmq.consumer_idle_timeout_ms",
+                    "must be at least 1".into(),
+                );
+            }
+            if rabbit.broker_consumer_timeout_ms < 1_000 {
+                return bad(
+                    "rabbitmq.broker_consumer_timeout_ms",
+                    "must be at least 1000".into(),
+                );
+            }
         }
+        self.retry_policy
+            .validate()
+            .map_err(MessagingError::Config)?;
+        self.circuit_breaker
+            .validate()
+            .map_err(MessagingError::Config)?;
         match self.provider {
             Provider::Pgmq if self.pgmq.is_none() => bad(
                 "pgmq.database_url",

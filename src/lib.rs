@@ -59,8 +59,10 @@ mod message;
 mod providers;
 mod queue_name;
 mod receipt;
+mod resilience;
 mod router;
 mod secret;
+mod wait;
 
 pub use backend::MessageBackend;
 pub use config::{MessagingConfig, PgmqConfig, Provider, QueuesConfig, RabbitMqConfig};
@@ -70,8 +72,9 @@ pub use message::{
     MessageId, QueueMessage, QueueStats, QueuedMessage, QueuedMessageMetadata, ReceiptHandle,
     SimpleStepMessage,
 };
-pub use providers::{InMemoryMessageService, PgmqMessageService};
+pub use providers::{InMemoryMessageService, PgmqMessageService, RabbitMqMessageService};
 pub use queue_name::{validate_queue_name, MAX_QUEUE_NAME_BYTES};
+pub use resilience::{CircuitBreaker, CircuitBreakerConfig, CircuitState, RetryPolicy};
 pub use router::{MessageRouter, NamespaceQueueRouter};
 pub use secret::SecretUrl;
 pub use service::MessagingService;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{postgres::PgPoolOptions, Connection, PgConnection};
 use tasker_messaging::{
-    MessageBackend, MessagingService, PgmqMessageService, Provider, QueuesConfig, SecretUrl,
+    MessageBackend, MessagingConfig, MessagingService, PgmqMessageService, Provider, SecretUrl,
 };
 
 async fn admin() -> PgConnection {
@@ -67,8 +67,7 @@ async fn health_check_is_false_when_the_server_is_gone() {
         .acquire_timeout(Duration::from_millis(500))
         .connect_lazy("postgres://postgres@127.0.0.1:1/test")
         .unwrap();
-    let service =
-        PgmqMessageService::from_pool(pool, QueuesConfig::default(), Duration::from_millis(500));
+    let service = PgmqMessageService::from_pool(pool, &MessagingConfig::default());
     let started = Instant::now();
     assert!(!service.health_check().await.unwrap());
     assert!(
