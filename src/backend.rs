@@ -7,8 +7,8 @@ use enum_dispatch::enum_dispatch;
 // The generated `impl MessagingService for MessageBackend` names these types.
 use crate::{
     providers::{InMemoryMessageService, PgmqMessageService, RabbitMqMessageService},
-    MessageId, MessagingConfig, MessagingError, MessagingService, Provider, QueueMessage,
-    QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
+    CircuitBreaker, MessageId, MessagingConfig, MessagingError, MessagingService, Provider,
+    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
 };
 
 /// The value an application holds: one of the providers, dispatched statically.

@@ -5,8 +5,8 @@ use std::time::Duration;
 use enum_dispatch::enum_dispatch;
 
 use crate::{
-    MessageId, MessagingError, Provider, QueueMessage, QueueStats, QueuedMessage, QueuesConfig,
-    ReceiptHandle,
+    CircuitBreaker, MessageId, MessagingError, Provider, QueueMessage, QueueStats, QueuedMessage,
+    QueuesConfig, ReceiptHandle,
 };
 
 /// Operations every provider offers, with the same observable behaviour
@@ -102,4 +102,8 @@ pub trait MessagingService {
 
     /// The `[queues]` settings this service enforces (limits, dead-letter policy).
     fn queues_config(&self) -> &QueuesConfig;
+
+    /// The circuit breaker guarding this provider's server; `None` for a
+    /// provider without one (in-memory: nothing to protect).
+    fn circuit_breaker(&self) -> Option<&CircuitBreaker>;
 }

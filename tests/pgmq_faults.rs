@@ -185,10 +185,9 @@ async fn circuit_breaker_opens_and_recovers() {
     let backend = MessageBackend::connect(&config)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL is not usable: {e}"));
-    let MessageBackend::Pgmq(pgmq) = &backend else {
-        unreachable!("configured for PGMQ")
-    };
-    let breaker = pgmq.circuit_breaker();
+    let breaker = backend
+        .circuit_breaker()
+        .expect("PGMQ has a circuit breaker");
     let queue = fresh_queue(&backend, "breaker").await;
     let mut seen = vec![breaker.state()];
 

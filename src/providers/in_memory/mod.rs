@@ -18,8 +18,8 @@ use crate::{
     queue_name::{validate_new_queue_name, validate_queue_name},
     receipt::Receipt,
     wait::Arrivals,
-    MessageId, MessagingError, MessagingService, Provider, QueueMessage, QueueStats, QueuedMessage,
-    QueuedMessageMetadata, QueuesConfig, ReceiptHandle,
+    CircuitBreaker, MessageId, MessagingError, MessagingService, Provider, QueueMessage,
+    QueueStats, QueuedMessage, QueuedMessageMetadata, QueuesConfig, ReceiptHandle,
 };
 
 /// Queues held in this process, behind one mutex; nothing survives the process.
@@ -302,5 +302,9 @@ impl MessagingService for InMemoryMessageService {
 
     fn queues_config(&self) -> &QueuesConfig {
         &self.config
+    }
+
+    fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
+        None
     }
 }

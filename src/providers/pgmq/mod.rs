@@ -101,11 +101,6 @@ impl PgmqMessageService {
         }
     }
 
-    /// The breaker guarding this provider's database calls.
-    pub fn circuit_breaker(&self) -> &CircuitBreaker {
-        self.resilience.breaker()
-    }
-
     /// The underlying pool, for running SQL in the same database.
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -485,5 +480,9 @@ impl MessagingService for PgmqMessageService {
 
     fn queues_config(&self) -> &QueuesConfig {
         &self.config
+    }
+
+    fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
+        Some(self.resilience.breaker())
     }
 }

@@ -50,6 +50,7 @@ use self::{
     topology::Admin,
 };
 use crate::wait::Arrivals;
+use crate::CircuitBreaker;
 use crate::{
     codec,
     dead_letter::DeadLetterPolicy,
@@ -604,5 +605,9 @@ impl MessagingService for RabbitMqMessageService {
 
     fn queues_config(&self) -> &QueuesConfig {
         &self.inner.queues
+    }
+
+    fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
+        None
     }
 }
