@@ -1,8 +1,9 @@
 //! # tasker-messaging
 //!
 //! One queue abstraction for the Tasker workflow orchestrator: small UUID
-//! messages over **PGMQ** (PostgreSQL) or an **in-memory** queue, chosen by
-//! configuration at startup, with the same observable behaviour on each.
+//! messages over **PGMQ** (PostgreSQL), **RabbitMQ** or an **in-memory**
+//! queue, chosen by configuration at startup, with the same observable
+//! behaviour on each.
 //!
 //! Hold one [`MessageBackend`]; every call dispatches statically (an
 //! `enum_dispatch` `match`) to the configured provider: no trait objects, no
@@ -39,7 +40,10 @@
 //!   and never touches a message another consumer holds;
 //! - after `max_receive_count` deliveries, or at once if its body does not
 //!   decode, a message moves to the queue's dead-letter queue;
-//! - delivery is at-least-once: duplicates are possible, loss is not.
+//! - delivery is at-least-once: duplicates are possible, loss is not;
+//! - transient failures are retried with backoff and counted by a circuit
+//!   breaker ([`RetryPolicy`], [`CircuitBreakerConfig`]), the same way for
+//!   every server provider.
 #![deny(missing_docs)]
 
 // enum_dispatch expands the enum's impl where it meets the second of the

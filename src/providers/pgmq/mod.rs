@@ -64,7 +64,11 @@ impl PgmqMessageService {
         let options = PgConnectOptions::from_str(url.expose()).map_err(|_| {
             MessagingError::Config(format!("pgmq.database_url is not a PostgreSQL URL: {url}"))
         })?;
+        // No ping before each acquire: it would double the round trips of
+        // every call, and a connection that died meanwhile fails its call
+        // with a transient error that the retry layer absorbs.
         let pool = PgPoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(pgmq.pool_size)
             .acquire_timeout(Duration::from_millis(pgmq.connection_timeout_ms))
             .connect_with(options.clone())
