@@ -67,6 +67,8 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets -- -D warnings
+log "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 log "cargo test"
 # The live suites are I/O-bound: run more cases at once than there are cores.
 RUST_TEST_THREADS=${RUST_TEST_THREADS:-8} cargo test --all-targets
