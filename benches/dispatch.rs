@@ -56,7 +56,6 @@ macro_rules! round_trip {
 }
 use round_trip;
 
-#[inline(never)]
 async fn round_trip_generic<S: MessagingService>(
     service: &S,
     step: &SimpleStepMessage,
@@ -64,7 +63,6 @@ async fn round_trip_generic<S: MessagingService>(
     round_trip!(service, step)
 }
 
-#[inline(never)]
 fn provider_generic<S: MessagingService>(service: &S) -> Provider {
     service.provider()
 }
