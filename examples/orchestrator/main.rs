@@ -1,0 +1,199 @@
+//! A small Tasker orchestrator on one `MessageBackend` (in an `Arc`, shared by
+//! every task): it creates a queue per `[queues] namespaces` entry plus a
+//! results queue, enqueues steps in batches, runs workers per namespace that
+//! wait for steps with `receive_messages_wait`, and checks on the results
+//! queue that every step completed.
+//!
+//! ```sh
+//! cargo run --release --example orchestrator                                   # in-memory
+//! cargo run --release --example orchestrator -- --config config/pgmq.toml
+//! cargo run --release --example orchestrator -- --config config/rabbitmq.toml
+//! TASKER_MESSAGING_PROVIDER=rabbitmq cargo run --release --example orchestrator
+//! cargo run --release --example orchestrator -- --messages 2000 --fail-rate 0.01
+//! ```
+//!
+//! Flags: `--config FILE` (else `MessagingConfig::load()`: `TASKER_MESSAGING_CONFIG`
+//! or `config/messaging.toml`, then `TASKER_MESSAGING_*`), `--messages N`
+//! (10000), `--workers K` per namespace (4), `--work-ms MS` per step (1),
+//! `--fail-rate P` (0), `--quiet` (no progress line), `--measure-wake-up`
+//! (time `receive_messages_wait` wake-ups instead of a run).
+//!
+//! Failing steps (picked from the step uuid, so every run agrees) are never
+//! deleted: they come back when their lease ends until `max_receive_count`
+//! moves them to the dead-letter queue. A failing run therefore uses a short
+//! lease (at least 1 s, twice a received batch's work).
+//!
+//! Ctrl-C or SIGTERM stops receiving; steps being worked on finish, steps
+//! received but not started are released at once (visibility 0), the summary
+//! is printed and the exit code is 0. A second signal exits at once; leases
+//! then run out and those steps come back.
+//!
+//! Nothing is lost across runs: a run first counts the steps already waiting
+//! in the namespace queues and works them along with its own, so the next run
+//! (`--messages 0` only drains) finishes what a stopped one left. In-memory
+//! queues live in the process, so there a stopped run's steps end with it.
+//! Run one orchestrator per set of queues: completions are matched by run id,
+//! and two runs would take each other's steps.
+//!
+//! A run ends when the namespace queues are empty and every step is completed
+//! or dead-lettered (or, for leftovers the start count missed, when nothing
+//! was delivered for longer than a lease). Exit code 0 when the check passes
+//! or after a stop, 1 when a step is missing or the dead-letter count is off.
+
+mod engine;
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use engine::{Handle, Orchestrator, Settings};
+use tasker_messaging::{
+    MessageBackend, MessageRouter, MessagingConfig, MessagingError, MessagingService,
+    NamespaceQueueRouter,
+};
+
+const USAGE: &str = "usage: orchestrator [--config FILE] [--messages N] [--workers K] \
+                     [--work-ms MS] [--fail-rate P] [--quiet] [--measure-wake-up]";
+
+struct Args {
+    config: Option<PathBuf>,
+    settings: Settings,
+    measure_wake_up: bool,
+}
+
+fn parse_args() -> Result<Args, lexopt::Error> {
+    use lexopt::prelude::*;
+
+    let mut args = Args {
+        config: None,
+        settings: Settings::default(),
+        measure_wake_up: false,
+    };
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("config") => args.config = Some(parser.value()?.into()),
+            Long("messages") => args.settings.messages = parser.value()?.parse()?,
+            Long("workers") => args.settings.workers = parser.value()?.parse()?,
+            Long("work-ms") => {
+                args.settings.work = Duration::from_millis(parser.value()?.parse()?);
+            }
+            Long("fail-rate") => {
+                let rate: f64 = parser.value()?.parse()?;
+                if !(0.0..=1.0).contains(&rate) {
+                    return Err("--fail-rate must be between 0 and 1".into());
+                }
+                args.settings.fail_rate = rate;
+            }
+            Long("quiet") => args.settings.progress = None,
+            Long("measure-wake-up") => args.measure_wake_up = true,
+            Short('h') | Long("help") => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("error: {error}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<ExitCode, MessagingError> {
+    let (config, source) = match &args.config {
+        Some(path) => (
+            MessagingConfig::from_file(path)?,
+            path.display().to_string(),
+        ),
+        None => (
+            MessagingConfig::load()?,
+            std::env::var(MessagingConfig::PATH_ENV)
+                .unwrap_or_else(|_| MessagingConfig::DEFAULT_PATH.into()),
+        ),
+    };
+    let backend = Arc::new(MessageBackend::connect(&config).await?);
+
+    if args.measure_wake_up {
+        let router = NamespaceQueueRouter::new(&config.queues.namespace_pattern);
+        let queue = router.route_to_queue("wake_up_probe", "SimpleStepMessage");
+        let wake_up = engine::measure_wake_up(Arc::clone(&backend), &queue, 20).await?;
+        println!("{}: {wake_up}", backend.provider());
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let orchestrator = Orchestrator::new(Arc::clone(&backend), args.settings.clone())?;
+    let s = &args.settings;
+    let mut queues = orchestrator.queue_names();
+    let results = queues.pop().unwrap_or_default();
+    eprintln!(
+        "orchestrator: provider {} (config {source}), {} workers on each of {}; \
+         results on {results}; {} steps to send, work {} ms, fail rate {}, lease {} s",
+        backend.provider(),
+        s.workers,
+        queues.join(", "),
+        s.messages,
+        s.work.as_millis(),
+        s.fail_rate,
+        orchestrator.lease().as_secs(),
+    );
+    tokio::spawn(stop_on_signal(orchestrator.handle()));
+    let summary = orchestrator.run().await?;
+    println!("{summary}");
+    Ok(if summary.ok() || summary.interrupted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// First Ctrl-C or SIGTERM: a graceful stop. Second: exit at once.
+async fn stop_on_signal(handle: Handle) {
+    #[cfg(unix)]
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            eprintln!("warning: cannot watch SIGTERM: {error}");
+            return;
+        }
+    };
+    loop {
+        #[cfg(unix)]
+        let signalled = tokio::select! {
+            result = tokio::signal::ctrl_c() => result.is_ok(),
+            got = term.recv() => got.is_some(),
+        };
+        #[cfg(not(unix))]
+        let signalled = tokio::signal::ctrl_c().await.is_ok();
+        if !signalled {
+            return;
+        }
+        if handle.interrupt() {
+            eprintln!(
+                "stopping after {} steps: no new receives; finishing steps in progress, \
+                 releasing the rest (signal again to exit at once)",
+                handle.processed()
+            );
+        } else {
+            eprintln!("exiting now: leased steps come back when their leases end");
+            std::process::exit(130);
+        }
+    }
+}
