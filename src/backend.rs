@@ -32,19 +32,10 @@ impl MessageBackend {
     /// installing the extension's SQL) as needed.
     pub async fn connect(config: &MessagingConfig) -> Result<Self, MessagingError> {
         config.validate()?;
-        let queues = config.queues.clone();
         Ok(match config.provider {
             Provider::Pgmq => PgmqMessageService::connect(config).await?.into(),
-            Provider::InMemory => InMemoryMessageService::new(queues).into(),
-            Provider::RabbitMq => {
-                let rabbitmq = config
-                    .rabbitmq
-                    .as_ref()
-                    .ok_or_else(|| MessagingError::Config("rabbitmq.url is required".into()))?;
-                RabbitMqMessageService::connect(rabbitmq, queues)
-                    .await?
-                    .into()
-            }
+            Provider::InMemory => InMemoryMessageService::new(config.queues.clone()).into(),
+            Provider::RabbitMq => RabbitMqMessageService::connect(config).await?.into(),
         })
     }
 

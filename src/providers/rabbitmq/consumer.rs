@@ -24,7 +24,7 @@ use amqprs::{
 };
 use chrono::Utc;
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
     time::Instant,
 };
 
@@ -73,7 +73,60 @@ impl Delivery {
 /// An active `basic.consume`.
 struct Consuming {
     tag: String,
+    /// Deliveries, passed on from amqprs by the relay task.
     deliveries: mpsc::UnboundedReceiver<ConsumerMessage>,
+    /// Asks the relay to pass on at once everything amqprs holds; answered
+    /// when it has.
+    flushes: mpsc::UnboundedSender<oneshot::Sender<()>>,
+}
+
+impl Consuming {
+    /// Returns once every delivery amqprs has received is in `deliveries`.
+    /// A reply (say `basic.qos-ok`) follows, in amqprs, the deliveries the
+    /// broker sent before it; this carries that order through the relay.
+    async fn flush(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.flushes.send(done).is_ok() {
+            // An error means the relay ended: nothing is left in it.
+            let _ = flushed.await;
+        }
+    }
+}
+
+/// Passes deliveries from amqprs to `relay`, waking the queue's waiting
+/// receivers on each, and flushes on request (see [`Consuming::flush`]).
+/// Ends, closing `relay`, when amqprs closes its side.
+async fn run_relay(
+    mut from_broker: mpsc::UnboundedReceiver<ConsumerMessage>,
+    relay: mpsc::UnboundedSender<ConsumerMessage>,
+    mut flushes: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+    arrivals: Arc<Arrivals>,
+    queue: String,
+) {
+    loop {
+        tokio::select! {
+            message = from_broker.recv() => {
+                let Some(message) = message else { return };
+                if relay.send(message).is_err() {
+                    return;
+                }
+                arrivals.notify(&queue);
+            }
+            Some(done) = flushes.recv() => {
+                let mut passed = false;
+                while let Ok(message) = from_broker.try_recv() {
+                    if relay.send(message).is_err() {
+                        return;
+                    }
+                    passed = true;
+                }
+                if passed {
+                    arrivals.notify(&queue);
+                }
+                let _ = done.send(());
+            }
+        }
+    }
 }
 
 struct Consumer {
@@ -135,7 +188,8 @@ impl Consumer {
             && !self.channel.cancelled_by_broker()
     }
 
-    /// A round trip on the channel: deliveries dispatched before it arrive first.
+    /// A round trip on the channel: deliveries dispatched before it arrive
+    /// first, and are ready to drain when it returns.
     async fn barrier(&self, prefetch: u16, queue: &str) -> Result<(), MessagingError> {
         self.channel
             .call(move |c| async move {
@@ -143,7 +197,11 @@ impl Consumer {
                     .await
             })
             .await
-            .map_err(|e| errors::call_error(RECEIVE, e, Some(queue)))
+            .map_err(|e| errors::call_error(RECEIVE, e, Some(queue)))?;
+        if let Some(consuming) = &self.consuming {
+            consuming.flush().await;
+        }
+        Ok(())
     }
 }
 
@@ -305,24 +363,26 @@ impl Slot {
         let args = BasicConsumeArguments::new(&self.queue, &tag)
             .manual_ack(true)
             .finish();
-        let (tag, mut from_broker) = consumer
+        let (tag, from_broker) = consumer
             .channel
             .call(move |c| async move { c.basic_consume_rx(args).await })
             .await
             .map_err(|e| errors::call_error(RECEIVE, e, Some(&self.queue)))?;
-        // Relay deliveries so each one wakes the queue's waiting receivers;
-        // the relay ends, closing `deliveries`, when amqprs closes its side.
+        // Relay deliveries so each one wakes the queue's waiting receivers.
         let (relay, deliveries) = mpsc::unbounded_channel();
-        let (arrivals, queue) = (Arc::clone(&self.arrivals), self.queue.clone());
-        tokio::spawn(async move {
-            while let Some(message) = from_broker.recv().await {
-                if relay.send(message).is_err() {
-                    return;
-                }
-                arrivals.notify(&queue);
-            }
+        let (flushes, flush_requests) = mpsc::unbounded_channel();
+        tokio::spawn(run_relay(
+            from_broker,
+            relay,
+            flush_requests,
+            Arc::clone(&self.arrivals),
+            self.queue.clone(),
+        ));
+        consumer.consuming = Some(Consuming {
+            tag,
+            deliveries,
+            flushes,
         });
-        consumer.consuming = Some(Consuming { tag, deliveries });
         Ok(())
     }
 
@@ -530,7 +590,7 @@ impl Slot {
         if let Some(consuming) = consumer.consuming.take() {
             // Cancel first, or the broker would push the requeued deliveries
             // straight back to this consumer.
-            let tag = consuming.tag;
+            let tag = consuming.tag.clone();
             let cancelled = consumer
                 .channel
                 .call(move |c| async move { c.basic_cancel(BasicCancelArguments::new(&tag)).await })
@@ -539,7 +599,9 @@ impl Slot {
                 self.tear_down(&mut state);
                 return;
             }
-            // Deliveries sent before the cancel-ok are in the receiver by now.
+            // Deliveries sent before the cancel-ok are in the receiver once
+            // the relay is flushed.
+            consuming.flush().await;
             let mut deliveries = consuming.deliveries;
             while let Ok(message) = deliveries.try_recv() {
                 consumer.buffer.extend(Delivery::from_message(message));

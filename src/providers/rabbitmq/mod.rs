@@ -18,6 +18,36 @@
 //!   `receive_count` can run ahead of the receives a caller saw.
 //! - A receipt names the consumer channel's epoch: any reconnect (or a new
 //!   consumer channel) ends the leases of the old one.
+//!
+//! Retries and the circuit breaker (the shared `Resilience`) wrap each call
+//! that waits for the broker and is safe to repeat under at-least-once
+//! delivery; only transient failures are retried or counted:
+//! - `send_message`, `send_batch`: a retry publishes again what has no
+//!   confirm yet, with the same message id. A publish whose confirm was lost
+//!   may then be stored twice (a duplicate, never a loss); `send_batch`
+//!   republishes only the messages without a confirm.
+//! - `receive_messages` (and so `receive_messages_wait`): a failed receive
+//!   holds no lease (its consumer channel is dropped and the broker requeues
+//!   what it had delivered), so a retry leases nothing twice.
+//! - `get_queue_stats`, `create_queue`, `delete_queue`: reads, and
+//!   declarations and deletions that are idempotent.
+//! - `purge_queue`: `queue.purge` and the acknowledgement of this process's
+//!   buffered deliveries, which no one holds a lease on, retried separately.
+//!   A retried `queue.purge` whose first reply was lost counts only what the
+//!   retry removed.
+//! - `delete_message`, `change_message_visibility`: the `basic.ack` or
+//!   `basic.nack` that ends a lease is sent at most once and never retried:
+//!   the lease is taken out of the table before it is sent, and after a
+//!   reconnect the same delivery tag names another delivery, possibly one
+//!   another caller holds. It is one frame on a live channel (or
+//!   `LeaseExpired` at once), so it neither waits for the broker nor goes
+//!   through the breaker, and settling a live lease is never refused. Only
+//!   the lookup that tells `LeaseExpired` from `QueueNotFound` for a dead
+//!   lease is a broker call, a read, retried. Extending a lease is local.
+//! - `health_check` reports reachability as it is: neither retried nor
+//!   refused by an open circuit.
+//! - Moving dead letters (inside a receive) is best effort and not retried:
+//!   a failure leaves the message leased, and it comes back with its lease.
 
 mod channel;
 mod confirms;
@@ -49,19 +79,20 @@ use self::{
     properties::Outgoing,
     topology::Admin,
 };
-use crate::wait::Arrivals;
-use crate::CircuitBreaker;
 use crate::{
     codec,
     dead_letter::DeadLetterPolicy,
     lease,
     queue_name::{validate_new_queue_name, validate_queue_name},
     receipt::Receipt,
-    MessageId, MessagingError, MessagingService, Provider, QueueMessage, QueueStats, QueuedMessage,
-    QueuesConfig, RabbitMqConfig, ReceiptHandle,
+    resilience::{CircuitBreaker, Resilience},
+    wait::Arrivals,
+    MessageId, MessagingConfig, MessagingError, MessagingService, Provider, QueueMessage,
+    QueueStats, QueuedMessage, QueuesConfig, RabbitMqConfig, ReceiptHandle,
 };
 
-/// The RabbitMQ provider. Clones share one set of connections.
+/// The RabbitMQ provider. Clones share one set of connections and the
+/// circuit breaker.
 ///
 /// Holds two connections: one for publishes and consumers, which recovers by
 /// itself after a drop, and one for declarations and inspection. Dropping the
@@ -70,6 +101,7 @@ use crate::{
 #[derive(Clone)]
 pub struct RabbitMqMessageService {
     inner: Arc<Inner>,
+    resilience: Arc<Resilience>,
 }
 
 pub(super) struct Inner {
@@ -104,12 +136,20 @@ impl fmt::Debug for RabbitMqMessageService {
 }
 
 impl RabbitMqMessageService {
-    /// Connects to `config.url` (both connections), failing if the broker
-    /// does not answer within `connection_timeout_ms`.
-    pub async fn connect(
-        config: &RabbitMqConfig,
-        queues: QueuesConfig,
-    ) -> Result<Self, MessagingError> {
+    /// Connects to `[rabbitmq] url` (both connections), failing if the broker
+    /// does not answer within `connection_timeout_ms`, with the queue, retry
+    /// and circuit-breaker settings of `config`.
+    pub async fn connect(config: &MessagingConfig) -> Result<Self, MessagingError> {
+        let resilience = Arc::new(Resilience::new(
+            Provider::RabbitMq,
+            config.retry_policy.clone(),
+            config.circuit_breaker.clone(),
+        ));
+        let queues = config.queues.clone();
+        let config = config
+            .rabbitmq
+            .as_ref()
+            .ok_or_else(|| MessagingError::Config("rabbitmq.url is required".into()))?;
         let settings = Arc::new(Settings::new(config)?);
         let data = DataConnection::connect(Arc::clone(&settings)).await?;
         let admin = Admin::new(settings);
@@ -136,7 +176,7 @@ impl RabbitMqMessageService {
             stopped,
             inner.idle_timeout(),
         ));
-        Ok(Self { inner })
+        Ok(Self { inner, resilience })
     }
 
     /// The data connection's generation: 1 after connecting, one more after
@@ -160,7 +200,11 @@ impl RabbitMqMessageService {
         queue: &str,
         receipt: &ReceiptHandle,
     ) -> MessagingError {
-        match self.inner.admin.exists(operation, queue).await {
+        let exists = self
+            .resilience
+            .run(operation, || self.inner.admin.exists(operation, queue))
+            .await;
+        match exists {
             Ok(true) => Self::lease_expired(queue, receipt),
             Ok(false) => MessagingError::QueueNotFound {
                 queue: queue.to_owned(),
@@ -361,8 +405,70 @@ async fn janitor(inner: Weak<Inner>, mut stop: watch::Receiver<()>, idle: Durati
     }
 }
 
+impl RabbitMqMessageService {
+    /// One attempt at `get_queue_stats` (a read, safe to repeat).
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError> {
+        const OPERATION: &str = "get_queue_stats";
+        let ready = self.inner.admin.ready_count(OPERATION, queue).await?;
+        let buffered = match self.inner.existing_slot(queue) {
+            Some(slot) => slot.buffered(&self.inner).await,
+            None => 0,
+        };
+        let dead_letter_count = match self.inner.dead_letters.dead_letter_queue(queue) {
+            None => None,
+            Some(dlq) => match self.inner.admin.ready_count(OPERATION, &dlq).await {
+                Ok(ready) => {
+                    let here = match self.inner.existing_slot(&dlq) {
+                        Some(slot) => slot.buffered(&self.inner).await + slot.leases.len() as u64,
+                        None => 0,
+                    };
+                    Some(ready + here)
+                }
+                Err(MessagingError::QueueNotFound { .. }) => None,
+                Err(error) => return Err(error),
+            },
+        };
+        Ok(QueueStats {
+            queue_name: queue.to_owned(),
+            message_count: ready + buffered,
+            // The broker cannot say how many are leased, or how old the oldest is.
+            in_flight_count: None,
+            oldest_message_age_seconds: None,
+            dead_letter_count,
+        })
+    }
+
+    /// Ends a live lease with one `basic.ack` (`requeue == false`) or
+    /// `basic.nack` with requeue. Never retried and not gated by the breaker:
+    /// the lease leaves the table before the frame is sent, so a tag is
+    /// settled at most once, and a retry after a reconnect could settle
+    /// another delivery that reuses the tag.
+    async fn settle(
+        &self,
+        operation: &'static str,
+        queue: &str,
+        receipt: &ReceiptHandle,
+        requeue: bool,
+    ) -> Result<(), MessagingError> {
+        let lease = Receipt::decode(receipt, Provider::RabbitMq, queue)?;
+        let channel = self
+            .inner
+            .existing_slot(queue)
+            .and_then(|slot| slot.leases.take(lease.lease, lease.id));
+        match channel {
+            Some(channel) => match channel.settle(lease.id, requeue).await {
+                Ok(()) => Ok(()),
+                // The channel died with its deliveries: the broker requeued this one.
+                Err(_) => Err(Self::lease_expired(queue, receipt)),
+            },
+            None => Err(self.no_lease(operation, queue, receipt).await),
+        }
+    }
+}
+
 impl MessagingService for RabbitMqMessageService {
     async fn health_check(&self) -> Result<bool, MessagingError> {
+        // Not through the breaker: it reports reachability as it is now.
         let check = async {
             self.inner.data.link().await?;
             self.inner.admin.ping().await
@@ -375,10 +481,17 @@ impl MessagingService for RabbitMqMessageService {
 
     async fn create_queue(&self, queue: &str) -> Result<(), MessagingError> {
         validate_new_queue_name(queue, &self.inner.queues.dead_letter_queue_suffix)?;
-        self.inner.admin.declare(queue).await?;
-        if let Some(dlq) = self.inner.dead_letters.dead_letter_queue(queue) {
-            self.inner.admin.declare(&dlq).await?;
-        }
+        let dlq = self.inner.dead_letters.dead_letter_queue(queue);
+        // Declarations are idempotent: a retry repeats both.
+        self.resilience
+            .run("create_queue", || async {
+                self.inner.admin.declare(queue).await?;
+                if let Some(dlq) = &dlq {
+                    self.inner.admin.declare(dlq).await?;
+                }
+                Ok(())
+            })
+            .await?;
         lock(&self.inner.declared).insert(queue.to_owned());
         Ok(())
     }
@@ -391,11 +504,16 @@ impl MessagingService for RabbitMqMessageService {
         validate_queue_name(queue)?;
         let body = codec::encode(message, self.inner.queues.max_message_bytes)?;
         let outgoing = properties::outgoing(message, body);
-        let mut pending = self.publish(queue, vec![outgoing]).await?;
-        match pending.pop() {
-            Some(pending) => pending.confirmed().await,
-            None => Err(errors::connection("the publish was not sent", None)),
-        }
+        // A retry after a lost confirm may store a second copy (same id), never lose one.
+        self.resilience
+            .run("send_message", || async {
+                let mut pending = self.publish(queue, vec![outgoing.clone()]).await?;
+                match pending.pop() {
+                    Some(pending) => pending.confirmed().await,
+                    None => Err(errors::connection("the publish was not sent", None)),
+                }
+            })
+            .await
     }
 
     async fn send_batch<T: QueueMessage>(
@@ -408,19 +526,43 @@ impl MessagingService for RabbitMqMessageService {
             return Ok(Vec::new());
         }
         let bodies = codec::encode_all(messages, self.inner.queues.max_message_bytes)?;
-        let outgoing = messages
+        let outgoing: Vec<Outgoing> = messages
             .iter()
             .zip(bodies)
             .map(|(message, body)| properties::outgoing(message, body))
             .collect();
-        // Not atomic on RabbitMQ: on an error, an earlier part may be stored.
-        let pending = self.publish(queue, outgoing).await?;
-        let deadline = Instant::now() + self.inner.data.settings.timeout;
-        let mut ids = Vec::with_capacity(pending.len());
-        for pending in pending {
-            ids.push(pending.confirmed_by(deadline).await?);
-        }
-        Ok(ids)
+        // Not atomic on RabbitMQ: each message is confirmed on its own. An
+        // attempt waits for every confirm, and a retry republishes only the
+        // messages still without one (a lost confirm may make a duplicate).
+        let confirmed: Mutex<Vec<Option<MessageId>>> =
+            Mutex::new(outgoing.iter().map(|_| None).collect());
+        self.resilience
+            .run("send_batch", || async {
+                let todo: Vec<usize> = lock(&confirmed)
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, id)| id.is_none().then_some(i))
+                    .collect();
+                let batch = todo.iter().map(|&i| outgoing[i].clone()).collect();
+                let pending = self.publish(queue, batch).await?;
+                let deadline = Instant::now() + self.inner.data.settings.timeout;
+                let mut failure: Option<MessagingError> = None;
+                for (i, pending) in todo.into_iter().zip(pending) {
+                    match pending.confirmed_by(deadline).await {
+                        Ok(id) => lock(&confirmed)[i] = Some(id),
+                        // Report a permanent failure (no retry) over a transient one.
+                        Err(error) => {
+                            if failure.as_ref().is_none_or(MessagingError::is_transient) {
+                                failure = Some(error);
+                            }
+                        }
+                    }
+                }
+                failure.map_or(Ok(()), Err)
+            })
+            .await?;
+        let ids = confirmed.into_inner().unwrap_or_else(|p| p.into_inner());
+        Ok(ids.into_iter().flatten().collect())
     }
 
     async fn receive_messages<T: QueueMessage>(
@@ -433,16 +575,23 @@ impl MessagingService for RabbitMqMessageService {
         lease::check_max_messages(max_messages)?;
         let secs = lease::lease_secs(visibility_timeout, 1)?;
         self.inner.check_broker_limit(secs)?;
-        let slot = self.inner.slot(queue);
-        let received = match slot.receive::<T>(&self.inner, max_messages, secs).await {
-            Ok(received) => received,
-            Err(error) => {
-                if matches!(error, MessagingError::QueueNotFound { .. }) {
-                    self.inner.forget_slot(&slot);
+        // A failed attempt holds no lease (its consumer is torn down and the
+        // broker requeues its deliveries), so a retry leases nothing twice.
+        let (slot, received) = self
+            .resilience
+            .run("receive_messages", || async {
+                let slot = self.inner.slot(queue);
+                match slot.receive::<T>(&self.inner, max_messages, secs).await {
+                    Ok(received) => Ok((slot, received)),
+                    Err(error) => {
+                        if matches!(error, MessagingError::QueueNotFound { .. }) {
+                            self.inner.forget_slot(&slot);
+                        }
+                        Err(error)
+                    }
                 }
-                return Err(error);
-            }
-        };
+            })
+            .await?;
         if !received.dead.is_empty() {
             self.move_dead_letters(&slot, received.epoch, received.dead)
                 .await;
@@ -477,19 +626,7 @@ impl MessagingService for RabbitMqMessageService {
         receipt: &ReceiptHandle,
     ) -> Result<(), MessagingError> {
         validate_queue_name(queue)?;
-        let lease = Receipt::decode(receipt, Provider::RabbitMq, queue)?;
-        let channel = self
-            .inner
-            .existing_slot(queue)
-            .and_then(|slot| slot.leases.take(lease.lease, lease.id));
-        match channel {
-            Some(channel) => match channel.settle(lease.id, false).await {
-                Ok(()) => Ok(()),
-                // The channel died with its deliveries: the broker requeued this one.
-                Err(_) => Err(Self::lease_expired(queue, receipt)),
-            },
-            None => Err(self.no_lease("delete_message", queue, receipt).await),
-        }
+        self.settle("delete_message", queue, receipt, false).await
     }
 
     async fn change_message_visibility(
@@ -498,26 +635,18 @@ impl MessagingService for RabbitMqMessageService {
         receipt: &ReceiptHandle,
         visibility_timeout: Duration,
     ) -> Result<(), MessagingError> {
+        const OPERATION: &str = "change_message_visibility";
         validate_queue_name(queue)?;
         let secs = lease::lease_secs(visibility_timeout, 0)?;
         self.inner.check_broker_limit(secs)?;
+        if secs == 0 {
+            return self.settle(OPERATION, queue, receipt, true).await;
+        }
+        // Moving a deadline is local: the broker knows nothing of leases.
         let lease = Receipt::decode(receipt, Provider::RabbitMq, queue)?;
         let Some(slot) = self.inner.existing_slot(queue) else {
-            return Err(self
-                .no_lease("change_message_visibility", queue, receipt)
-                .await);
+            return Err(self.no_lease(OPERATION, queue, receipt).await);
         };
-        if secs == 0 {
-            return match slot.leases.take(lease.lease, lease.id) {
-                Some(channel) => channel
-                    .settle(lease.id, true)
-                    .await
-                    .map_err(|_| Self::lease_expired(queue, receipt)),
-                None => Err(self
-                    .no_lease("change_message_visibility", queue, receipt)
-                    .await),
-            };
-        }
         let deadline = Instant::now() + Duration::from_secs(secs);
         match slot.leases.extend(
             lease.lease,
@@ -530,54 +659,33 @@ impl MessagingService for RabbitMqMessageService {
                 "a lease of {secs} s more would keep the delivery unacknowledged beyond RabbitMQ's consumer_timeout of {} s",
                 self.inner.broker_consumer_timeout().as_secs()
             ))),
-            Err(ExtendError::Dead) => {
-                Err(self.no_lease("change_message_visibility", queue, receipt).await)
-            }
+            Err(ExtendError::Dead) => Err(self.no_lease(OPERATION, queue, receipt).await),
         }
     }
 
     async fn get_queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError> {
         validate_queue_name(queue)?;
-        let ready = self
-            .inner
-            .admin
-            .ready_count("get_queue_stats", queue)
-            .await?;
-        let buffered = match self.inner.existing_slot(queue) {
-            Some(slot) => slot.buffered(&self.inner).await,
-            None => 0,
-        };
-        let dead_letter_count = match self.inner.dead_letters.dead_letter_queue(queue) {
-            None => None,
-            Some(dlq) => match self.inner.admin.ready_count("get_queue_stats", &dlq).await {
-                Ok(ready) => {
-                    let here = match self.inner.existing_slot(&dlq) {
-                        Some(slot) => slot.buffered(&self.inner).await + slot.leases.len() as u64,
-                        None => 0,
-                    };
-                    Some(ready + here)
-                }
-                Err(MessagingError::QueueNotFound { .. }) => None,
-                Err(error) => return Err(error),
-            },
-        };
-        Ok(QueueStats {
-            queue_name: queue.to_owned(),
-            message_count: ready + buffered,
-            // The broker cannot say how many are leased, or how old the oldest is.
-            in_flight_count: None,
-            oldest_message_age_seconds: None,
-            dead_letter_count,
-        })
+        self.resilience
+            .run("get_queue_stats", || self.queue_stats(queue))
+            .await
     }
 
     async fn purge_queue(&self, queue: &str) -> Result<u64, MessagingError> {
         validate_queue_name(queue)?;
         // queue.purge removes only what the broker has not delivered; what
-        // this process buffered but never handed out is ready too.
-        let purged = self.inner.admin.purge(queue).await?;
+        // this process buffered but never handed out is ready too. Retried
+        // apart, so a failure acknowledging the buffer does not repeat the
+        // queue.purge (and lose its count).
+        let purged = self
+            .resilience
+            .run("purge_queue", || self.inner.admin.purge(queue))
+            .await?;
         let buffered = match self.inner.existing_slot(queue) {
-            Some(slot) => slot.purge_buffered(&self.inner).await?,
+            Some(slot) => {
+                self.resilience
+                    .run("purge_queue", || slot.purge_buffered(&self.inner))
+                    .await?
+            }
             None => 0,
         };
         Ok(purged + buffered)
@@ -592,11 +700,16 @@ impl MessagingService for RabbitMqMessageService {
         if let Some(dlq) = &dlq {
             lock(&self.inner.slots).remove(dlq);
         }
-        self.inner.admin.delete(queue).await?;
-        if let Some(dlq) = dlq {
-            self.inner.admin.delete(&dlq).await?;
-        }
-        Ok(())
+        // Deleting a missing queue succeeds: a retry repeats both.
+        self.resilience
+            .run("delete_queue", || async {
+                self.inner.admin.delete(queue).await?;
+                if let Some(dlq) = &dlq {
+                    self.inner.admin.delete(dlq).await?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     fn provider(&self) -> Provider {
@@ -608,6 +721,6 @@ impl MessagingService for RabbitMqMessageService {
     }
 
     fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
-        None
+        Some(self.resilience.breaker())
     }
 }

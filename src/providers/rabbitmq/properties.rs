@@ -23,7 +23,9 @@ fn name(text: &str) -> FieldName {
     text.try_into().unwrap_or_default()
 }
 
-/// A message ready to publish.
+/// A message ready to publish. A retried send publishes a clone, so every
+/// copy the broker may store carries the same message id.
+#[derive(Clone)]
 pub(super) struct Outgoing {
     pub message_id: String,
     pub properties: BasicProperties,
