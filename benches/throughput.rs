@@ -10,31 +10,44 @@
 mod common;
 
 use std::{
+    collections::BTreeSet,
     sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
 
+use amqprs::{
+    callbacks::ChannelCallback,
+    channel::{
+        BasicAckArguments, BasicConsumeArguments, BasicPublishArguments, BasicQosArguments,
+        Channel, ConfirmSelectArguments, ConsumerMessage,
+    },
+    connection::{Connection, OpenConnectionArguments},
+    Ack, BasicProperties, Cancel, CloseChannel, Nack, Return, DELIVERY_MODE_PERSISTENT,
+};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pgmq::PGMQueueExt;
 use tasker_messaging::{
     conformance::{step, unique_queue},
     MessageBackend, MessagingService, Provider, SimpleStepMessage,
 };
-use tokio::runtime::Runtime;
+use tokio::{runtime::Runtime, sync::mpsc};
 
 const LEASE: Duration = Duration::from_secs(30);
 const BATCH: usize = 100;
 const END_TO_END: usize = 400;
 const CONSUMERS: usize = 4;
+/// How long the raw AMQP consumer waits for a delivery before reporting none.
+const FIRST_DELIVERY: Duration = Duration::from_millis(1);
 
 /// Whoever does the work: the library, or a provider's own client.
 #[derive(Clone)]
 enum Client {
     Tasker(Arc<MessageBackend>),
     RawPgmq(Arc<PGMQueueExt>),
+    RawAmqp(Arc<RawAmqp>),
 }
 
 impl Client {
@@ -42,6 +55,7 @@ impl Client {
         match self {
             Self::Tasker(b) => format!("tasker/{}", b.provider()),
             Self::RawPgmq(_) => "raw/pgmq".into(),
+            Self::RawAmqp(_) => "raw/amqprs".into(),
         }
     }
 
@@ -49,6 +63,7 @@ impl Client {
         match self {
             Self::Tasker(b) => drop(b.send_message(queue, message).await.expect("send")),
             Self::RawPgmq(q) => drop(q.send(queue, message).await.expect("raw send")),
+            Self::RawAmqp(r) => r.send(std::slice::from_ref(message)).await,
         }
     }
 
@@ -56,6 +71,7 @@ impl Client {
         match self {
             Self::Tasker(b) => drop(b.send_batch(queue, messages).await.expect("send_batch")),
             Self::RawPgmq(q) => drop(q.send_batch(queue, messages).await.expect("raw batch")),
+            Self::RawAmqp(r) => r.send(messages).await,
         }
     }
 
@@ -82,7 +98,192 @@ impl Client {
                 }
                 got.len()
             }
+            Self::RawAmqp(r) => r.receive_delete(max).await,
         }
+    }
+}
+
+/// The RabbitMQ baseline: plain amqprs on one queue, used as a careful
+/// application would. Persistent messages to the durable quorum queue
+/// `create_queue` made, on a confirm-mode channel: each send waits for the
+/// confirms of everything it published (a batch is pipelined, then waited
+/// for). A consumer with `basic.qos` prefetch and manual acks receives.
+struct RawAmqp {
+    queue: String,
+    prefetch: u16,
+    _connection: Connection,
+    publisher: Channel,
+    /// The last delivery tag used; held while publishing, not while waiting.
+    last_tag: tokio::sync::Mutex<u64>,
+    confirms: Arc<Confirms>,
+    consumer: Channel,
+    /// The consumer's deliveries, once the first receive has started it.
+    deliveries: tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<ConsumerMessage>>>,
+}
+
+/// Publisher confirms: the tags not yet acked, and a wake-up on each ack.
+#[derive(Default)]
+struct Confirms {
+    unconfirmed: Mutex<BTreeSet<u64>>,
+    nacked: AtomicBool,
+    settled: tokio::sync::Notify,
+}
+
+impl Confirms {
+    fn settle(&self, tag: u64, multiple: bool) {
+        let mut unconfirmed = self.unconfirmed.lock().expect("confirms");
+        if multiple {
+            *unconfirmed = unconfirmed.split_off(&(tag + 1));
+        } else {
+            unconfirmed.remove(&tag);
+        }
+        self.settled.notify_waiters();
+    }
+
+    /// Waits until every tag up to `last` is confirmed.
+    async fn wait(&self, last: u64) {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            assert!(!self.nacked.load(Ordering::Relaxed), "the broker nacked");
+            let first = self.unconfirmed.lock().expect("confirms").first().copied();
+            if first.is_none_or(|tag| tag > last) {
+                return;
+            }
+            settled.await;
+        }
+    }
+}
+
+struct ConfirmCallback(Arc<Confirms>);
+
+type AmqpResult<T> = Result<T, amqprs::error::Error>;
+
+#[async_trait::async_trait]
+impl ChannelCallback for ConfirmCallback {
+    async fn close(&mut self, _: &Channel, close: CloseChannel) -> AmqpResult<()> {
+        panic!("raw publisher channel closed: {close}");
+    }
+    async fn cancel(&mut self, _: &Channel, _: Cancel) -> AmqpResult<()> {
+        Ok(())
+    }
+    async fn flow(&mut self, _: &Channel, active: bool) -> AmqpResult<bool> {
+        Ok(active)
+    }
+    async fn publish_ack(&mut self, _: &Channel, ack: Ack) {
+        self.0.settle(ack.delivery_tag(), ack.mutiple());
+    }
+    async fn publish_nack(&mut self, _: &Channel, nack: Nack) {
+        self.0.nacked.store(true, Ordering::Relaxed);
+        self.0.settle(nack.delivery_tag(), nack.multiple());
+    }
+    async fn publish_return(&mut self, _: &Channel, _: Return, _: BasicProperties, _: Vec<u8>) {}
+}
+
+impl RawAmqp {
+    /// Connects to the test broker for `queue`, which must exist.
+    async fn connect(queue: &str, prefetch: u16) -> Self {
+        let url = url::Url::parse(&common::amqp_url()).expect("AMQP URL");
+        let vhost = match url.path().trim_start_matches('/') {
+            "" | "%2f" | "%2F" => "/",
+            vhost => vhost,
+        };
+        let mut args = OpenConnectionArguments::new(
+            url.host_str().expect("host"),
+            url.port().unwrap_or(5672),
+            url.username(),
+            url.password().unwrap_or("guest"),
+        );
+        args.virtual_host(vhost);
+        let connection = Connection::open(&args).await.expect("raw connect");
+        let confirms = Arc::new(Confirms::default());
+        let publisher = connection.open_channel(None).await.expect("channel");
+        publisher
+            .register_callback(ConfirmCallback(Arc::clone(&confirms)))
+            .await
+            .expect("callback");
+        publisher
+            .confirm_select(ConfirmSelectArguments::default())
+            .await
+            .expect("confirm.select");
+        let consumer = connection.open_channel(None).await.expect("channel");
+        Self {
+            queue: queue.to_owned(),
+            prefetch,
+            _connection: connection,
+            publisher,
+            last_tag: tokio::sync::Mutex::new(0),
+            confirms,
+            consumer,
+            deliveries: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Publishes `messages` back to back, then waits for their confirms.
+    async fn send(&self, messages: &[SimpleStepMessage]) {
+        let last = {
+            let mut tag = self.last_tag.lock().await;
+            for message in messages {
+                *tag += 1;
+                self.confirms
+                    .unconfirmed
+                    .lock()
+                    .expect("confirms")
+                    .insert(*tag);
+                let mut properties = BasicProperties::default();
+                properties
+                    .with_delivery_mode(DELIVERY_MODE_PERSISTENT)
+                    .with_content_type("application/json");
+                let body = serde_json::to_vec(message).expect("serialize");
+                let args = BasicPublishArguments::new("", &self.queue);
+                self.publisher
+                    .basic_publish(properties, body, args)
+                    .await
+                    .expect("raw publish");
+            }
+            *tag
+        };
+        self.confirms.wait(last).await;
+    }
+
+    /// Takes up to `max` deliveries, decodes and acknowledges each; returns
+    /// how many.
+    async fn receive_delete(&self, max: usize) -> usize {
+        let mut deliveries = self.deliveries.lock().await;
+        if deliveries.is_none() {
+            let qos = BasicQosArguments::new(0, self.prefetch, false);
+            self.consumer.basic_qos(qos).await.expect("basic.qos");
+            let args = BasicConsumeArguments::new(&self.queue, "raw-bench")
+                .manual_ack(true)
+                .finish();
+            let (_, receiver) = self.consumer.basic_consume_rx(args).await.expect("consume");
+            *deliveries = Some(receiver);
+        }
+        let receiver = deliveries.as_mut().expect("consuming");
+        let mut taken = Vec::with_capacity(max);
+        // Await the first (up to 1 ms, so callers can stop), then take what
+        // else is buffered.
+        if let Ok(Some(first)) = tokio::time::timeout(FIRST_DELIVERY, receiver.recv()).await {
+            taken.push(first);
+            while taken.len() < max {
+                match receiver.try_recv() {
+                    Ok(message) => taken.push(message),
+                    Err(_) => break,
+                }
+            }
+        }
+        drop(deliveries);
+        for message in &taken {
+            let body = message.content.as_deref().expect("body");
+            serde_json::from_slice::<SimpleStepMessage>(body).expect("decode");
+            let tag = message.deliver.as_ref().expect("deliver").delivery_tag();
+            self.consumer
+                .basic_ack(BasicAckArguments::new(tag, false))
+                .await
+                .expect("basic.ack");
+        }
+        taken.len()
     }
 }
 
@@ -92,24 +293,53 @@ struct Setup {
     providers: Vec<(Provider, Vec<(Client, String)>)>,
 }
 
+impl Drop for Setup {
+    /// Deletes the queues, and drops the clients inside the runtime (amqprs
+    /// closes channels from tasks it spawns).
+    fn drop(&mut self) {
+        let providers = std::mem::take(&mut self.providers);
+        self.rt.block_on(async move {
+            for (_, clients) in &providers {
+                if let Some((Client::Tasker(backend), _)) = clients.first() {
+                    for (_, queue) in clients {
+                        backend.delete_queue(queue).await.expect("delete_queue");
+                    }
+                }
+            }
+            drop(providers);
+        });
+    }
+}
+
 fn setup() -> Setup {
     let rt = Runtime::new().expect("tokio runtime");
     let providers = rt.block_on(async {
         let mut providers = Vec::new();
-        for provider in [Provider::InMemory, Provider::Pgmq] {
+        for provider in [Provider::InMemory, Provider::Pgmq, Provider::RabbitMq] {
             let backend = Arc::new(common::backend(provider).await);
-            let mut clients = vec![Client::Tasker(Arc::clone(&backend))];
-            if let MessageBackend::Pgmq(pgmq) = &*backend {
-                let raw = PGMQueueExt::new_with_pool(pgmq.pool().clone()).await;
-                clients.push(Client::RawPgmq(Arc::new(raw)));
-            }
-            let mut with_queues = Vec::new();
-            for client in clients {
+            let new_queue = || async {
                 let queue = unique_queue("bench");
                 backend.create_queue(&queue).await.expect("create_queue");
-                with_queues.push((client, queue));
+                queue
+            };
+            let mut clients = vec![(Client::Tasker(Arc::clone(&backend)), new_queue().await)];
+            match &*backend {
+                MessageBackend::Pgmq(pgmq) => {
+                    let raw = PGMQueueExt::new_with_pool(pgmq.pool().clone()).await;
+                    clients.push((Client::RawPgmq(Arc::new(raw)), new_queue().await));
+                }
+                MessageBackend::RabbitMq(_) => {
+                    let queue = new_queue().await;
+                    // The prefetch the library's consumer uses.
+                    let prefetch = common::config(provider)
+                        .rabbitmq
+                        .map_or(200, |r| r.prefetch_count);
+                    let raw = RawAmqp::connect(&queue, prefetch).await;
+                    clients.push((Client::RawAmqp(Arc::new(raw)), queue));
+                }
+                MessageBackend::InMemory(_) => {}
             }
-            providers.push((provider, with_queues));
+            providers.push((provider, clients));
         }
         providers
     });

@@ -40,6 +40,7 @@ fn the_shipped_files_load() {
         ("messaging.toml", Provider::InMemory),
         ("in_memory.toml", Provider::InMemory),
         ("pgmq.toml", Provider::Pgmq),
+        ("rabbitmq.toml", Provider::RabbitMq),
     ] {
         Jail::expect_with(|_| {
             let config = MessagingConfig::from_file(format!("{root}/config/{file}"))

@@ -4,16 +4,13 @@
 
 mod common;
 
-use std::{
-    sync::{Mutex, OnceLock},
-    time::Duration,
-};
+use std::{sync::OnceLock, time::Duration};
 
 use figment::{
     providers::{Format, Toml},
     Figment,
 };
-use proptest::prelude::*;
+use proptest::{prelude::*, test_runner::TestRunner};
 use serde::{Deserialize, Serialize};
 use tasker_messaging::{
     validate_queue_name, MessageBackend, MessagingConfig, MessagingError, MessagingService,
@@ -22,7 +19,7 @@ use tasker_messaging::{
 use tokio::runtime::Runtime;
 
 /// Providers every property runs against.
-const PROVIDERS: [Provider; 2] = [Provider::InMemory, Provider::Pgmq];
+const PROVIDERS: [Provider; 3] = [Provider::InMemory, Provider::Pgmq, Provider::RabbitMq];
 
 fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
@@ -43,29 +40,58 @@ fn backends() -> &'static [MessageBackend] {
     })
 }
 
-/// Each backend with a queue of this property's own (properties run in parallel).
-fn with_queues(property: &'static str) -> Vec<(&'static MessageBackend, String)> {
-    static QUEUES: Mutex<Vec<(&str, Vec<String>)>> = Mutex::new(Vec::new());
-    let mut queues = QUEUES.lock().unwrap_or_else(|p| p.into_inner());
-    if !queues.iter().any(|(p, _)| *p == property) {
-        let names = backends()
-            .iter()
-            .map(|backend| {
-                let queue = tasker_messaging::conformance::unique_queue(property);
-                runtime()
-                    .block_on(backend.create_queue(&queue))
-                    .expect("create_queue");
-                queue
-            })
-            .collect();
-        queues.push((property, names));
+/// A queue of one property's own on every backend (properties run in
+/// parallel), deleted when dropped, whatever the outcome: leaked queues pile
+/// up run after run, and on RabbitMQ each quorum queue holds file handles
+/// until the broker has none left for new connections.
+struct PropertyQueues(Vec<(&'static MessageBackend, String)>);
+
+impl PropertyQueues {
+    fn create(property: &str) -> Self {
+        let mut queues = Self(Vec::new());
+        for backend in backends() {
+            let queue = tasker_messaging::conformance::unique_queue(property);
+            runtime()
+                .block_on(backend.create_queue(&queue))
+                .expect("create_queue");
+            queues.0.push((backend, queue));
+        }
+        queues
     }
-    let names = &queues
-        .iter()
-        .find(|(p, _)| *p == property)
-        .expect("inserted")
-        .1;
-    backends().iter().zip(names.iter().cloned()).collect()
+}
+
+impl Drop for PropertyQueues {
+    fn drop(&mut self) {
+        for (backend, queue) in &self.0 {
+            if let Err(error) = runtime().block_on(backend.delete_queue(queue)) {
+                eprintln!("{}: could not delete {queue}: {error}", backend.provider());
+            }
+        }
+    }
+}
+
+/// Runs `property` on `cases` values of `strategy` (as `proptest!` does,
+/// failing with the minimal failing input), on queues made for the run.
+fn check_with_queues<S>(
+    name: &str,
+    cases: u32,
+    strategy: S,
+    property: impl Fn(&[(&'static MessageBackend, String)], S::Value) -> Result<(), TestCaseError>,
+) where
+    S: Strategy,
+    S::Value: std::fmt::Debug,
+{
+    let queues = PropertyQueues::create(name);
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(&strategy, |value| property(&queues.0, value));
+    drop(queues);
+    if let Err(error) = result {
+        panic!("{error}");
+    }
 }
 
 /// Any JSON value, sent as-is.
@@ -100,6 +126,24 @@ fn nasty_name() -> impl Strategy<Value = String> {
         "[a-z_'\";\\-$ .%*#/\\\\\u{0}éß😀A-Z0-9]{0,60}",
         "[a-z_][a-z0-9_]{0,60}",
     ]
+}
+
+/// JSON equality with numbers compared by value: PostgreSQL's jsonb keeps a
+/// number's value but not its text (`1e3` comes back as `1000`).
+fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value as V;
+    match (a, b) {
+        (V::Number(x), V::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (V::Array(x), V::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
+        }
+        (V::Object(x), V::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(key, x)| y.get(key).is_some_and(|y| same_json(x, y)))
+        }
+        _ => a == b,
+    }
 }
 
 fn has_nul(value: &serde_json::Value) -> bool {
@@ -148,103 +192,10 @@ proptest! {
         }
     }
 
-    /// Any receipt text is `InvalidReceipt`, or `LeaseExpired` when it is
-    /// well-formed for this provider and queue but names no live lease.
-    #[test]
-    fn arbitrary_receipts_are_rejected(
-        text in prop_oneof![any::<String>(), "[a-z_]{0,10}:[a-z_0-9]{0,20}:[0-9]{0,20}:[0-9]{0,20}"],
-        id in any::<u64>(),
-        lease in any::<u64>(),
-    ) {
-        for (backend, queue) in with_queues("receipts") {
-            let queue = &queue;
-            let well_formed = format!("{}:{queue}:{id}:{lease}", backend.provider());
-            for receipt in [text.clone(), well_formed] {
-                let receipt: ReceiptHandle = receipt.parse().expect("infallible");
-                let deleted = runtime().block_on(backend.delete_message(queue, &receipt));
-                let changed = runtime().block_on(
-                    backend.change_message_visibility(queue, &receipt, Duration::ZERO),
-                );
-                for result in [deleted, changed] {
-                    prop_assert!(
-                        matches!(result, Err(MessagingError::InvalidReceipt { .. } | MessagingError::LeaseExpired { .. })),
-                        "{}: {:?} -> {:?}", backend.provider(), receipt, result
-                    );
-                }
-            }
-        }
-    }
-
-    /// A message is refused, before any I/O, exactly when it serializes to
-    /// more than `max_message_bytes`.
-    #[test]
-    fn oversized_messages_are_refused(extra in 0usize..64) {
-        for (backend, queue) in with_queues("oversized") {
-            let queue = &queue;
-            let max = backend.queues_config().max_message_bytes;
-            // A JSON string of n characters serializes to n + 2 bytes.
-            let len = max - 32 + extra;
-            let body = Raw(serde_json::Value::String("x".repeat(len)));
-            let result = runtime().block_on(backend.send_message(queue, &body));
-            if len + 2 > max {
-                prop_assert!(
-                    matches!(result, Err(MessagingError::MessageTooLarge { size, max: m }) if size == len + 2 && m == max),
-                    "{}: {} bytes -> {:?}", backend.provider(), len + 2, result
-                );
-            } else {
-                prop_assert!(result.is_ok(), "{}: {:?}", backend.provider(), result);
-                runtime().block_on(backend.purge_queue(queue)).expect("purge");
-            }
-        }
-    }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
-
-    /// Whatever JSON sits in a queue, receiving it as a step never panics:
-    /// it is delivered if it decodes, else dead-lettered; nothing is lost.
-    #[test]
-    fn garbage_bodies_go_to_the_dead_letter_queue(value in json_value()) {
-        for (backend, queue) in with_queues("garbage") {
-            let queue = &queue;
-            runtime().block_on(async {
-                let sent = backend.send_message(queue, &Raw(value.clone())).await;
-                if has_nul(&value) {
-                    // PostgreSQL's jsonb cannot hold U+0000: refused everywhere, before I/O.
-                    prop_assert!(
-                        matches!(sent, Err(MessagingError::InvalidArgument(_))),
-                        "{}: {:?}", backend.provider(), sent
-                    );
-                    return Ok(());
-                }
-                sent.expect("send");
-                let decodes = serde_json::from_value::<SimpleStepMessage>(value.clone()).is_ok();
-                let got = backend
-                    .receive_messages::<SimpleStepMessage>(queue, 10, Duration::from_secs(30))
-                    .await
-                    .expect("receive never fails on a bad body");
-                let stats = backend.get_queue_stats(queue).await.expect("stats");
-                let dlq = format!("{queue}{}", backend.queues_config().dead_letter_queue_suffix);
-                let dead: Vec<tasker_messaging::QueuedMessage<Raw>> = backend
-                    .receive_messages(&dlq, 10, Duration::from_secs(30))
-                    .await
-                    .expect("dead letters are receivable");
-                for m in &dead {
-                    backend.delete_message(&dlq, m.receipt()).await.expect("delete dead letter");
-                }
-                for m in &got {
-                    backend.delete_message(queue, m.receipt()).await.expect("delete");
-                }
-                prop_assert_eq!(got.len(), usize::from(decodes), "{}", backend.provider());
-                prop_assert_eq!(stats.dead_letter_count, Some(u64::from(!decodes)));
-                if !decodes {
-                    prop_assert_eq!(&dead[0].message.0, &value, "dead letter keeps the body");
-                }
-                Ok(())
-            })?;
-        }
-    }
 
     /// Out-of-range config values are errors at load that name the key.
     #[test]
@@ -277,4 +228,148 @@ proptest! {
             Err(other) => prop_assert!(false, "{:?}", other),
         }
     }
+}
+
+/// Any receipt text is `InvalidReceipt`, or `LeaseExpired` when it is
+/// well-formed for this provider and queue but names no live lease.
+#[test]
+fn arbitrary_receipts_are_rejected() {
+    let text = prop_oneof![
+        any::<String>(),
+        "[a-z_]{0,10}:[a-z_0-9]{0,20}:[0-9]{0,20}:[0-9]{0,20}"
+    ];
+    let strategy = (text, any::<u64>(), any::<u64>());
+    check_with_queues("receipts", 256, strategy, |queues, (text, id, lease)| {
+        for (backend, queue) in queues {
+            let well_formed = format!("{}:{queue}:{id}:{lease}", backend.provider());
+            for receipt in [text.clone(), well_formed] {
+                let receipt: ReceiptHandle = receipt.parse().expect("infallible");
+                let deleted = runtime().block_on(backend.delete_message(queue, &receipt));
+                let changed = runtime().block_on(backend.change_message_visibility(
+                    queue,
+                    &receipt,
+                    Duration::ZERO,
+                ));
+                for result in [deleted, changed] {
+                    prop_assert!(
+                        matches!(
+                            result,
+                            Err(MessagingError::InvalidReceipt { .. }
+                                | MessagingError::LeaseExpired { .. })
+                        ),
+                        "{}: {:?} -> {:?}",
+                        backend.provider(),
+                        receipt,
+                        result
+                    );
+                }
+            }
+        }
+        Ok(())
+    });
+}
+
+/// A message is refused, before any I/O, exactly when it serializes to
+/// more than `max_message_bytes`.
+#[test]
+fn oversized_messages_are_refused() {
+    check_with_queues("oversized", 256, 0usize..64, |queues, extra| {
+        for (backend, queue) in queues {
+            let max = backend.queues_config().max_message_bytes;
+            // A JSON string of n characters serializes to n + 2 bytes.
+            let len = max - 32 + extra;
+            let body = Raw(serde_json::Value::String("x".repeat(len)));
+            let result = runtime().block_on(backend.send_message(queue, &body));
+            if len + 2 > max {
+                prop_assert!(
+                    matches!(result, Err(MessagingError::MessageTooLarge { size, max: m }) if size == len + 2 && m == max),
+                    "{}: {} bytes -> {:?}",
+                    backend.provider(),
+                    len + 2,
+                    result
+                );
+            } else {
+                prop_assert!(result.is_ok(), "{}: {:?}", backend.provider(), result);
+                runtime()
+                    .block_on(backend.purge_queue(queue))
+                    .expect("purge");
+            }
+        }
+        Ok(())
+    });
+}
+
+/// Whatever JSON sits in a queue, receiving it as a step never panics:
+/// it is delivered if it decodes, else dead-lettered; nothing is lost.
+#[test]
+fn garbage_bodies_go_to_the_dead_letter_queue() {
+    check_with_queues("garbage", 64, json_value(), |queues, value| {
+        for (backend, queue) in queues {
+            let provider = backend.provider();
+            runtime().block_on(async {
+                let sent = backend.send_message(queue, &Raw(value.clone())).await;
+                if has_nul(&value) {
+                    // PostgreSQL's jsonb cannot hold U+0000: refused everywhere, before I/O.
+                    prop_assert!(
+                        matches!(sent, Err(MessagingError::InvalidArgument(_))),
+                        "{}: {:?}",
+                        provider,
+                        sent
+                    );
+                    return Ok(());
+                }
+                sent.expect("send");
+                let decodes = serde_json::from_value::<SimpleStepMessage>(value.clone()).is_ok();
+                let got = backend
+                    .receive_messages::<SimpleStepMessage>(queue, 10, Duration::from_secs(30))
+                    .await
+                    .expect("receive never fails on a bad body");
+                let stats = backend.get_queue_stats(queue).await.expect("stats");
+                let dlq = format!(
+                    "{queue}{}",
+                    backend.queues_config().dead_letter_queue_suffix
+                );
+                let dead: Vec<tasker_messaging::QueuedMessage<Raw>> = backend
+                    .receive_messages(&dlq, 10, Duration::from_secs(30))
+                    .await
+                    .expect("dead letters are receivable");
+                for m in &dead {
+                    backend
+                        .delete_message(&dlq, m.receipt())
+                        .await
+                        .expect("delete dead letter");
+                }
+                for m in &got {
+                    backend
+                        .delete_message(queue, m.receipt())
+                        .await
+                        .expect("delete");
+                }
+                prop_assert_eq!(got.len(), usize::from(decodes), "{}: delivered", provider);
+                prop_assert_eq!(
+                    stats.dead_letter_count,
+                    Some(u64::from(!decodes)),
+                    "{}: dead_letter_count",
+                    provider
+                );
+                prop_assert_eq!(
+                    dead.len(),
+                    usize::from(!decodes),
+                    "{}: dead letters",
+                    provider
+                );
+                if !decodes {
+                    prop_assert!(
+                        same_json(&dead[0].message.0, &value),
+                        "{}: dead letter keeps the body: {:?} became {:?}",
+                        provider,
+                        value,
+                        dead[0].message.0
+                    );
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    });
 }

@@ -1,24 +1,24 @@
 //! RabbitMQ fault tests: forced connection closes, dropped consumers, stale
-//! receipts. They disturb the broker, so they run one at a time (a global
-//! lock) in a virtual host of their own (`tasker_faults`, created with
-//! `rabbitmqctl`), where `close_all_connections --vhost` closes every
-//! connection of the test and nobody else's. They need RabbitMQ and
-//! `rabbitmqctl` (run as root) and fail loudly, naming RabbitMQ, without them.
+//! receipts, a stopped broker. They disturb the broker, so they run one at a
+//! time (a global lock) in a virtual host of their own (`tasker_faults`,
+//! created with `rabbitmqctl`), where `close_all_connections --vhost` closes
+//! every connection of the test and nobody else's. The circuit-breaker test
+//! stops the whole broker application for a few seconds (and starts it again
+//! whatever the outcome). They need RabbitMQ and `rabbitmqctl` (run as root)
+//! and fail loudly, naming RabbitMQ, without them.
 
 mod common;
 
 use std::{
-    collections::{HashMap, HashSet},
-    sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, Mutex, OnceLock,
-    },
+    collections::HashSet,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
+use common::load::{self, Load};
 use tasker_messaging::{
-    MessageBackend, MessageId, MessagingError, MessagingService, Provider, QueuedMessage,
-    SimpleStepMessage,
+    CircuitState, MessageBackend, MessageId, MessagingConfig, MessagingError, MessagingService,
+    Provider, QueuedMessage, SimpleStepMessage,
 };
 use uuid::Uuid;
 
@@ -72,6 +72,11 @@ async fn close_all_connections() {
 
 /// A backend connected to the test's virtual host (created on first use).
 async fn backend() -> MessageBackend {
+    backend_with(|_| {}).await
+}
+
+/// [`backend`] with settings changed by `configure`.
+async fn backend_with(configure: impl FnOnce(&mut MessagingConfig)) -> MessageBackend {
     static VHOST_READY: OnceLock<()> = OnceLock::new();
     VHOST_READY.get_or_init(|| {
         rabbitmqctl(&["add_vhost", VHOST]);
@@ -84,6 +89,7 @@ async fn backend() -> MessageBackend {
     let rabbitmq = config.rabbitmq.as_mut().expect("RabbitMQ settings");
     rabbitmq.url = url.clone();
     rabbitmq.prefetch_count = 100;
+    configure(&mut config);
     MessageBackend::connect(&config).await.unwrap_or_else(|e| {
         panic!("RabbitMQ at {url} is not usable: {e}. Start it (scripts/test.sh does) and rerun.")
     })
@@ -147,220 +153,66 @@ async fn await_reconnect(backend: &MessageBackend, after: u64) -> u64 {
     }
 }
 
-#[derive(Default)]
-struct Tally {
-    acknowledged: HashSet<MessageId>,
-    received: HashMap<MessageId, usize>,
-}
-
-/// (a) A producer sends 5,000 messages while consumers receive and delete
+/// (a) Producers send 5,000 messages while consumers receive and delete
 /// them, and every connection is closed twice meanwhile: every message whose
 /// send returned `Ok` is received at least once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_sends_survive_forced_connection_closes() {
-    const TOTAL: usize = 5_000;
-    const PRODUCERS: usize = 50;
-    const TICK: Duration = Duration::from_millis(50);
     init_logs();
     let _serial = serial().await;
-    let producer = Arc::new(backend().await);
-    let consumer = Arc::new(backend().await);
+    // A close fails every send in flight at once, and each counts against
+    // the breaker: with the defaults (5 failures, 30 s open) one close would
+    // stall sends for 30 s. Retry longer and reopen sooner, as in
+    // tests/pgmq_faults.rs.
+    let configure = |config: &mut MessagingConfig| {
+        config.retry_policy.max_retries = 5;
+        config.circuit_breaker.timeout_ms = 500;
+    };
+    let producer = Arc::new(backend_with(configure).await);
+    let consumer = Arc::new(backend_with(configure).await);
     let queue = queue_name("load");
     producer.create_queue(&queue).await.expect("create_queue");
-    let generations_before = (generation(&producer), generation(&consumer));
+    let before = (generation(&producer), generation(&consumer));
 
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let retries = Arc::new(AtomicUsize::new(0));
-    let failed_deletes = Arc::new(AtomicUsize::new(0));
-    let producing = Arc::new(AtomicBool::new(true));
-    let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-
-    // Paced at about 1,000 messages a second so the closes land mid-stream.
-    // PRODUCERS tasks, each sending every TICK: about 1,000 messages a
-    // second, with sends in flight nearly all the time, so the closes catch
-    // some of them mid-confirm.
-    let producer_task = {
-        let (producer, queue, tally, retries, producing) = (
-            Arc::clone(&producer),
-            queue.clone(),
-            Arc::clone(&tally),
-            Arc::clone(&retries),
-            Arc::clone(&producing),
-        );
-        tokio::spawn(async move {
-            let producers = (0..PRODUCERS).map(|p| {
-                let (producer, queue, tally, retries) = (
-                    Arc::clone(&producer),
-                    queue.clone(),
-                    Arc::clone(&tally),
-                    Arc::clone(&retries),
-                );
-                async move {
-                    let mut tick = tokio::time::interval(TICK);
-                    for n in 0..TOTAL / PRODUCERS {
-                        tick.tick().await;
-                        let message = step();
-                        let deadline = Instant::now() + Duration::from_secs(30);
-                        let id = loop {
-                            match producer.send_message(&queue, &message).await {
-                                Ok(id) => break id,
-                                Err(e) if e.is_transient() && Instant::now() < deadline => {
-                                    retries.fetch_add(1, Ordering::Relaxed);
-                                    tokio::time::sleep(Duration::from_millis(20)).await;
-                                }
-                                Err(e) => panic!("producer {p}, send {n}: {e}"),
-                            }
-                        };
-                        tally.lock().expect("tally").acknowledged.insert(id);
-                    }
-                }
-            });
-            join_all(producers).await;
-            producing.store(false, Ordering::Release);
-        })
-    };
-
-    let consumer_task = |_: usize| {
-        let (consumer, queue, tally, failed_deletes, stop) = (
-            Arc::clone(&consumer),
-            queue.clone(),
-            Arc::clone(&tally),
-            Arc::clone(&failed_deletes),
-            Arc::clone(&stop),
-        );
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Acquire) {
-                let batch = match consumer
-                    .receive_messages::<SimpleStepMessage>(&queue, 50, Duration::from_secs(30))
-                    .await
-                {
-                    Ok(batch) => batch,
-                    Err(e) if e.is_transient() => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                    Err(e) => panic!("receive: {e}"),
-                };
-                if batch.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-                {
-                    let mut tally = tally.lock().expect("tally");
-                    for m in &batch {
-                        *tally
-                            .received
-                            .entry(m.metadata.message_id.clone())
-                            .or_default() += 1;
-                    }
-                }
-                for m in batch {
-                    match consumer.delete_message(&queue, m.receipt()).await {
-                        Ok(()) => {}
-                        // A lease from before a reconnect: the message comes back.
-                        Err(MessagingError::LeaseExpired { .. }) => {
-                            failed_deletes.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) if e.is_transient() => {
-                            failed_deletes.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => panic!("delete: {e}"),
-                    }
-                }
-            }
-        })
-    };
-    let consumers: Vec<_> = (0..2).map(consumer_task).collect();
-
-    // Two forced closes while the producer runs.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    close_all_connections().await;
-    let first_close = started.elapsed();
-    tokio::time::sleep(Duration::from_millis(1_300)).await;
-    close_all_connections().await;
-    let second_close = started.elapsed();
-
-    producer_task.await.expect("producer");
-    let sent_in = started.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(45);
-    let missing = loop {
-        let missing = {
-            let tally = tally.lock().expect("tally");
-            tally
-                .acknowledged
-                .iter()
-                .filter(|id| !tally.received.contains_key(id))
-                .count()
-        };
-        if missing == 0 || Instant::now() > deadline {
-            break missing;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    stop.store(true, Ordering::Release);
-    for consumer in consumers {
-        consumer.await.expect("consumer");
-    }
-
-    let (acknowledged, distinct, receives, unacknowledged_received) = {
-        let tally = tally.lock().expect("tally");
-        let unacknowledged = tally
-            .received
-            .keys()
-            .filter(|id| !tally.acknowledged.contains(id))
-            .count();
-        (
-            tally.acknowledged.len(),
-            tally.received.len(),
-            tally.received.values().sum::<usize>(),
-            unacknowledged,
-        )
-    };
-    let duplicates = receives - distinct;
-    let generations_after = (generation(&producer), generation(&consumer));
+    // Paced at about 1,000 messages a second (50 sends every 50 ms), with
+    // sends in flight nearly all the time, so each close (rabbitmqctl takes
+    // most of a second) lands mid-stream and catches some sends mid-confirm.
+    let report = load::run_paced(
+        Arc::clone(&producer),
+        Arc::clone(&consumer),
+        &queue,
+        Load {
+            total: 5_000,
+            in_flight: 50,
+            consumers: 2,
+            lease: Duration::from_secs(30),
+            disrupt_at: vec![1_000, 3_000],
+            deadline: Duration::from_secs(90),
+        },
+        Duration::from_millis(50),
+        move || async move {
+            close_all_connections().await;
+            println!("closed every connection at {:.1?}", started.elapsed());
+        },
+    )
+    .await;
+    report.print("fault test (a), two forced connection closes");
+    // The second close may land after the last message was received.
+    let after = (
+        await_reconnect(&producer, before.0 + 1).await,
+        await_reconnect(&consumer, before.1 + 1).await,
+    );
     println!(
-        "fault test (a): sent {TOTAL} messages in {sent_in:?} (closes at {first_close:?} and {second_close:?}); \
-         acknowledged (send Ok) {acknowledged}; send retries {}; received {distinct} distinct in {receives} receives; \
-         duplicates {duplicates}; received without an Ok send {unacknowledged_received}; \
-         deletes refused (lease ended with the connection) {}; missing {missing}; \
-         connection generations producer {} -> {}, consumer {} -> {}",
-        retries.load(Ordering::Relaxed),
-        failed_deletes.load(Ordering::Relaxed),
-        generations_before.0,
-        generations_after.0,
-        generations_before.1,
-        generations_after.1,
+        "connection generations: producer {} -> {}, consumer {} -> {}",
+        before.0, after.0, before.1, after.1
     );
-    assert_eq!(acknowledged, TOTAL, "every send ends Ok");
+    assert_eq!(report.acknowledged, 5_000, "every send ends Ok");
     assert_eq!(
-        missing, 0,
-        "messages whose send returned Ok were never received"
-    );
-    assert!(
-        generations_after.0 >= generations_before.0 + 2
-            && generations_after.1 >= generations_before.1 + 2,
-        "both backends reconnect after each close: {generations_before:?} -> {generations_after:?}"
+        report.lost, 0,
+        "messages whose send returned Ok were never received: {report:?}"
     );
     producer.delete_queue(&queue).await.expect("delete_queue");
-}
-
-/// Runs every future as a task, returning their outputs in order.
-async fn join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let mut set = tokio::task::JoinSet::new();
-    for (i, future) in futures.into_iter().enumerate() {
-        set.spawn(async move { (i, future.await) });
-    }
-    let mut outputs: Vec<(usize, F::Output)> = Vec::new();
-    while let Some(joined) = set.join_next().await {
-        outputs.push(joined.expect("task"));
-    }
-    outputs.sort_by_key(|(i, _)| *i);
-    outputs.into_iter().map(|(_, output)| output).collect()
 }
 
 /// (b) A consumer that drops its backend while holding leases loses them at
@@ -504,5 +356,174 @@ async fn a_receipt_from_before_a_reconnect_is_lease_expired() {
         after,
         "no further reconnects were needed"
     );
+    backend.delete_queue(&queue).await.expect("delete_queue");
+}
+
+/// The broker's AMQP address, from the test URL.
+fn broker_address() -> String {
+    let url = url::Url::parse(&common::amqp_url()).expect("test AMQP URL parses");
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(5672)
+    )
+}
+
+/// Starts the RabbitMQ application (a no-op when it runs) and waits until
+/// it accepts AMQP connections again.
+fn start_broker() {
+    let started = std::process::Command::new("rabbitmqctl")
+        .arg("start_app")
+        .output();
+    if let Err(error) = started {
+        eprintln!("RabbitMQ's `rabbitmqctl start_app` could not run: {error}");
+    }
+    let address = broker_address();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(&address).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::process::Command::new("rabbitmqctl")
+        .args(["await_startup", "--timeout", "60"])
+        .output();
+}
+
+/// Starts the broker again when dropped, so a failed test leaves it running.
+struct RestartBroker;
+
+impl Drop for RestartBroker {
+    fn drop(&mut self) {
+        start_broker();
+    }
+}
+
+/// (d) With the broker stopped, the circuit breaker opens after
+/// `failure_threshold` transient failures and fails fast; after its timeout
+/// a trial call goes through (and reopens it while the broker is still down);
+/// with the broker back it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_opens_while_the_broker_is_down_and_recovers() {
+    init_logs();
+    let _serial = serial().await;
+    let backend = backend_with(|config| {
+        config.retry_policy.max_retries = 0;
+        let breaker = &mut config.circuit_breaker;
+        breaker.failure_threshold = 3;
+        breaker.success_threshold = 1;
+        breaker.timeout_ms = 1_000;
+        let rabbitmq = config.rabbitmq.as_mut().expect("RabbitMQ settings");
+        rabbitmq.connection_timeout_ms = 1_000;
+    })
+    .await;
+    let breaker = backend
+        .circuit_breaker()
+        .expect("RabbitMQ has a circuit breaker");
+    let queue = queue_name("breaker");
+    backend.create_queue(&queue).await.expect("create_queue");
+    let mut seen = vec![("connected", breaker.state())];
+
+    let _restart = RestartBroker;
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+        .await
+        .expect("stop_app task");
+    let down = Instant::now();
+    for attempt in 1..=3 {
+        let error = backend
+            .get_queue_stats(&queue)
+            .await
+            .expect_err("the broker is down");
+        assert!(
+            error.is_transient() && !matches!(error, MessagingError::CircuitOpen { .. }),
+            "attempt {attempt} reaches for the broker and fails transiently: {error}"
+        );
+        seen.push(("failure", breaker.state()));
+    }
+    assert_eq!(breaker.state(), CircuitState::Open);
+    assert!(
+        down.elapsed() < Duration::from_secs(5),
+        "three failures took {:?}",
+        down.elapsed()
+    );
+
+    let started = Instant::now();
+    let stats = backend.get_queue_stats(&queue).await;
+    let send = backend.send_message(&queue, &step()).await;
+    let receive = backend
+        .receive_messages::<SimpleStepMessage>(&queue, 1, Duration::from_secs(5))
+        .await;
+    for result in [stats.map(drop), send.map(drop), receive.map(drop)] {
+        assert!(
+            matches!(result, Err(MessagingError::CircuitOpen { .. })),
+            "{result:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "an open circuit fails fast: {:?}",
+        started.elapsed()
+    );
+    seen.push(("fail fast", breaker.state()));
+
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(breaker.state(), CircuitState::HalfOpen);
+    seen.push(("after timeout_ms", breaker.state()));
+    let trial = backend.get_queue_stats(&queue).await;
+    assert!(
+        matches!(&trial, Err(e) if e.is_transient() && !matches!(e, MessagingError::CircuitOpen { .. })),
+        "the trial call reaches for the broker: {trial:?}"
+    );
+    assert_eq!(breaker.state(), CircuitState::Open);
+    seen.push(("failed trial", breaker.state()));
+
+    tokio::task::spawn_blocking(start_broker)
+        .await
+        .expect("start_app task");
+    println!("RabbitMQ was down for {:.1?}", down.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = CircuitState::Open;
+    loop {
+        let mut note = |state| {
+            if state != last {
+                seen.push(("broker back", state));
+                last = state;
+            }
+        };
+        note(breaker.state());
+        let result = backend.get_queue_stats(&queue).await;
+        note(breaker.state());
+        match result {
+            Ok(_) => break,
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("RabbitMQ did not come back within 30 s: {e}"),
+        }
+    }
+    assert_eq!(breaker.state(), CircuitState::Closed);
+    seen.push(("first success", breaker.state()));
+    println!("circuit states seen: {seen:?}");
+
+    // The data connection recovers too: a full round trip.
+    let message = step();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match backend.send_message(&queue, &message).await {
+            Ok(_) => break,
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("send after the broker came back: {e}"),
+        }
+    }
+    let got = receive_n(
+        &backend,
+        &queue,
+        1,
+        Duration::from_secs(30),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message, message);
     backend.delete_queue(&queue).await.expect("delete_queue");
 }

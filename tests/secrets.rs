@@ -1,5 +1,8 @@
 //! A password in a URL appears nowhere: not in `Debug`/`Display` of the
-//! config, not in connect errors, not in any tracing output (captured at TRACE).
+//! config, not in connect errors, not in any tracing output (captured at
+//! TRACE, from every thread). The RabbitMQ session logs in as a user made for
+//! the test (with `rabbitmqctl`, as root) whose password is the secret, and
+//! has its connections closed so reconnect logging runs too.
 
 mod common;
 
@@ -30,6 +33,46 @@ impl Write for Captured {
     }
 }
 
+/// A RabbitMQ user whose password is [`PASSWORD`], deleted when dropped.
+struct RabbitUser(String);
+
+fn rabbitmqctl(args: &[&str]) -> std::process::Output {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("RabbitMQ's rabbitmqctl cannot run ({e}); this test needs it (as root)")
+        });
+    assert!(
+        output.status.success(),
+        "RabbitMQ's `rabbitmqctl {}` failed: {}",
+        args.first().unwrap_or(&""),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+impl RabbitUser {
+    fn create() -> Self {
+        let name = format!(
+            "tasker_secrets_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        rabbitmqctl(&["add_user", &name, PASSWORD]);
+        let user = Self(name);
+        rabbitmqctl(&["set_permissions", "-p", "/", &user.0, ".*", ".*", ".*"]);
+        user
+    }
+}
+
+impl Drop for RabbitUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.0])
+            .output();
+    }
+}
+
 fn with_password(url: &str) -> SecretUrl {
     let mut url = url::Url::parse(url).expect("test URL");
     if url.username().is_empty() {
@@ -47,7 +90,9 @@ async fn passwords_never_reach_errors_debug_or_logs() {
         .with_max_level(tracing::Level::TRACE)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // Global, so events of the runtime's worker threads (where the providers'
+    // background tasks log) are captured too; this binary has one test.
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
     let mut shown = String::new();
 
     // PostgreSQL trusts local connections, so the password is carried but unused:
@@ -70,6 +115,70 @@ async fn passwords_never_reach_errors_debug_or_logs() {
         .unwrap();
     shown += &format!("{backend:?} {got:?}");
     backend.delete_queue(&queue).await.unwrap();
+
+    // RabbitMQ checks the password: a full session as a user whose password
+    // is the secret, then its connections closed by the broker, so the
+    // provider logs the loss, the reconnect and the recovery.
+    let user = tokio::task::spawn_blocking(RabbitUser::create)
+        .await
+        .expect("add_user task");
+    let mut rabbit = common::config(Provider::RabbitMq);
+    let mut url = url::Url::parse(&common::amqp_url()).expect("test AMQP URL");
+    url.set_username(&user.0).expect("username");
+    url.set_password(Some(PASSWORD)).expect("password");
+    rabbit.rabbitmq.as_mut().unwrap().url = SecretUrl::parse(url.as_str()).expect("URL");
+    shown += &format!("{rabbit:?} {}", rabbit.rabbitmq.as_ref().unwrap().url);
+    let backend = MessageBackend::connect(&rabbit)
+        .await
+        .expect("RabbitMQ accepts the test user");
+    let queue = tasker_messaging::conformance::unique_queue("secrets");
+    backend.create_queue(&queue).await.unwrap();
+    backend
+        .send_message(&queue, &tasker_messaging::conformance::step())
+        .await
+        .unwrap();
+    let got = backend
+        .receive_messages_wait::<SimpleStepMessage>(
+            &queue,
+            1,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let stats = backend.get_queue_stats(&queue).await.unwrap();
+    shown += &format!("{backend:?} {got:?} {stats:?}");
+    let MessageBackend::RabbitMq(rabbit) = &backend else {
+        unreachable!("connected as RabbitMQ")
+    };
+    let before = rabbit.connection_generation();
+    let name = user.0.clone();
+    tokio::task::spawn_blocking(move || {
+        rabbitmqctl(&[
+            "close_all_user_connections",
+            &name,
+            "tasker-messaging secrets test",
+        ])
+    })
+    .await
+    .expect("close task");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while rabbit.connection_generation() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "RabbitMQ backend did not reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    backend
+        .send_message(&queue, &tasker_messaging::conformance::step())
+        .await
+        .unwrap();
+    assert!(backend.health_check().await.unwrap());
+    backend.delete_queue(&queue).await.unwrap();
+    drop(backend);
+    drop(user);
 
     // Unreachable servers, and RabbitMQ refusing the password.
     let mut unreachable_pg = config.clone();
@@ -98,6 +207,10 @@ async fn passwords_never_reach_errors_debug_or_logs() {
     assert!(
         !logs.is_empty(),
         "tracing captured nothing; the test would prove nothing"
+    );
+    assert!(
+        logs.contains("RabbitMQ connection recovered"),
+        "the reconnect was not logged; the test would prove less: {logs}"
     );
     assert!(!shown.contains(PASSWORD), "password shown: {shown}");
     assert!(!logs.contains(PASSWORD), "password logged: {logs}");

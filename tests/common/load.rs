@@ -93,6 +93,24 @@ where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
+    run_paced(producer, consumer, queue, load, Duration::ZERO, disrupt).await
+}
+
+/// [`run`], with each chunk of `load.in_flight` sends started at least
+/// `pace` after the one before (`Duration::ZERO`: as fast as they complete),
+/// so a slow disruption still lands while messages are flowing.
+pub async fn run_paced<F, Fut>(
+    producer: Arc<MessageBackend>,
+    consumer: Arc<MessageBackend>,
+    queue: &str,
+    load: Load,
+    pace: Duration,
+    disrupt: F,
+) -> Report
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     let started = Instant::now();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let attempts = Arc::new(AtomicUsize::new(0));
@@ -119,8 +137,12 @@ where
         let queue = queue.clone();
         let (total, in_flight, deadline) = (load.total, load.in_flight, started + load.deadline);
         tokio::spawn(async move {
+            let mut tick = (!pace.is_zero()).then(|| tokio::time::interval(pace));
             let mut sent = 0;
             while sent < total {
+                if let Some(tick) = tick.as_mut() {
+                    tick.tick().await;
+                }
                 let chunk = in_flight.min(total - sent);
                 let sends = (0..chunk).map(|_| {
                     let (producer, queue) = (&producer, &queue);
