@@ -33,7 +33,9 @@ impl Default for CircuitBreakerConfig {
             enabled: true,
             failure_threshold: 5,
             success_threshold: 2,
-            timeout_ms: 30_000,
+            // Short: one dropped connection fails every call in flight on it,
+            // which alone can reach the threshold.
+            timeout_ms: 5_000,
             half_open_max_calls: 1,
         }
     }
