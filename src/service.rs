@@ -63,6 +63,8 @@ pub trait MessagingService {
     /// LISTEN/NOTIFY; RabbitMQ: consumer deliveries; in-memory: a `Notify`),
     /// with a slow fallback poll (`queues.wait_poll_interval_ms`) that also
     /// catches leases that ran out. `Duration::ZERO` does not wait.
+    /// Dropping the future mid-wait loses nothing: a lease taken by an
+    /// interrupted receive ends with its visibility timeout.
     async fn receive_messages_wait<T: QueueMessage>(
         &self,
         queue: &str,

@@ -7,7 +7,7 @@ mod common;
 
 use std::{
     process::Command,
-    sync::{Arc, OnceLock},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -19,13 +19,6 @@ use tasker_messaging::{
 };
 
 const APP: &str = "tasker_fault_test";
-
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
-    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
-        .lock()
-        .await
-}
 
 /// The test configuration, tagging connections so the tests can find them.
 fn config() -> MessagingConfig {
@@ -100,7 +93,7 @@ async fn fresh_queue(backend: &MessageBackend, name: &str) -> String {
 /// nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminated_connections_lose_no_message() {
-    let _serial = serial().await;
+    let _serial = common::serial().await;
     let backend = Arc::new(
         MessageBackend::connect(&config())
             .await
@@ -135,7 +128,7 @@ async fn terminated_connections_lose_no_message() {
 /// the backend recovers without being rebuilt, nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_loses_no_message() {
-    let _serial = serial().await;
+    let _serial = common::serial().await;
     let _restore = RestoreServer;
     let backend = Arc::new(
         MessageBackend::connect(&config())
@@ -175,7 +168,7 @@ async fn server_restart_loses_no_message() {
 /// failures and fails fast; with it back, it half-opens, then closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn circuit_breaker_opens_and_recovers() {
-    let _serial = serial().await;
+    let _serial = common::serial().await;
     let _restore = RestoreServer;
     let mut config = config();
     config.retry_policy.max_retries = 0;

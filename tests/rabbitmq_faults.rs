@@ -24,14 +24,6 @@ use uuid::Uuid;
 
 const VHOST: &str = "tasker_faults";
 
-/// Serialises the tests of this binary: each disturbs the shared broker.
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
-    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
-        .lock()
-        .await
-}
-
 fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -159,7 +151,7 @@ async fn await_reconnect(backend: &MessageBackend, after: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_sends_survive_forced_connection_closes() {
     init_logs();
-    let _serial = serial().await;
+    let _serial = common::serial().await;
     // A close fails every send in flight at once, and each counts against
     // the breaker: with the defaults (5 failures, 30 s open) one close would
     // stall sends for 30 s. Retry longer and reopen sooner, as in
@@ -220,7 +212,7 @@ async fn acknowledged_sends_survive_forced_connection_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_backend_gives_its_leases_back() {
     init_logs();
-    let _serial = serial().await;
+    let _serial = common::serial().await;
     let first = backend().await;
     let queue = queue_name("dropped");
     first.create_queue(&queue).await.expect("create_queue");
@@ -270,7 +262,7 @@ async fn a_dropped_backend_gives_its_leases_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_from_before_a_reconnect_is_lease_expired() {
     init_logs();
-    let _serial = serial().await;
+    let _serial = common::serial().await;
     let backend = backend().await;
     let queue = queue_name("stale");
     backend.create_queue(&queue).await.expect("create_queue");
@@ -404,7 +396,7 @@ impl Drop for RestartBroker {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn circuit_breaker_opens_while_the_broker_is_down_and_recovers() {
     init_logs();
-    let _serial = serial().await;
+    let _serial = common::serial().await;
     let backend = backend_with(|config| {
         config.retry_policy.max_retries = 0;
         let breaker = &mut config.circuit_breaker;

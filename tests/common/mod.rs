@@ -7,6 +7,14 @@
 
 pub mod load;
 
+/// Serialises the tests of one binary that disturb a shared server (fault tests).
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await
+}
+
 use tasker_messaging::{
     MessageBackend, MessagingConfig, PgmqConfig, Provider, QueuesConfig, RabbitMqConfig, SecretUrl,
 };
