@@ -104,16 +104,7 @@ async fn passwords_never_reach_errors_debug_or_logs() {
         .await
         .expect("PostgreSQL connects");
     let queue = tasker_messaging::conformance::unique_queue("secrets");
-    backend.create_queue(&queue).await.unwrap();
-    backend
-        .send_message(&queue, &tasker_messaging::conformance::step())
-        .await
-        .unwrap();
-    let got = backend
-        .receive_messages::<SimpleStepMessage>(&queue, 1, Duration::from_secs(5))
-        .await
-        .unwrap();
-    shown += &format!("{backend:?} {got:?}");
+    shown += &session(&backend, &queue).await.0;
     backend.delete_queue(&queue).await.unwrap();
 
     // RabbitMQ checks the password: a full session as a user whose password
@@ -132,23 +123,9 @@ async fn passwords_never_reach_errors_debug_or_logs() {
         .await
         .expect("RabbitMQ accepts the test user");
     let queue = tasker_messaging::conformance::unique_queue("secrets");
-    backend.create_queue(&queue).await.unwrap();
-    backend
-        .send_message(&queue, &tasker_messaging::conformance::step())
-        .await
-        .unwrap();
-    let got = backend
-        .receive_messages_wait::<SimpleStepMessage>(
-            &queue,
-            1,
-            Duration::from_secs(5),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-    assert_eq!(got.len(), 1);
-    let stats = backend.get_queue_stats(&queue).await.unwrap();
-    shown += &format!("{backend:?} {got:?} {stats:?}");
+    let (seen, received) = session(&backend, &queue).await;
+    assert_eq!(received, 1);
+    shown += &seen;
     let MessageBackend::RabbitMq(rabbit) = &backend else {
         unreachable!("connected as RabbitMQ")
     };
@@ -218,4 +195,25 @@ async fn passwords_never_reach_errors_debug_or_logs() {
         shown.contains("***"),
         "the redaction marker is shown instead"
     );
+}
+
+/// Creates `queue`, sends a step, receives it (waiting up to 5 s) and reads
+/// the stats; returns everything shown along the way and how many arrived.
+async fn session(backend: &MessageBackend, queue: &str) -> (String, usize) {
+    backend.create_queue(queue).await.unwrap();
+    backend
+        .send_message(queue, &tasker_messaging::conformance::step())
+        .await
+        .unwrap();
+    let got = backend
+        .receive_messages_wait::<SimpleStepMessage>(
+            queue,
+            1,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let stats = backend.get_queue_stats(queue).await.unwrap();
+    (format!("{backend:?} {got:?} {stats:?}"), got.len())
 }
