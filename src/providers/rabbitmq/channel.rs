@@ -265,39 +265,73 @@ impl TrackedChannel {
             .unwrap_or_else(|e| Err(CallError::broken(format!("request task failed: {e}"), None)))
     }
 
-    /// Acknowledges (`requeue == false`) or requeues a delivery. Spawned so a
-    /// dropped caller cannot leave a delivery its lease no longer tracks
-    /// unsettled.
+    /// Acknowledges (`requeue == false`) or requeues a delivery.
+    ///
+    /// Sent inline: the frame is one cancel-safe send to amqprs' writer, so
+    /// it is either queued or not. Should the caller drop this future before
+    /// it is queued, a task sends it instead, so a delivery its lease no
+    /// longer tracks is never left unsettled.
     pub(super) async fn settle(
         self: &Arc<Self>,
         delivery_tag: u64,
         requeue: bool,
     ) -> Result<(), CallError> {
-        let this = Arc::clone(self);
-        let task = tokio::spawn(async move {
-            // A tag sent on a channel the broker closed would close the whole
-            // connection, and an unknown tag closes the channel: send only on a
-            // live channel, and only tags its lease table still held.
-            if !this.usable() {
-                return Err(this.dead());
-            }
-            let sent = if requeue {
-                this.channel
-                    .basic_nack(BasicNackArguments::new(delivery_tag, false, true))
-                    .await
-            } else {
-                this.channel
-                    .basic_ack(BasicAckArguments::new(delivery_tag, false))
-                    .await
-            };
-            sent.map_err(|e| CallError::broken("cannot settle a delivery", Some(e)))
-        });
-        task.await
-            .unwrap_or_else(|e| Err(CallError::broken(format!("settle task failed: {e}"), None)))
+        let unsent = Unsettled {
+            channel: self,
+            delivery_tag,
+            requeue,
+        };
+        let sent = self.send_settle(delivery_tag, requeue).await;
+        std::mem::forget(unsent);
+        sent
+    }
+
+    async fn send_settle(&self, delivery_tag: u64, requeue: bool) -> Result<(), CallError> {
+        // A tag sent on a channel the broker closed would close the whole
+        // connection, and an unknown tag closes the channel: send only on a
+        // live channel, and only tags its lease table still held.
+        if !self.usable() {
+            return Err(self.dead());
+        }
+        let sent = if requeue {
+            self.channel
+                .basic_nack(BasicNackArguments::new(delivery_tag, false, true))
+                .await
+        } else {
+            self.channel
+                .basic_ack(BasicAckArguments::new(delivery_tag, false))
+                .await
+        };
+        sent.map_err(|e| CallError::broken("cannot settle a delivery", Some(e)))
     }
 
     /// The driver channel, for frames that need no reply (publishes).
     pub(super) fn channel(&self) -> &Channel {
         &self.channel
+    }
+}
+
+/// A settlement whose caller went away before it was sent; dropping it sends
+/// it from a task. Defused with `mem::forget` once sent.
+struct Unsettled<'a> {
+    channel: &'a Arc<TrackedChannel>,
+    delivery_tag: u64,
+    requeue: bool,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        let (channel, tag, requeue) = (Arc::clone(self.channel), self.delivery_tag, self.requeue);
+        // Outside a runtime the connection, and with it the delivery, is gone.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = channel.send_settle(tag, requeue).await {
+                    tracing::debug!(
+                        ?error,
+                        "could not settle a delivery; the broker requeues it with its channel"
+                    );
+                }
+            });
+        }
     }
 }

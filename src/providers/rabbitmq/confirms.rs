@@ -137,7 +137,7 @@ pub(super) struct Publisher {
     channel: Arc<TrackedChannel>,
     confirms: Arc<Confirms>,
     /// The tag of the last publish; held only while publishing, never while waiting.
-    last_tag: Arc<tokio::sync::Mutex<u64>>,
+    last_tag: tokio::sync::Mutex<u64>,
     timeout: Duration,
 }
 
@@ -158,7 +158,7 @@ impl Publisher {
         Ok(Self {
             channel,
             confirms,
-            last_tag: Arc::default(),
+            last_tag: tokio::sync::Mutex::default(),
             timeout,
         })
     }
@@ -170,61 +170,71 @@ impl Publisher {
 
     /// Publishes `messages` in order to `queue` on the default exchange,
     /// persistent and `mandatory`, returning one confirm to wait for per message.
+    ///
+    /// Cancel-safe without a task: each publish is one cancel-safe send to
+    /// amqprs' writer, and the tag advances in the same poll that queues it,
+    /// so a caller dropped at an await leaves tags and publishes lined up.
     pub(super) async fn publish(
         &self,
         queue: &str,
         messages: Vec<Outgoing>,
     ) -> Result<Vec<Pending>, MessagingError> {
-        let channel = Arc::clone(&self.channel);
-        let confirms = Arc::clone(&self.confirms);
-        let last_tag = Arc::clone(&self.last_tag);
-        let queue = queue.to_owned();
-        let timeout = self.timeout;
-        // Spawned: a caller dropped between numbering a publish and sending it
-        // would shift every later tag onto the wrong caller.
-        let task = tokio::spawn(async move {
-            let mut tag = last_tag.lock().await;
-            let mut pending = Vec::with_capacity(messages.len());
-            for message in messages {
-                let lost = || errors::connection("the publisher channel is closed", None);
-                if !channel.usable() {
-                    return Err(lost());
-                }
-                let next = *tag + 1;
-                let reply = confirms
-                    .register(next, &message.message_id)
-                    .ok_or_else(lost)?;
-                let args = BasicPublishArguments::new("", &queue)
-                    .mandatory(true)
-                    .finish();
-                if let Err(e) = channel
-                    .channel()
-                    .basic_publish(message.properties, message.body, args)
-                    .await
-                {
-                    // Tags and publishes may no longer line up: retire the channel.
-                    confirms.forget(next);
-                    confirms.fail_all();
-                    return Err(errors::connection("cannot publish", Some(e)));
-                }
-                *tag = next;
-                pending.push(Pending {
-                    tag: next,
-                    message_id: message.message_id,
-                    reply,
-                    confirms: Arc::clone(&confirms),
-                    queue: queue.clone(),
-                    timeout,
-                });
+        let lost = || errors::connection("the publisher channel is closed", None);
+        let mut tag = self.last_tag.lock().await;
+        let mut pending = Vec::with_capacity(messages.len());
+        for message in messages {
+            if !self.channel.usable() {
+                return Err(lost());
             }
-            Ok(pending)
-        });
-        task.await.unwrap_or_else(|e| {
-            Err(errors::connection(
-                format!("publish task failed: {e}"),
-                None,
-            ))
-        })
+            let next = *tag + 1;
+            let reply = self
+                .confirms
+                .register(next, &message.message_id)
+                .ok_or_else(lost)?;
+            let unsent = Unsent {
+                confirms: &self.confirms,
+                tag: next,
+            };
+            let args = BasicPublishArguments::new("", queue)
+                .mandatory(true)
+                .finish();
+            let sent = self
+                .channel
+                .channel()
+                .basic_publish(message.properties, message.body, args)
+                .await;
+            std::mem::forget(unsent);
+            if let Err(e) = sent {
+                // Tags and publishes may no longer line up: retire the channel.
+                self.confirms.forget(next);
+                self.confirms.fail_all();
+                return Err(errors::connection("cannot publish", Some(e)));
+            }
+            *tag = next;
+            pending.push(Pending {
+                tag: next,
+                message_id: message.message_id,
+                reply,
+                confirms: Arc::clone(&self.confirms),
+                queue: queue.to_owned(),
+                timeout: self.timeout,
+            });
+        }
+        Ok(pending)
+    }
+}
+
+/// A registered publish whose caller went away before it was queued:
+/// dropping it forgets the registration, so the tag goes to the next publish.
+/// Defused with `mem::forget` once queued.
+struct Unsent<'a> {
+    confirms: &'a Confirms,
+    tag: u64,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        self.confirms.forget(self.tag);
     }
 }
 

@@ -88,8 +88,18 @@ impl Leases {
             table.by_deadline.remove(&(old.deadline, tag));
         }
         table.by_deadline.insert((deadline, tag));
+        Self::wake_if_first(&self.changed, table, deadline, tag);
+    }
+
+    /// Wakes the timer only when `(deadline, tag)` is now the earliest
+    /// deadline: for any later one the timer wakes in time anyway, and a wake
+    /// per lease would cost a task switch per message.
+    fn wake_if_first(changed: &Notify, table: MutexGuard<'_, Table>, deadline: Instant, tag: u64) {
+        let first = table.by_deadline.first() == Some(&(deadline, tag));
         drop(table);
-        self.changed.notify_one();
+        if first {
+            changed.notify_one();
+        }
     }
 
     /// Live leases.
@@ -131,8 +141,7 @@ impl Leases {
         let old = std::mem::replace(&mut lease.deadline, deadline);
         table.by_deadline.remove(&(old, tag));
         table.by_deadline.insert((deadline, tag));
-        drop(table);
-        self.changed.notify_one();
+        Self::wake_if_first(&self.changed, table, deadline, tag);
         Ok(())
     }
 

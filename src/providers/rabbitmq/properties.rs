@@ -58,7 +58,7 @@ pub(super) fn outgoing<T: QueueMessage>(message: &T, body: Box<RawValue>) -> Out
     let body: Box<str> = body.into();
     Outgoing {
         message_id,
-        properties: properties.finish(),
+        properties,
         body: body.into_string().into_bytes(),
     }
 }
@@ -89,7 +89,7 @@ pub(super) fn dead_letter(
     }
     Outgoing {
         message_id: original.message_id.clone(),
-        properties: properties.finish(),
+        properties,
         body,
     }
 }
