@@ -15,12 +15,12 @@ pub(crate) struct Receipt {
 
 impl Receipt {
     pub(crate) fn encode(self, provider: Provider, queue: &str) -> ReceiptHandle {
-        ReceiptHandle::from_string(format!(
-            "{}:{queue}:{}:{}",
-            provider.tag(),
-            self.id,
-            self.lease
-        ))
+        use std::fmt::Write;
+        // Sized up front: `format!` reallocates on this hot path (one receipt per message).
+        let tag = provider.tag();
+        let mut text = String::with_capacity(tag.len() + queue.len() + 2 * 21 + 3);
+        let _ = write!(text, "{tag}:{queue}:{}:{}", self.id, self.lease);
+        ReceiptHandle::from_string(text)
     }
 
     /// Parses a receipt that must belong to `provider` and `queue`.

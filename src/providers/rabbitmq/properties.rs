@@ -1,5 +1,7 @@
 //! AMQP message properties: what a publish carries and what a delivery tells.
 
+use std::sync::LazyLock;
+
 use amqprs::{BasicProperties, FieldName, FieldTable, FieldValue, DELIVERY_MODE_PERSISTENT};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::value::RawValue;
@@ -108,14 +110,18 @@ pub(super) struct Delivered {
 /// Reads a delivery's properties. Every field is optional on the wire (other
 /// publishers may omit them), so nothing here fails.
 pub(super) fn delivered(properties: &BasicProperties, delivery_tag: u64) -> Delivered {
+    // Built once: a lookup key is an allocated string.
+    static KEYS: LazyLock<[FieldName; 2]> =
+        LazyLock::new(|| [name(DELIVERY_COUNT), name(ENQUEUED_AT_MS)]);
+    let [delivery_count, enqueued_at_ms] = &*KEYS;
     let headers = properties.headers();
-    let header = |key: &str| headers.and_then(|h| h.get(&name(key)));
+    let header = |key: &FieldName| headers.and_then(|h| h.get(key));
     // Absent on a first delivery; the quorum queue counts returns.
-    let returns = header(DELIVERY_COUNT).and_then(integer).unwrap_or(0);
+    let returns = header(delivery_count).and_then(integer).unwrap_or(0);
     let receive_count = u32::try_from(returns.saturating_add(1))
         .unwrap_or(u32::MAX)
         .max(1);
-    let enqueued_at = header(ENQUEUED_AT_MS)
+    let enqueued_at = header(enqueued_at_ms)
         .and_then(integer)
         .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
         .or_else(|| {
