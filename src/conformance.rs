@@ -64,6 +64,7 @@ macro_rules! conformance_tests {
             max_receive_count_moves_message_to_dead_letter_queue,
             poison_message_moves_to_dead_letter_queue_at_once,
             concurrent_receivers_never_share_a_message,
+            cancelled_calls_lose_nothing,
             queue_stats_count_ready_leased_and_dead_letters,
             purge_removes_ready_messages_only,
             health_check_answers_true_when_server_is_up,
@@ -784,6 +785,149 @@ pub async fn concurrent_receivers_never_share_a_message(backend: &MessageBackend
     let expected: HashSet<_> = messages.iter().map(|m| &m.step_uuid).collect();
     assert_eq!(unique, expected, "every message processed");
     cleanup(backend, &queue).await;
+}
+
+/// Runs `call`, abandoning it (dropping its future) after `yields` scheduler
+/// yields if it has not finished: a caller that times out or is cancelled.
+async fn abandon_after<F: std::future::Future>(yields: usize, call: F) -> Option<F::Output> {
+    let give_up = async {
+        for _ in 0..yields {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::select! {
+        biased;
+        output = call => Some(output),
+        () = give_up => None,
+    }
+}
+
+/// At-least-once under cancellation: callers dropping sends and deletes at
+/// any await lose no confirmed message, leave later calls working, and a
+/// delete that returned `Ok` stays deleted.
+pub async fn cancelled_calls_lose_nothing(backend: &MessageBackend) {
+    const MESSAGES: usize = 40;
+    let queue = fresh_queue(backend, "cancelled").await;
+    let messages: Vec<_> = (0..MESSAGES).map(|_| step()).collect();
+    // Concurrent sends, every other one abandoned after 0-3 yields.
+    let sends = messages.iter().enumerate().map(|(i, message)| {
+        let call = backend.send_message(&queue, message);
+        async move {
+            let outcome = if i % 2 == 0 {
+                abandon_after(i / 2 % 4, call).await
+            } else {
+                Some(call.await)
+            };
+            (message.step_uuid, outcome)
+        }
+    });
+    let outcomes = futures_join_all(sends).await;
+    let confirmed: HashSet<Uuid> = outcomes
+        .iter()
+        .filter_map(|(id, outcome)| match outcome {
+            Some(Ok(_)) => Some(*id),
+            Some(Err(e)) => panic!("send_message({queue}) failed: {e}"),
+            None => None,
+        })
+        .collect();
+    assert!(
+        confirmed.len() >= MESSAGES / 2,
+        "the sends left alone all finish"
+    );
+    // The publisher still works after the abandoned sends.
+    let after = step();
+    send(backend, &queue, &after).await;
+
+    // Receive everything; abandon every other delete after 0-3 yields.
+    let got = receive_until_idle(backend, &queue).await;
+    let seen: HashSet<Uuid> = got.iter().map(|m| m.message.step_uuid).collect();
+    for id in confirmed.iter().chain([&after.step_uuid]) {
+        assert!(seen.contains(id), "confirmed message {id} was lost");
+    }
+    let mut deleted = HashSet::new();
+    for (i, m) in got.iter().enumerate() {
+        let call = backend.delete_message(&queue, m.receipt());
+        let outcome = if i % 2 == 0 {
+            abandon_after(i / 2 % 4, call).await
+        } else {
+            Some(call.await)
+        };
+        match outcome {
+            Some(Ok(())) => {
+                deleted.insert(m.message.step_uuid);
+            }
+            Some(Err(e)) => panic!("delete_message({queue}) failed: {e}"),
+            None => {}
+        }
+    }
+    // Release what is left: a message an abandoned delete did not remove
+    // comes back; one a finished delete removed never does.
+    for m in &got {
+        match backend
+            .change_message_visibility(&queue, m.receipt(), Duration::ZERO)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_lease_expired(&e) => {}
+            Err(e) => panic!("change_message_visibility({queue}) failed: {e}"),
+        }
+    }
+    let again = receive_until_idle(backend, &queue).await;
+    for m in &again {
+        assert!(
+            !deleted.contains(&m.message.step_uuid),
+            "a deleted message came back"
+        );
+    }
+    cleanup(backend, &queue).await;
+}
+
+/// Receives (long leases) until the queue has been empty for a moment.
+async fn receive_until_idle(
+    backend: &MessageBackend,
+    queue: &str,
+) -> Vec<QueuedMessage<SimpleStepMessage>> {
+    let mut got = Vec::new();
+    let mut idle_since = Instant::now();
+    while idle_since.elapsed() < SLACK {
+        let batch = receive(backend, queue, 10, LONG_LEASE).await;
+        if batch.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        } else {
+            idle_since = Instant::now();
+            got.extend(batch);
+        }
+    }
+    got
+}
+
+/// Awaits every future concurrently, in order.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for future in futures {
+        set.push(Box::pin(future));
+    }
+    let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in set.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// §3.14: stats count ready, leased and dead-lettered messages; unknown is `None`.

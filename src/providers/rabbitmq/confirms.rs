@@ -195,9 +195,9 @@ impl Publisher {
                 confirms: &self.confirms,
                 tag: next,
             };
-            let args = BasicPublishArguments::new("", queue)
-                .mandatory(true)
-                .finish();
+            // Not `finish()`, which clones the arguments.
+            let mut args = BasicPublishArguments::new("", queue);
+            args.mandatory(true);
             let sent = self
                 .channel
                 .channel()
