@@ -25,7 +25,8 @@ use amqprs::{
         Channel, ConfirmSelectArguments, ConsumerMessage,
     },
     connection::{Connection, OpenConnectionArguments},
-    Ack, BasicProperties, Cancel, CloseChannel, Nack, Return, DELIVERY_MODE_PERSISTENT,
+    Ack, BasicProperties, Cancel, CloseChannel, FieldTable, FieldValue, Nack, Return,
+    DELIVERY_MODE_PERSISTENT,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pgmq::PGMQueueExt;
@@ -55,6 +56,7 @@ impl Client {
         match self {
             Self::Tasker(b) => format!("tasker/{}", b.provider()),
             Self::RawPgmq(_) => "raw/pgmq".into(),
+            Self::RawAmqp(r) if r.tasker_wire => "raw-same-wire/amqprs".into(),
             Self::RawAmqp(_) => "raw/amqprs".into(),
         }
     }
@@ -110,6 +112,10 @@ impl Client {
 /// for). A consumer with `basic.qos` prefetch and manual acks receives.
 struct RawAmqp {
     queue: String,
+    /// Publishes what the library puts on the wire: a message id,
+    /// timestamp, type and enqueue-time header, `mandatory`. Isolates the
+    /// broker's cost of that format from the library's own.
+    tasker_wire: bool,
     prefetch: u16,
     _connection: Connection,
     publisher: Channel,
@@ -183,7 +189,7 @@ impl ChannelCallback for ConfirmCallback {
 
 impl RawAmqp {
     /// Connects to the test broker for `queue`, which must exist.
-    async fn connect(queue: &str, prefetch: u16) -> Self {
+    async fn connect(queue: &str, prefetch: u16, tasker_wire: bool) -> Self {
         let url = url::Url::parse(&common::amqp_url()).expect("AMQP URL");
         let vhost = match url.path().trim_start_matches('/') {
             "" | "%2f" | "%2F" => "/",
@@ -210,6 +216,7 @@ impl RawAmqp {
         let consumer = connection.open_channel(None).await.expect("channel");
         Self {
             queue: queue.to_owned(),
+            tasker_wire,
             prefetch,
             _connection: connection,
             publisher,
@@ -235,8 +242,20 @@ impl RawAmqp {
                 properties
                     .with_delivery_mode(DELIVERY_MODE_PERSISTENT)
                     .with_content_type("application/json");
+                let mut args = BasicPublishArguments::new("", &self.queue);
+                if self.tasker_wire {
+                    let mut headers = FieldTable::new();
+                    let now = chrono::Utc::now();
+                    let key = "x-tasker-enqueued-at-ms".try_into().expect("short");
+                    headers.insert(key, FieldValue::l(now.timestamp_millis()));
+                    properties
+                        .with_message_id(&uuid::Uuid::new_v4().to_string())
+                        .with_timestamp(now.timestamp() as u64)
+                        .with_message_type("SimpleStepMessage")
+                        .with_headers(headers);
+                    args.mandatory(true);
+                }
                 let body = serde_json::to_vec(message).expect("serialize");
-                let args = BasicPublishArguments::new("", &self.queue);
                 self.publisher
                     .basic_publish(properties, body, args)
                     .await
@@ -333,13 +352,15 @@ fn setup() -> Setup {
                     clients.push((Client::RawPgmq(Arc::new(raw)), queue));
                 }
                 MessageBackend::RabbitMq(_) => {
-                    let queue = new_queue().await;
                     // The prefetch the library's consumer uses.
                     let prefetch = common::config(provider)
                         .rabbitmq
                         .map_or(200, |r| r.prefetch_count);
-                    let raw = RawAmqp::connect(&queue, prefetch).await;
-                    clients.push((Client::RawAmqp(Arc::new(raw)), queue));
+                    for tasker_wire in [false, true] {
+                        let queue = new_queue().await;
+                        let raw = RawAmqp::connect(&queue, prefetch, tasker_wire).await;
+                        clients.push((Client::RawAmqp(Arc::new(raw)), queue));
+                    }
                 }
                 MessageBackend::InMemory(_) => {}
             }

@@ -27,16 +27,27 @@ latency = {g: r for g, r in results.items() if g not in throughput}
 if throughput:
     print("| operation | provider | tasker-messaging (msg/s) | raw client (msg/s) | ratio |")
     print("| --- | --- | ---: | ---: | ---: |")
+    same_wire = []
     for group in sorted(throughput):
         operation, provider = group.rsplit("/", 1)
         runs = throughput[group]
         rate = {f: e / (ns / 1e9) for f, (ns, e) in runs.items()}
         ours = next((r for f, r in rate.items() if f.startswith("tasker")), None)
-        raw = next((r for f, r in rate.items() if f.startswith("raw")), None)
+        raw = next((r for f, r in rate.items() if f.startswith("raw/")), None)
+        wire = next((r for f, r in rate.items() if f.startswith("raw-same-wire/")), None)
         ratio = f"{ours / raw:.2f}x" if ours and raw else "n/a (no raw client)"
         raw_s = f"{raw:,.0f}" if raw else "-"
         print(f"| {operation} | {provider} | {ours:,.0f} | {raw_s} | {ratio} |")
+        if wire:
+            same_wire.append((operation, provider, ours, raw, wire))
     print()
+    if same_wire:
+        # The raw client again, publishing the library's message format.
+        print("| operation | provider | tasker-messaging (msg/s) | raw, plain (msg/s) | raw, same wire format (msg/s) | same wire vs plain | tasker vs same wire |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        for operation, provider, ours, raw, wire in same_wire:
+            print(f"| {operation} | {provider} | {ours:,.0f} | {raw:,.0f} | {wire:,.0f} | {wire / raw:.2f}x | {ours / wire:.2f}x |")
+        print()
 
 for group in sorted(latency):
     runs = latency[group]

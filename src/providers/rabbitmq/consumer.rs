@@ -16,7 +16,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
     time::Duration,
 };
 
@@ -142,6 +145,9 @@ struct Consumer {
     ended: bool,
     buffer: VecDeque<Delivery>,
     starts: u32,
+    /// The [`Slot::barriers`] number of the last barrier completed on this
+    /// channel since it began consuming; 0 for none.
+    synced_at: u64,
 }
 
 impl Consumer {
@@ -241,6 +247,9 @@ pub(super) struct Slot {
     unseen: Mutex<HashMap<String, (u32, Instant)>>,
     /// Woken on every delivery, for waiting receives.
     arrivals: Arc<Arrivals>,
+    /// Numbers the barriers started on this queue's consumer, so receivers
+    /// queued behind one barrier share it (see [`Slot::sync`]).
+    barriers: AtomicU64,
     /// Dropping the slot stops its lease timer.
     _stop: watch::Sender<()>,
 }
@@ -262,6 +271,7 @@ impl Slot {
             last_used: Mutex::new(Instant::now()),
             unseen: Mutex::default(),
             arrivals,
+            barriers: AtomicU64::new(0),
             _stop: stop,
         })
     }
@@ -350,6 +360,7 @@ impl Slot {
             ended: false,
             buffer: VecDeque::new(),
             starts: 0,
+            synced_at: 0,
         };
         consumer
             .barrier(inner.config.prefetch_count, &self.queue)
@@ -401,6 +412,8 @@ impl Slot {
         secs: u64,
     ) -> Result<Received<T>, MessagingError> {
         self.touch();
+        // A barrier numbered above this one starts after this receive arrived.
+        let arrived = self.barriers.load(Ordering::Acquire);
         let link = inner.data.link().await?;
         let mut state = self.state.lock().await;
         let expected = self.ensure(&mut state, inner, &link).await?;
@@ -428,20 +441,15 @@ impl Slot {
             }
             // Only an empty answer needs the barrier (see the module docs):
             // a round trip per receive slows a streaming consumer.
-            if synced || !got.messages.is_empty() {
+            // A barrier another receiver completed after this one arrived
+            // counts too: its deliveries were drained above.
+            if synced || !got.messages.is_empty() || consumer.synced_at > arrived {
                 break;
             }
             synced = true;
-            if let Err(error) = consumer
-                .barrier(inner.config.prefetch_count, &self.queue)
-                .await
-            {
-                if got.messages.is_empty() {
-                    self.tear_down(&mut state);
-                    return Err(error);
-                }
-                // Keep what was leased; the next receive starts afresh.
-                break;
+            if let Err(error) = self.sync(consumer, inner).await {
+                self.tear_down(&mut state);
+                return Err(error);
             }
         }
         Ok(got)
@@ -539,6 +547,17 @@ impl Slot {
         Ok(purged)
     }
 
+    /// A numbered barrier on a consuming channel: afterwards everything the
+    /// broker dispatched before it is ready to drain.
+    async fn sync(&self, consumer: &mut Consumer, inner: &Inner) -> Result<(), MessagingError> {
+        let number = self.barriers.fetch_add(1, Ordering::AcqRel) + 1;
+        consumer
+            .barrier(inner.config.prefetch_count, &self.queue)
+            .await?;
+        consumer.synced_at = number;
+        Ok(())
+    }
+
     /// The current consumer with everything dispatched to it buffered.
     async fn synced<'a>(
         &self,
@@ -549,12 +568,7 @@ impl Slot {
         if !consumer.live(inner.data.generation()) {
             return None;
         }
-        if consumer.consuming.is_some()
-            && consumer
-                .barrier(inner.config.prefetch_count, &self.queue)
-                .await
-                .is_err()
-        {
+        if consumer.consuming.is_some() && self.sync(consumer, inner).await.is_err() {
             return None;
         }
         consumer.drain();
