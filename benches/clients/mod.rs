@@ -1,0 +1,404 @@
+//! The clients the throughput benches compare: the library, and each
+//! provider's raw client (the `pgmq` crate; plain amqprs), with a queue each.
+
+// Each bench uses a subset.
+#![allow(dead_code)]
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use amqprs::{
+    callbacks::ChannelCallback,
+    channel::{
+        BasicAckArguments, BasicConsumeArguments, BasicPublishArguments, BasicQosArguments,
+        Channel, ConfirmSelectArguments, ConsumerMessage,
+    },
+    connection::{Connection, OpenConnectionArguments},
+    Ack, BasicProperties, Cancel, CloseChannel, FieldTable, FieldValue, Nack, Return,
+    DELIVERY_MODE_PERSISTENT,
+};
+use pgmq::PGMQueueExt;
+use tasker_messaging::{
+    conformance::{step, unique_queue},
+    MessageBackend, MessagingService, Provider, SimpleStepMessage,
+};
+use tokio::{runtime::Runtime, sync::mpsc};
+
+pub const LEASE: Duration = Duration::from_secs(30);
+pub const BATCH: usize = 100;
+pub const END_TO_END: usize = 400;
+pub const CONSUMERS: usize = 4;
+/// How long the raw AMQP consumer waits for a delivery before reporting none.
+pub const FIRST_DELIVERY: Duration = Duration::from_millis(1);
+
+/// Whoever does the work: the library, or a provider's own client.
+#[derive(Clone)]
+pub enum Client {
+    Tasker(Arc<MessageBackend>),
+    RawPgmq(Arc<PGMQueueExt>),
+    RawAmqp(Arc<RawAmqp>),
+}
+
+impl Client {
+    pub fn label(&self) -> String {
+        match self {
+            Self::Tasker(b) => format!("tasker/{}", b.provider()),
+            Self::RawPgmq(_) => "raw/pgmq".into(),
+            Self::RawAmqp(r) if r.tasker_wire => "raw-same-wire/amqprs".into(),
+            Self::RawAmqp(_) => "raw/amqprs".into(),
+        }
+    }
+
+    pub async fn send(&self, queue: &str, message: &SimpleStepMessage) {
+        match self {
+            Self::Tasker(b) => drop(b.send_message(queue, message).await.expect("send")),
+            Self::RawPgmq(q) => drop(q.send(queue, message).await.expect("raw send")),
+            Self::RawAmqp(r) => r.send(std::slice::from_ref(message)).await,
+        }
+    }
+
+    pub async fn send_batch(&self, queue: &str, messages: &[SimpleStepMessage]) {
+        match self {
+            Self::Tasker(b) => drop(b.send_batch(queue, messages).await.expect("send_batch")),
+            Self::RawPgmq(q) => drop(q.send_batch(queue, messages).await.expect("raw batch")),
+            Self::RawAmqp(r) => r.send(messages).await,
+        }
+    }
+
+    /// Receives up to `max` and deletes each; returns how many.
+    pub async fn receive_delete(&self, queue: &str, max: usize) -> usize {
+        match self {
+            Self::Tasker(b) => {
+                let got = b
+                    .receive_messages::<SimpleStepMessage>(queue, max, LEASE)
+                    .await
+                    .expect("receive");
+                for m in &got {
+                    b.delete_message(queue, m.receipt()).await.expect("delete");
+                }
+                got.len()
+            }
+            Self::RawPgmq(q) => {
+                let got = q
+                    .read_batch::<SimpleStepMessage>(queue, 30, max as i32)
+                    .await
+                    .expect("raw read");
+                for m in &got {
+                    q.delete(queue, m.msg_id).await.expect("raw delete");
+                }
+                got.len()
+            }
+            Self::RawAmqp(r) => r.receive_delete(max).await,
+        }
+    }
+}
+
+/// The RabbitMQ baseline: plain amqprs on one queue, used as a careful
+/// application would. Persistent messages to the durable quorum queue
+/// `create_queue` made, on a confirm-mode channel: each send waits for the
+/// confirms of everything it published (a batch is pipelined, then waited
+/// for). A consumer with `basic.qos` prefetch and manual acks receives.
+pub struct RawAmqp {
+    queue: String,
+    /// Publishes what the library puts on the wire: a message id,
+    /// timestamp, type and enqueue-time header, `mandatory`. Isolates the
+    /// broker's cost of that format from the library's own.
+    tasker_wire: bool,
+    prefetch: u16,
+    _connection: Connection,
+    publisher: Channel,
+    /// The last delivery tag used; held while publishing, not while waiting.
+    last_tag: tokio::sync::Mutex<u64>,
+    confirms: Arc<Confirms>,
+    consumer: Channel,
+    /// The consumer's deliveries, once the first receive has started it.
+    deliveries: tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<ConsumerMessage>>>,
+}
+
+/// Publisher confirms: the tags not yet acked, and a wake-up on each ack.
+#[derive(Default)]
+struct Confirms {
+    unconfirmed: Mutex<BTreeSet<u64>>,
+    nacked: AtomicBool,
+    settled: tokio::sync::Notify,
+}
+
+impl Confirms {
+    fn settle(&self, tag: u64, multiple: bool) {
+        let mut unconfirmed = self.unconfirmed.lock().expect("confirms");
+        if multiple {
+            *unconfirmed = unconfirmed.split_off(&(tag + 1));
+        } else {
+            unconfirmed.remove(&tag);
+        }
+        self.settled.notify_waiters();
+    }
+
+    /// Waits until every tag up to `last` is confirmed.
+    async fn wait(&self, last: u64) {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            assert!(!self.nacked.load(Ordering::Relaxed), "the broker nacked");
+            let first = self.unconfirmed.lock().expect("confirms").first().copied();
+            if first.is_none_or(|tag| tag > last) {
+                return;
+            }
+            settled.await;
+        }
+    }
+}
+
+struct ConfirmCallback(Arc<Confirms>);
+
+type AmqpResult<T> = Result<T, amqprs::error::Error>;
+
+#[async_trait::async_trait]
+impl ChannelCallback for ConfirmCallback {
+    async fn close(&mut self, _: &Channel, close: CloseChannel) -> AmqpResult<()> {
+        panic!("raw publisher channel closed: {close}");
+    }
+    async fn cancel(&mut self, _: &Channel, _: Cancel) -> AmqpResult<()> {
+        Ok(())
+    }
+    async fn flow(&mut self, _: &Channel, active: bool) -> AmqpResult<bool> {
+        Ok(active)
+    }
+    async fn publish_ack(&mut self, _: &Channel, ack: Ack) {
+        self.0.settle(ack.delivery_tag(), ack.mutiple());
+    }
+    async fn publish_nack(&mut self, _: &Channel, nack: Nack) {
+        self.0.nacked.store(true, Ordering::Relaxed);
+        self.0.settle(nack.delivery_tag(), nack.multiple());
+    }
+    async fn publish_return(&mut self, _: &Channel, _: Return, _: BasicProperties, _: Vec<u8>) {}
+}
+
+impl RawAmqp {
+    /// Connects to the test broker for `queue`, which must exist.
+    async fn connect(queue: &str, prefetch: u16, tasker_wire: bool) -> Self {
+        let url = url::Url::parse(&common::amqp_url()).expect("AMQP URL");
+        let vhost = match url.path().trim_start_matches('/') {
+            "" | "%2f" | "%2F" => "/",
+            vhost => vhost,
+        };
+        let mut args = OpenConnectionArguments::new(
+            url.host_str().expect("host"),
+            url.port().unwrap_or(5672),
+            url.username(),
+            url.password().unwrap_or("guest"),
+        );
+        args.virtual_host(vhost);
+        let connection = Connection::open(&args).await.expect("raw connect");
+        let confirms = Arc::new(Confirms::default());
+        let publisher = connection.open_channel(None).await.expect("channel");
+        publisher
+            .register_callback(ConfirmCallback(Arc::clone(&confirms)))
+            .await
+            .expect("callback");
+        publisher
+            .confirm_select(ConfirmSelectArguments::default())
+            .await
+            .expect("confirm.select");
+        let consumer = connection.open_channel(None).await.expect("channel");
+        Self {
+            queue: queue.to_owned(),
+            tasker_wire,
+            prefetch,
+            _connection: connection,
+            publisher,
+            last_tag: tokio::sync::Mutex::new(0),
+            confirms,
+            consumer,
+            deliveries: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Publishes `messages` back to back, then waits for their confirms.
+    async fn send(&self, messages: &[SimpleStepMessage]) {
+        let last = {
+            let mut tag = self.last_tag.lock().await;
+            for message in messages {
+                *tag += 1;
+                self.confirms
+                    .unconfirmed
+                    .lock()
+                    .expect("confirms")
+                    .insert(*tag);
+                let mut properties = BasicProperties::default();
+                properties
+                    .with_delivery_mode(DELIVERY_MODE_PERSISTENT)
+                    .with_content_type("application/json");
+                let mut args = BasicPublishArguments::new("", &self.queue);
+                if self.tasker_wire {
+                    let mut headers = FieldTable::new();
+                    let now = chrono::Utc::now();
+                    let key = "x-tasker-enqueued-at-ms".try_into().expect("short");
+                    headers.insert(key, FieldValue::l(now.timestamp_millis()));
+                    properties
+                        .with_message_id(&uuid::Uuid::new_v4().to_string())
+                        .with_timestamp(now.timestamp() as u64)
+                        .with_message_type("SimpleStepMessage")
+                        .with_headers(headers);
+                    args.mandatory(true);
+                }
+                let body = serde_json::to_vec(message).expect("serialize");
+                self.publisher
+                    .basic_publish(properties, body, args)
+                    .await
+                    .expect("raw publish");
+            }
+            *tag
+        };
+        self.confirms.wait(last).await;
+    }
+
+    /// Takes up to `max` deliveries, decodes and acknowledges each; returns
+    /// how many.
+    async fn receive_delete(&self, max: usize) -> usize {
+        let mut deliveries = self.deliveries.lock().await;
+        if deliveries.is_none() {
+            let qos = BasicQosArguments::new(0, self.prefetch, false);
+            self.consumer.basic_qos(qos).await.expect("basic.qos");
+            let args = BasicConsumeArguments::new(&self.queue, "raw-bench")
+                .manual_ack(true)
+                .finish();
+            let (_, receiver) = self.consumer.basic_consume_rx(args).await.expect("consume");
+            *deliveries = Some(receiver);
+        }
+        let receiver = deliveries.as_mut().expect("consuming");
+        let mut taken = Vec::with_capacity(max);
+        // Await the first (up to 1 ms, so callers can stop), then take what
+        // else is buffered.
+        if let Ok(Some(first)) = tokio::time::timeout(FIRST_DELIVERY, receiver.recv()).await {
+            taken.push(first);
+            while taken.len() < max {
+                match receiver.try_recv() {
+                    Ok(message) => taken.push(message),
+                    Err(_) => break,
+                }
+            }
+        }
+        drop(deliveries);
+        for message in &taken {
+            let body = message.content.as_deref().expect("body");
+            serde_json::from_slice::<SimpleStepMessage>(body).expect("decode");
+            let tag = message.deliver.as_ref().expect("deliver").delivery_tag();
+            self.consumer
+                .basic_ack(BasicAckArguments::new(tag, false))
+                .await
+                .expect("basic.ack");
+        }
+        taken.len()
+    }
+}
+
+pub struct Setup {
+    pub rt: Runtime,
+    /// Per provider: the clients to compare and a queue for each.
+    pub providers: Vec<(Provider, Vec<(Client, String)>)>,
+}
+
+impl Drop for Setup {
+    /// Deletes the queues, and drops the clients inside the runtime (amqprs
+    /// closes channels from tasks it spawns).
+    fn drop(&mut self) {
+        let providers = std::mem::take(&mut self.providers);
+        self.rt.block_on(async move {
+            for (_, clients) in &providers {
+                if let Some((Client::Tasker(backend), _)) = clients.first() {
+                    for (_, queue) in clients {
+                        backend.delete_queue(queue).await.expect("delete_queue");
+                    }
+                }
+            }
+            drop(providers);
+        });
+    }
+}
+
+pub fn setup() -> Setup {
+    let rt = Runtime::new().expect("tokio runtime");
+    let providers = rt.block_on(async {
+        let mut providers = Vec::new();
+        for provider in [Provider::InMemory, Provider::Pgmq, Provider::RabbitMq] {
+            let backend = Arc::new(common::backend(provider).await);
+            let new_queue = || async {
+                let queue = unique_queue("bench");
+                backend.create_queue(&queue).await.expect("create_queue");
+                queue
+            };
+            let mut clients = vec![(Client::Tasker(Arc::clone(&backend)), new_queue().await)];
+            match &*backend {
+                MessageBackend::Pgmq(pgmq) => {
+                    let raw = PGMQueueExt::new_with_pool(pgmq.pool().clone()).await;
+                    // Created by the raw client: a plain PGMQ queue, without
+                    // the library's NOTIFY trigger, so the baseline is pure.
+                    let queue = unique_queue("bench");
+                    raw.create(&queue).await.expect("raw create");
+                    clients.push((Client::RawPgmq(Arc::new(raw)), queue));
+                }
+                MessageBackend::RabbitMq(_) => {
+                    // The prefetch the library's consumer uses.
+                    let prefetch = common::config(provider)
+                        .rabbitmq
+                        .map_or(200, |r| r.prefetch_count);
+                    for tasker_wire in [false, true] {
+                        let queue = new_queue().await;
+                        let raw = RawAmqp::connect(&queue, prefetch, tasker_wire).await;
+                        clients.push((Client::RawAmqp(Arc::new(raw)), queue));
+                    }
+                }
+                MessageBackend::InMemory(_) => {}
+            }
+            providers.push((provider, clients));
+        }
+        providers
+    });
+    Setup { rt, providers }
+}
+
+/// One producer sends `END_TO_END` messages one by one while `CONSUMERS`
+/// consumers receive and delete them; done when all are deleted.
+pub async fn end_to_end(client: &Client, queue: &str) {
+    let done = Arc::new(AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| {
+            let (client, queue, done) = (client.clone(), queue.to_owned(), Arc::clone(&done));
+            tokio::spawn(async move {
+                while done.load(Ordering::Acquire) < END_TO_END {
+                    let n = client.receive_delete(&queue, 10).await;
+                    if n == 0 {
+                        // An idle consumer backs off a little, as a real one
+                        // would, instead of hammering the server with reads.
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    done.fetch_add(n, Ordering::AcqRel);
+                }
+            })
+        })
+        .collect();
+    let message = step();
+    for _ in 0..END_TO_END {
+        client.send(queue, &message).await;
+    }
+    for consumer in consumers {
+        consumer.await.expect("consumer");
+    }
+}
+
+pub async fn purge(clients: &[(Client, String)], queue: &str) {
+    if let Some((Client::Tasker(backend), _)) = clients.first() {
+        backend.purge_queue(queue).await.expect("purge");
+    }
+}

@@ -1,0 +1,156 @@
+//! Paired ratios: the library against each raw client, in alternating short
+//! blocks (the order rotating every round), so that drift on a shared
+//! machine (steal time, broker housekeeping) hits both sides alike. On the
+//! 2-core VM of BENCHMARKS.md, criterion's one-after-the-other runs move by
+//! 10-20% between runs, more than the targets it has to resolve.
+//!
+//! Prints a markdown table: each client's median msg/s over the rounds and
+//! the median of the per-round ratios.
+//!
+//! cargo bench --bench paired                        # 21 rounds
+//! TASKER_BENCH_QUICK=1 cargo bench --bench paired   # 5 rounds
+//! cargo bench --bench paired -- rabbitmq            # rows containing "rabbitmq"
+//!
+//! Needs PostgreSQL and RabbitMQ as `scripts/test.sh` starts them.
+
+mod clients;
+
+use std::time::{Duration, Instant};
+
+use clients::{end_to_end, purge, setup, Client, BATCH, END_TO_END};
+use tasker_messaging::conformance::step;
+
+/// Work per block: enough to take tens of milliseconds or more.
+const SENDS: usize = 500;
+const BATCHES: usize = 50;
+const RECEIVES: usize = 20;
+const END_TO_ENDS: usize = 2;
+
+#[derive(Clone, Copy)]
+enum Operation {
+    SendMessage,
+    SendBatch,
+    ReceiveDelete,
+    EndToEnd,
+}
+
+impl Operation {
+    const ALL: [Self; 4] = [
+        Self::SendMessage,
+        Self::SendBatch,
+        Self::ReceiveDelete,
+        Self::EndToEnd,
+    ];
+
+    /// The same names as the criterion groups of `benches/throughput.rs`.
+    fn name(self) -> &'static str {
+        match self {
+            Self::SendMessage => "send_message",
+            Self::SendBatch => "send_batch_100",
+            Self::ReceiveDelete => "receive_100_delete",
+            Self::EndToEnd => "end_to_end_4_consumers",
+        }
+    }
+
+    /// Runs one block, returning messages per second.
+    async fn block(self, client: &Client, queue: &str) -> f64 {
+        let batch: Vec<_> = (0..BATCH).map(|_| step()).collect();
+        let mut spent = Duration::ZERO;
+        let messages = match self {
+            Self::SendMessage => {
+                let message = step();
+                let started = Instant::now();
+                for _ in 0..SENDS {
+                    client.send(queue, &message).await;
+                }
+                spent = started.elapsed();
+                SENDS
+            }
+            Self::SendBatch => {
+                let started = Instant::now();
+                for _ in 0..BATCHES {
+                    client.send_batch(queue, &batch).await;
+                }
+                spent = started.elapsed();
+                BATCHES * BATCH
+            }
+            Self::ReceiveDelete => {
+                for _ in 0..RECEIVES {
+                    // Filling the queue is not timed.
+                    client.send_batch(queue, &batch).await;
+                    let started = Instant::now();
+                    let mut got = 0;
+                    while got < BATCH {
+                        got += client.receive_delete(queue, BATCH - got).await;
+                    }
+                    spent += started.elapsed();
+                }
+                RECEIVES * BATCH
+            }
+            Self::EndToEnd => {
+                let started = Instant::now();
+                for _ in 0..END_TO_ENDS {
+                    end_to_end(client, queue).await;
+                }
+                spent = started.elapsed();
+                END_TO_ENDS * END_TO_END
+            }
+        };
+        messages as f64 / spent.as_secs_f64()
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn main() {
+    let rounds = if std::env::var_os("TASKER_BENCH_QUICK").is_some() {
+        5
+    } else {
+        21
+    };
+    // `cargo bench` passes flags such as `--bench`; a bare word filters rows.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let s = setup();
+    println!("| operation | provider | tasker-messaging (msg/s) | raw client | raw (msg/s) | median ratio | ratio range |");
+    println!("| --- | --- | ---: | --- | ---: | ---: | --- |");
+    for (provider, clients) in &s.providers {
+        if clients.len() < 2 {
+            continue; // no raw client to pair with
+        }
+        for operation in Operation::ALL {
+            let row = format!("{}/{provider}", operation.name());
+            if filter.as_ref().is_some_and(|f| !row.contains(f.as_str())) {
+                continue;
+            }
+            let mut rates = vec![Vec::with_capacity(rounds); clients.len()];
+            for round in 0..rounds {
+                for k in 0..clients.len() {
+                    let i = (k + round) % clients.len();
+                    let (client, queue) = &clients[i];
+                    rates[i].push(s.rt.block_on(operation.block(client, queue)));
+                    // Every block starts from an empty queue.
+                    s.rt.block_on(purge(clients, queue));
+                }
+            }
+            let ours = &rates[0];
+            for ((raw, _), theirs) in clients.iter().zip(&rates).skip(1) {
+                let ratios: Vec<f64> = ours.iter().zip(theirs).map(|(a, b)| a / b).collect();
+                let (low, high) = ratios
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+                println!(
+                    "| {} | {provider} | {:.0} | {} | {:.0} | {:.2}x | {low:.2}-{high:.2} |",
+                    operation.name(),
+                    median(ours),
+                    raw.label(),
+                    median(theirs),
+                    median(&ratios),
+                );
+            }
+        }
+    }
+}
