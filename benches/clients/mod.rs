@@ -23,8 +23,7 @@ use amqprs::{
         Channel, ConfirmSelectArguments, ConsumerMessage,
     },
     connection::{Connection, OpenConnectionArguments},
-    Ack, BasicProperties, Cancel, CloseChannel, FieldTable, FieldValue, Nack, Return,
-    DELIVERY_MODE_PERSISTENT,
+    Ack, BasicProperties, Cancel, CloseChannel, Nack, Return, DELIVERY_MODE_PERSISTENT,
 };
 use pgmq::PGMQueueExt;
 use tasker_messaging::{
@@ -109,8 +108,8 @@ impl Client {
 /// for). A consumer with `basic.qos` prefetch and manual acks receives.
 pub struct RawAmqp {
     queue: String,
-    /// Publishes what the library puts on the wire: a message id,
-    /// timestamp, type and enqueue-time header, `mandatory`. Isolates the
+    /// Publishes what the library puts on the wire: a UUIDv7 message id,
+    /// timestamp and type, `mandatory`. Isolates the
     /// broker's cost of that format from the library's own.
     tasker_wire: bool,
     prefetch: u16,
@@ -241,15 +240,13 @@ impl RawAmqp {
                     .with_content_type("application/json");
                 let mut args = BasicPublishArguments::new("", &self.queue);
                 if self.tasker_wire {
-                    let mut headers = FieldTable::new();
                     let now = chrono::Utc::now();
-                    let key = "x-tasker-enqueued-at-ms".try_into().expect("short");
-                    headers.insert(key, FieldValue::l(now.timestamp_millis()));
+                    let millis = now.timestamp_millis() as u64;
+                    let id = uuid::Builder::from_unix_timestamp_millis(millis, &rand::random());
                     properties
-                        .with_message_id(&uuid::Uuid::new_v4().to_string())
+                        .with_message_id(&id.into_uuid().to_string())
                         .with_timestamp(now.timestamp() as u64)
-                        .with_message_type("SimpleStepMessage")
-                        .with_headers(headers);
+                        .with_message_type("SimpleStepMessage");
                     args.mandatory(true);
                 }
                 let body = serde_json::to_vec(message).expect("serialize");

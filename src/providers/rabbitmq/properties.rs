@@ -5,10 +5,12 @@ use std::sync::LazyLock;
 use amqprs::{BasicProperties, FieldName, FieldTable, FieldValue, DELIVERY_MODE_PERSISTENT};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::value::RawValue;
+use uuid::{Uuid, Version};
 
 use crate::{dead_letter::DeadLetterReason, QueueMessage};
 
-/// Header with the enqueue time in milliseconds (`timestamp` has whole seconds).
+/// Header with the enqueue time in milliseconds, on dead-letter copies only:
+/// a message this library publishes carries it in its UUIDv7 id.
 const ENQUEUED_AT_MS: &str = "x-tasker-enqueued-at-ms";
 /// Set by quorum queues on redelivery: how many times the message went back.
 const DELIVERY_COUNT: &str = "x-delivery-count";
@@ -35,21 +37,21 @@ pub(super) struct Outgoing {
 
 /// Builds a persistent JSON publish with a fresh message id.
 pub(super) fn outgoing<T: QueueMessage>(message: &T, body: Box<RawValue>) -> Outgoing {
-    // From the thread-local RNG: `Uuid::new_v4` makes a getrandom syscall
-    // per id, the largest cost of a batch on the client.
-    let message_id = uuid::Builder::from_random_bytes(rand::random())
+    let now = Utc::now();
+    // A UUIDv7 id carries the enqueue time to the millisecond, so a publish
+    // needs no header table (one costs the broker about 5% of batch
+    // throughput). Random bits from the thread-local RNG: `Uuid::now_v7`
+    // makes a getrandom syscall per id.
+    let millis = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+    let message_id = uuid::Builder::from_unix_timestamp_millis(millis, &rand::random())
         .into_uuid()
         .to_string();
-    let now = Utc::now();
-    let mut headers = FieldTable::new();
-    headers.insert(name(ENQUEUED_AT_MS), FieldValue::l(now.timestamp_millis()));
     let mut properties = BasicProperties::default();
     properties
         .with_delivery_mode(DELIVERY_MODE_PERSISTENT)
         .with_content_type("application/json")
         .with_message_id(&message_id)
-        .with_timestamp(u64::try_from(now.timestamp()).unwrap_or(0))
-        .with_headers(headers);
+        .with_timestamp(u64::try_from(now.timestamp()).unwrap_or(0));
     let message_type = message.message_type();
     if message_type.len() <= SHORT_STR_MAX {
         properties.with_message_type(message_type);
@@ -124,9 +126,12 @@ pub(super) fn delivered(properties: &BasicProperties, delivery_tag: u64) -> Deli
     let receive_count = u32::try_from(returns.saturating_add(1))
         .unwrap_or(u32::MAX)
         .max(1);
+    // The header (dead-letter copies), else the UUIDv7 id, else the
+    // whole-second `timestamp` another publisher may have set.
     let enqueued_at = header(enqueued_at_ms)
         .and_then(integer)
         .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+        .or_else(|| properties.message_id().and_then(|id| id_time(id)))
         .or_else(|| {
             properties
                 .timestamp()
@@ -144,6 +149,16 @@ pub(super) fn delivered(properties: &BasicProperties, delivery_tag: u64) -> Deli
         enqueued_at,
         content_type: properties.content_type().cloned(),
     }
+}
+
+/// The time in a UUIDv7 id.
+fn id_time(message_id: &str) -> Option<DateTime<Utc>> {
+    let id = Uuid::try_parse(message_id).ok()?;
+    if id.get_version() != Some(Version::SortRand) {
+        return None;
+    }
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    Utc.timestamp_opt(i64::try_from(secs).ok()?, nanos).single()
 }
 
 fn integer(value: &FieldValue) -> Option<i64> {
@@ -165,7 +180,6 @@ fn integer(value: &FieldValue) -> Option<i64> {
 mod tests {
     use super::*;
     use crate::SimpleStepMessage;
-    use uuid::Uuid;
 
     #[test]
     fn a_first_delivery_counts_one_and_keeps_the_enqueue_time() {
@@ -175,7 +189,12 @@ mod tests {
         let seen = delivered(&out.properties, 7);
         assert_eq!(seen.message_id, out.message_id);
         assert_eq!(seen.receive_count, 1);
+        assert!(out.properties.headers().is_none(), "no header table");
         assert!((Utc::now() - seen.enqueued_at).num_seconds().abs() < 5);
+        // From the id, to the millisecond (`timestamp` has whole seconds).
+        let id = Uuid::parse_str(&out.message_id).unwrap();
+        assert_eq!(id.get_version(), Some(Version::SortRand));
+        assert_eq!(id_time(&out.message_id), Some(seen.enqueued_at));
         assert_eq!(
             out.properties.delivery_mode(),
             Some(DELIVERY_MODE_PERSISTENT)
