@@ -5,8 +5,8 @@ use std::time::Duration;
 use enum_dispatch::enum_dispatch;
 
 use crate::{
-    CircuitBreaker, MessageId, MessagingError, Provider, QueueMessage, QueueStats, QueuedMessage,
-    QueuesConfig, ReceiptHandle,
+    wait::Arrivals, CircuitBreaker, MessageId, MessagingError, Provider, QueueMessage, QueueStats,
+    QueuedMessage, QueuesConfig, ReceiptHandle,
 };
 
 /// Operations every provider offers, with the same observable behaviour
@@ -71,7 +71,19 @@ pub trait MessagingService {
         max_messages: usize,
         visibility_timeout: Duration,
         wait: Duration,
-    ) -> Result<Vec<QueuedMessage<T>>, MessagingError>;
+    ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        let poll = self.queues_config().wait_poll_interval();
+        crate::wait::receive_wait(
+            self,
+            self.arrivals(),
+            poll,
+            queue,
+            max_messages,
+            visibility_timeout,
+            wait,
+        )
+        .await
+    }
 
     /// Removes a leased message for good. A receipt whose lease has ended is
     /// `LeaseExpired`; a malformed or foreign one is `InvalidReceipt`.
@@ -108,4 +120,10 @@ pub trait MessagingService {
     /// The circuit breaker guarding this provider's server; `None` for a
     /// provider without one (in-memory: nothing to protect).
     fn circuit_breaker(&self) -> Option<&CircuitBreaker>;
+
+    /// The per-queue arrival signal
+    /// [`receive_messages_wait`](Self::receive_messages_wait) waits on; the
+    /// provider notifies it on whatever tells it a queue may have something new.
+    #[doc(hidden)]
+    fn arrivals(&self) -> &Arrivals;
 }

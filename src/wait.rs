@@ -13,7 +13,7 @@ use crate::{MessagingError, MessagingService, QueueMessage, QueuedMessage};
 
 /// Per-queue wake-ups for waiting receivers.
 #[derive(Debug, Default)]
-pub(crate) struct Arrivals {
+pub struct Arrivals {
     queues: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
@@ -45,7 +45,7 @@ pub(crate) async fn receive_wait<S, T>(
     wait: Duration,
 ) -> Result<Vec<QueuedMessage<T>>, MessagingError>
 where
-    S: MessagingService,
+    S: MessagingService + ?Sized,
     T: QueueMessage,
 {
     let deadline = Instant::now() + wait;

@@ -599,27 +599,6 @@ impl MessagingService for RabbitMqMessageService {
         Ok(received.messages)
     }
 
-    async fn receive_messages_wait<T: QueueMessage>(
-        &self,
-        queue: &str,
-        max_messages: usize,
-        visibility_timeout: Duration,
-        wait: Duration,
-    ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
-        let poll = self.inner.queues.wait_poll_interval();
-        let arrivals = &self.inner.arrivals;
-        crate::wait::receive_wait(
-            self,
-            arrivals,
-            poll,
-            queue,
-            max_messages,
-            visibility_timeout,
-            wait,
-        )
-        .await
-    }
-
     async fn delete_message(
         &self,
         queue: &str,
@@ -722,5 +701,9 @@ impl MessagingService for RabbitMqMessageService {
 
     fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
         Some(self.resilience.breaker())
+    }
+
+    fn arrivals(&self) -> &Arrivals {
+        &self.inner.arrivals
     }
 }
