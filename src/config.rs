@@ -69,6 +69,11 @@ pub struct MessagingConfig {
     pub circuit_breaker: CircuitBreakerConfig,
 }
 
+/// Highest `queues.max_receive_count` accepted. RabbitMQ queues are declared
+/// with a broker-side delivery limit far above it, so the library's own
+/// dead-lettering always comes first.
+pub const MAX_RECEIVE_COUNT: u32 = 100_000;
+
 /// The `[queues]` section, shared by every provider.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -142,7 +147,8 @@ pub struct PgmqConfig {
 pub struct RabbitMqConfig {
     /// `amqp://user:password@host:port/vhost`; the password is never shown.
     pub url: SecretUrl,
-    /// Deliveries the broker pushes ahead of `receive_messages` per queue (`basic.qos`).
+    /// The most messages one receive takes: the `basic.qos` window of the
+    /// consumer each receive runs. Nothing is fetched ahead of a receive.
     #[serde(default = "defaults::prefetch_count")]
     pub prefetch_count: u16,
     /// AMQP heartbeat interval, in seconds.
@@ -151,13 +157,6 @@ pub struct RabbitMqConfig {
     /// How long to wait for the broker before a call fails, in milliseconds.
     #[serde(default = "defaults::connection_timeout_ms")]
     pub connection_timeout_ms: u64,
-    /// How long a queue's consumer may go without a `receive_messages` call
-    /// before the deliveries buffered for it (prefetched, never handed out) go
-    /// back to the broker and the consumer is cancelled, in milliseconds. Keeps
-    /// an idle process from stranding messages other consumers could take; the
-    /// next receive starts the consumer again.
-    #[serde(default = "defaults::consumer_idle_timeout_ms")]
-    pub consumer_idle_timeout_ms: u64,
     /// The broker's `consumer_timeout`, in milliseconds (RabbitMQ 3.10 default:
     /// 30 minutes). The broker closes a channel holding a delivery unacked for
     /// longer, so a visibility timeout above it is `InvalidArgument`. Set it to
@@ -178,9 +177,6 @@ mod defaults {
     }
     pub fn heartbeat_interval_secs() -> u16 {
         10
-    }
-    pub fn consumer_idle_timeout_ms() -> u64 {
-        5_000
     }
     pub fn broker_consumer_timeout_ms() -> u64 {
         30 * 60 * 1_000
@@ -248,8 +244,11 @@ impl MessagingConfig {
     pub fn validate(&self) -> Result<(), MessagingError> {
         let q = &self.queues;
         let bad = |key: &str, why: String| Err(MessagingError::Config(format!("{key} {why}")));
-        if q.max_receive_count == 0 {
-            return bad("queues.max_receive_count", "must be at least 1".into());
+        if q.max_receive_count == 0 || q.max_receive_count > MAX_RECEIVE_COUNT {
+            return bad(
+                "queues.max_receive_count",
+                format!("must be from 1 to {MAX_RECEIVE_COUNT}"),
+            );
         }
         if q.default_visibility_timeout_secs == 0
             || q.default_visibility_timeout() > MAX_VISIBILITY_TIMEOUT
@@ -307,12 +306,6 @@ impl MessagingConfig {
             if rabbit.connection_timeout_ms == 0 {
                 return bad(
                     "rabbitmq.connection_timeout_ms",
-                    "must be at least 1".into(),
-                );
-            }
-            if rabbit.consumer_idle_timeout_ms == 0 {
-                return bad(
-                    "rabbitmq.consumer_idle_timeout_ms",
                     "must be at least 1".into(),
                 );
             }

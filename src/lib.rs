@@ -69,7 +69,9 @@ mod secret;
 mod wait;
 
 pub use backend::MessageBackend;
-pub use config::{MessagingConfig, PgmqConfig, Provider, QueuesConfig, RabbitMqConfig};
+pub use config::{
+    MessagingConfig, PgmqConfig, Provider, QueuesConfig, RabbitMqConfig, MAX_RECEIVE_COUNT,
+};
 pub use error::{BoxError, MessagingError};
 pub use lease::MAX_VISIBILITY_TIMEOUT;
 pub use message::{

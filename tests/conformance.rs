@@ -1,19 +1,26 @@
 //! The shared conformance suite, run against every provider: one line each.
+//! The second argument connects "another process" to the same queues.
 
 mod common;
 
 mod pgmq {
-    tasker_messaging::conformance_tests!(crate::common::backend(tasker_messaging::Provider::Pgmq));
+    tasker_messaging::conformance_tests!(
+        crate::common::backend(tasker_messaging::Provider::Pgmq),
+        |_| crate::common::backend(tasker_messaging::Provider::Pgmq)
+    );
 }
 
 mod rabbitmq {
-    tasker_messaging::conformance_tests!(crate::common::backend(
-        tasker_messaging::Provider::RabbitMq
-    ));
+    tasker_messaging::conformance_tests!(
+        crate::common::backend(tasker_messaging::Provider::RabbitMq),
+        |_| crate::common::backend(tasker_messaging::Provider::RabbitMq)
+    );
 }
 
 mod in_memory {
-    tasker_messaging::conformance_tests!(crate::common::backend(
-        tasker_messaging::Provider::InMemory
-    ));
+    // Clones share queues: the in-memory provider's only "other process".
+    tasker_messaging::conformance_tests!(
+        crate::common::backend(tasker_messaging::Provider::InMemory),
+        |a: &tasker_messaging::MessageBackend| std::future::ready(a.clone())
+    );
 }

@@ -51,7 +51,6 @@ pub fn config(provider: Provider) -> MessagingConfig {
             prefetch_count: 50,
             heartbeat_interval_secs: 10,
             connection_timeout_ms: 5_000,
-            consumer_idle_timeout_ms: 5_000,
             broker_consumer_timeout_ms: 30 * 60 * 1_000,
         }),
         ..MessagingConfig::default()

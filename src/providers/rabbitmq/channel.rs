@@ -59,8 +59,6 @@ impl CallError {
 #[derive(Default)]
 struct Events {
     closed: Mutex<Option<Closed>>,
-    /// The broker cancelled the channel's consumer (its queue was deleted).
-    cancelled: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -108,7 +106,7 @@ impl ChannelCallback for Callback {
         _channel: &Channel,
         _cancel: Cancel,
     ) -> Result<(), amqprs::error::Error> {
-        self.events.cancelled.store(true, Ordering::Release);
+        // amqprs ends the consumer's delivery stream; the receive sees that.
         Ok(())
     }
 
@@ -214,11 +212,6 @@ impl TrackedChannel {
         self.channel.is_open()
             && !self.poisoned.load(Ordering::Acquire)
             && lock(&self.events.closed).is_none()
-    }
-
-    /// Whether the broker cancelled this channel's consumer.
-    pub(super) fn cancelled_by_broker(&self) -> bool {
-        self.events.cancelled.load(Ordering::Acquire)
     }
 
     fn dead(&self) -> CallError {

@@ -410,7 +410,6 @@ mod tests {
             prefetch_count: 10,
             heartbeat_interval_secs: 10,
             connection_timeout_ms: 1_000,
-            consumer_idle_timeout_ms: 1_000,
             broker_consumer_timeout_ms: 1_800_000,
         }
     }

@@ -11,6 +11,8 @@ use crate::{BoxError, MessagingError, Provider};
 
 /// AMQP reply code: the named queue (or exchange) does not exist.
 pub(super) const NOT_FOUND: u16 = 404;
+/// AMQP reply code: say, a queue declared again with other arguments.
+pub(super) const PRECONDITION_FAILED: u16 = 406;
 
 /// AMQP reply codes that say the request is wrong, so repeating it cannot
 /// help: 311 content-too-large, 402 invalid-path (no such virtual host),

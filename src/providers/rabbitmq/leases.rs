@@ -21,7 +21,8 @@ use super::channel::TrackedChannel;
 
 struct Lease {
     deadline: Instant,
-    leased_at: Instant,
+    /// When the broker delivered the message: its `consumer_timeout` counts from here.
+    delivered_at: Instant,
 }
 
 #[derive(Default)]
@@ -71,18 +72,17 @@ impl Leases {
         self.changed.notify_one();
     }
 
-    /// Leases delivery `tag` of channel `epoch` until `deadline`.
-    pub(super) fn grant(&self, epoch: u64, tag: u64, deadline: Instant) {
+    /// Leases delivery `tag` of channel `epoch`, delivered at `delivered_at`, until `deadline`.
+    pub(super) fn grant(&self, epoch: u64, tag: u64, deadline: Instant, delivered_at: Instant) {
         let mut table = self.lock();
         if table.epoch != epoch {
             return;
         }
-        let leased_at = Instant::now();
         if let Some(old) = table.by_tag.insert(
             tag,
             Lease {
                 deadline,
-                leased_at,
+                delivered_at,
             },
         ) {
             table.by_deadline.remove(&(old.deadline, tag));
@@ -135,7 +135,7 @@ impl Leases {
         let Some(lease) = table.by_tag.get_mut(&tag) else {
             return Err(ExtendError::Dead);
         };
-        if deadline.saturating_duration_since(lease.leased_at) > broker_limit {
+        if deadline.saturating_duration_since(lease.delivered_at) > broker_limit {
             return Err(ExtendError::TooLong);
         }
         let old = std::mem::replace(&mut lease.deadline, deadline);

@@ -1,23 +1,19 @@
 //! RabbitMQ over AMQP 0-9-1, through amqprs.
 //!
 //! Queues are durable quorum queues; messages are persistent and every send
-//! waits for its publisher confirm (`confirms`). Receives are pulled from a
-//! per-queue push consumer with a local buffer (`consumer`), and leases are
-//! kept by the library because AMQP has none (`leases`): an expired lease is
-//! requeued with `basic.nack`, and `receive_count` comes from the quorum
-//! queue's `x-delivery-count` header. The data connection recovers by itself
-//! after a drop (`connection`); declarations and inspection use a connection
-//! of their own (`topology`).
+//! waits for its publisher confirm (`confirms`). Each receive runs a consumer
+//! of its own, sized to what it asks for, so no process holds deliveries no
+//! caller asked for (`slot`). Leases are kept by the library because AMQP has
+//! none (`leases`): an expired lease is requeued with `basic.nack`, and
+//! `receive_count` comes from the quorum queue's `x-delivery-count` header.
+//! The data connection recovers by itself after a drop (`connection`);
+//! declarations and inspection use a connection of their own (`topology`).
 //!
-//! What the broker cannot tell is emulated, and the emulation has limits:
-//! - `get_queue_stats` counts ready messages the broker holds plus those
-//!   buffered (prefetched, not handed out) in this process; other processes'
-//!   buffers are invisible, and leased counts and ages are `None`.
-//! - `x-delivery-count` counts every return to the queue, including buffered
-//!   deliveries an idle consumer or a lost connection gave back, so
-//!   `receive_count` can run ahead of the receives a caller saw.
-//! - A receipt names the consumer channel's epoch: any reconnect (or a new
-//!   consumer channel) ends the leases of the old one.
+//! What the broker cannot tell is not guessed:
+//! - `get_queue_stats` counts the ready messages the broker holds; leased
+//!   counts and ages are `None`.
+//! - A receipt names its queue channel's epoch: a reconnect (or a new
+//!   channel) ends the leases of the old one, and the broker requeues them.
 //!
 //! Retries and the circuit breaker (the shared `Resilience`) wrap each call
 //! that waits for the broker and is safe to repeat under at-least-once
@@ -27,14 +23,12 @@
 //!   may then be stored twice (a duplicate, never a loss); `send_batch`
 //!   republishes only the messages without a confirm.
 //! - `receive_messages` (and so `receive_messages_wait`): a failed receive
-//!   holds no lease (its consumer channel is dropped and the broker requeues
-//!   what it had delivered), so a retry leases nothing twice.
+//!   hands out nothing; what it took stays leased and comes back when the
+//!   lease ends (or at once, with its channel), so a retry loses nothing.
 //! - `get_queue_stats`, `create_queue`, `delete_queue`: reads, and
 //!   declarations and deletions that are idempotent.
-//! - `purge_queue`: `queue.purge` and the acknowledgement of this process's
-//!   buffered deliveries, which no one holds a lease on, retried separately.
-//!   A retried `queue.purge` whose first reply was lost counts only what the
-//!   retry removed.
+//! - `purge_queue`: `queue.purge` removes only ready messages. A retried
+//!   purge whose first reply was lost counts only what the retry removed.
 //! - `delete_message`, `change_message_visibility`: the `basic.ack` or
 //!   `basic.nack` that ends a lease is sent at most once and never retried:
 //!   the lease is taken out of the table before it is sent, and after a
@@ -52,10 +46,10 @@
 mod channel;
 mod confirms;
 mod connection;
-mod consumer;
 mod errors;
 mod leases;
 mod properties;
+mod slot;
 mod topology;
 
 use std::{
@@ -64,7 +58,7 @@ use std::{
     mem::ManuallyDrop,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, Weak,
+        Arc, Mutex, MutexGuard,
     },
     time::Duration,
 };
@@ -74,9 +68,9 @@ use tokio::{sync::watch, time::Instant};
 use self::{
     confirms::Pending,
     connection::{DataConnection, Link, Settings},
-    consumer::{DeadLetter, Slot},
     leases::ExtendError,
     properties::Outgoing,
+    slot::{DeadLetter, Slot},
     topology::Admin,
 };
 use crate::{
@@ -115,8 +109,8 @@ pub(super) struct Inner {
     /// Queues this backend created, declared again after a reconnect.
     declared: Mutex<BTreeSet<String>>,
     epochs: AtomicU64,
-    /// Wakes waiting receivers when a consumer gets a delivery.
-    arrivals: Arc<Arrivals>,
+    /// Never notified: waiting receives here wait on a consumer of their own.
+    arrivals: Arrivals,
     /// Dropping it stops the background tasks.
     _stop: watch::Sender<()>,
 }
@@ -164,18 +158,10 @@ impl RabbitMqMessageService {
             slots: Mutex::default(),
             declared: Mutex::default(),
             epochs: AtomicU64::new(0),
-            arrivals: Arc::default(),
+            arrivals: Arrivals::default(),
             _stop: stop,
         });
-        tokio::spawn(connection::supervise(
-            Arc::downgrade(&inner),
-            stopped.clone(),
-        ));
-        tokio::spawn(janitor(
-            Arc::downgrade(&inner),
-            stopped,
-            inner.idle_timeout(),
-        ));
+        tokio::spawn(connection::supervise(Arc::downgrade(&inner), stopped));
         Ok(Self { inner, resilience })
     }
 
@@ -314,10 +300,6 @@ impl Drop for Inner {
 }
 
 impl Inner {
-    fn idle_timeout(&self) -> Duration {
-        Duration::from_millis(self.config.consumer_idle_timeout_ms)
-    }
-
     fn broker_consumer_timeout(&self) -> Duration {
         Duration::from_millis(self.config.broker_consumer_timeout_ms)
     }
@@ -330,7 +312,7 @@ impl Inner {
         Arc::clone(
             lock(&self.slots)
                 .entry(queue.to_owned())
-                .or_insert_with(|| Slot::new(queue, Arc::clone(&self.arrivals))),
+                .or_insert_with(|| Slot::new(queue)),
         )
     }
 
@@ -357,9 +339,9 @@ impl Inner {
         }
     }
 
-    /// A new data connection: declare again what this backend declared, then
-    /// resume the consumers in use.
-    async fn after_reconnect(&self, link: &Arc<Link>) {
+    /// A new data connection: declare again what this backend declared. The
+    /// queues' channels died with the old one; each opens anew on its next receive.
+    async fn after_reconnect(&self, _link: &Arc<Link>) {
         let declared: Vec<String> = lock(&self.declared).iter().cloned().collect();
         for queue in declared {
             let names =
@@ -371,7 +353,7 @@ impl Inner {
             }
         }
         for slot in self.all_slots() {
-            slot.resume(self, link, self.idle_timeout()).await;
+            slot.forget_line().await;
         }
     }
 
@@ -387,50 +369,29 @@ impl Inner {
     }
 }
 
-/// Returns idle consumers' buffered deliveries, until `stop`'s sender is dropped.
-async fn janitor(inner: Weak<Inner>, mut stop: watch::Receiver<()>, idle: Duration) {
-    let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
-            _ = stop.changed() => return,
-        }
-        let Some(inner) = inner.upgrade() else { return };
-        let generation = inner.data.generation();
-        let slots = inner.all_slots();
-        drop(inner);
-        for slot in slots {
-            slot.release_if_idle(generation, idle).await;
-        }
-    }
-}
-
 impl RabbitMqMessageService {
     /// One attempt at `get_queue_stats` (a read, safe to repeat).
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError> {
         const OPERATION: &str = "get_queue_stats";
         let ready = self.inner.admin.ready_count(OPERATION, queue).await?;
-        let buffered = match self.inner.existing_slot(queue) {
-            Some(slot) => slot.buffered(&self.inner).await,
-            None => 0,
-        };
         let dead_letter_count = match self.inner.dead_letters.dead_letter_queue(queue) {
             None => None,
             Some(dlq) => match self.inner.admin.ready_count(OPERATION, &dlq).await {
-                Ok(ready) => {
-                    let here = match self.inner.existing_slot(&dlq) {
-                        Some(slot) => slot.buffered(&self.inner).await + slot.leases.len() as u64,
-                        None => 0,
-                    };
-                    Some(ready + here)
-                }
+                // Dead letters this process holds leases on count too.
+                Ok(ready) => Some(
+                    ready
+                        + self
+                            .inner
+                            .existing_slot(&dlq)
+                            .map_or(0, |slot| slot.leases.len() as u64),
+                ),
                 Err(MessagingError::QueueNotFound { .. }) => None,
                 Err(error) => return Err(error),
             },
         };
         Ok(QueueStats {
             queue_name: queue.to_owned(),
-            message_count: ready + buffered,
+            message_count: ready,
             // The broker cannot say how many are leased, or how old the oldest is.
             in_flight_count: None,
             oldest_message_age_seconds: None,
@@ -463,6 +424,46 @@ impl RabbitMqMessageService {
             },
             None => Err(self.no_lease(operation, queue, receipt).await),
         }
+    }
+
+    /// A receive that, with `until`, waits until then for a first message.
+    async fn receive<T: QueueMessage>(
+        &self,
+        queue: &str,
+        max_messages: usize,
+        visibility_timeout: Duration,
+        until: Option<Instant>,
+    ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        validate_queue_name(queue)?;
+        lease::check_max_messages(max_messages)?;
+        let secs = lease::lease_secs(visibility_timeout, 1)?;
+        self.inner.check_broker_limit(secs)?;
+        let window = self.inner.config.prefetch_count;
+        // A failed attempt hands out nothing, and what it took stays leased
+        // (or went back with its channel), so a retry loses nothing.
+        let (slot, received) = self
+            .resilience
+            .run("receive_messages", || async {
+                let slot = self.inner.slot(queue);
+                match slot
+                    .receive::<T>(&self.inner, max_messages, window, secs, until)
+                    .await
+                {
+                    Ok(received) => Ok((slot, received)),
+                    Err(error) => {
+                        if matches!(error, MessagingError::QueueNotFound { .. }) {
+                            self.inner.forget_slot(&slot);
+                        }
+                        Err(error)
+                    }
+                }
+            })
+            .await?;
+        if !received.dead.is_empty() {
+            self.move_dead_letters(&slot, received.epoch, received.dead)
+                .await;
+        }
+        Ok(received.messages)
     }
 }
 
@@ -571,32 +572,23 @@ impl MessagingService for RabbitMqMessageService {
         max_messages: usize,
         visibility_timeout: Duration,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
-        validate_queue_name(queue)?;
-        lease::check_max_messages(max_messages)?;
-        let secs = lease::lease_secs(visibility_timeout, 1)?;
-        self.inner.check_broker_limit(secs)?;
-        // A failed attempt holds no lease (its consumer is torn down and the
-        // broker requeues its deliveries), so a retry leases nothing twice.
-        let (slot, received) = self
-            .resilience
-            .run("receive_messages", || async {
-                let slot = self.inner.slot(queue);
-                match slot.receive::<T>(&self.inner, max_messages, secs).await {
-                    Ok(received) => Ok((slot, received)),
-                    Err(error) => {
-                        if matches!(error, MessagingError::QueueNotFound { .. }) {
-                            self.inner.forget_slot(&slot);
-                        }
-                        Err(error)
-                    }
-                }
-            })
-            .await?;
-        if !received.dead.is_empty() {
-            self.move_dead_letters(&slot, received.epoch, received.dead)
-                .await;
-        }
-        Ok(received.messages)
+        self.receive(queue, max_messages, visibility_timeout, None)
+            .await
+    }
+
+    async fn receive_messages_wait<T: QueueMessage>(
+        &self,
+        queue: &str,
+        max_messages: usize,
+        visibility_timeout: Duration,
+        wait: Duration,
+    ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        // A far-off deadline is as good as none: the wait ends with a message.
+        let until = Instant::now()
+            .checked_add(wait)
+            .unwrap_or_else(|| Instant::now() + lease::MAX_VISIBILITY_TIMEOUT * 1000);
+        self.receive(queue, max_messages, visibility_timeout, Some(until))
+            .await
     }
 
     async fn delete_message(
@@ -651,23 +643,10 @@ impl MessagingService for RabbitMqMessageService {
 
     async fn purge_queue(&self, queue: &str) -> Result<u64, MessagingError> {
         validate_queue_name(queue)?;
-        // queue.purge removes only what the broker has not delivered; what
-        // this process buffered but never handed out is ready too. Retried
-        // apart, so a failure acknowledging the buffer does not repeat the
-        // queue.purge (and lose its count).
-        let purged = self
-            .resilience
+        // queue.purge removes only what no consumer holds: the ready messages.
+        self.resilience
             .run("purge_queue", || self.inner.admin.purge(queue))
-            .await?;
-        let buffered = match self.inner.existing_slot(queue) {
-            Some(slot) => {
-                self.resilience
-                    .run("purge_queue", || slot.purge_buffered(&self.inner))
-                    .await?
-            }
-            None => 0,
-        };
-        Ok(purged + buffered)
+            .await
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), MessagingError> {

@@ -24,7 +24,7 @@ use amqprs::{
 };
 
 use super::{
-    channel::{CallError, TrackedChannel, CLOSED_CHANNEL_LIMIT},
+    channel::{CallError, Closed, TrackedChannel, CLOSED_CHANNEL_LIMIT},
     connection::Settings,
     errors,
 };
@@ -43,12 +43,25 @@ pub(super) struct Admin {
     state: tokio::sync::Mutex<State>,
 }
 
-/// Arguments of every queue this library declares: durable quorum queues.
+/// The quorum queues' `x-delivery-limit`. RabbitMQ 4.x gives quorum queues
+/// a limit of 20 by default and drops a message returned more often when the
+/// queue has no dead-letter target; the library moves messages to its own
+/// dead-letter queue after `max_receive_count` deliveries (at most
+/// [`MAX_RECEIVE_COUNT`](crate::MAX_RECEIVE_COUNT)), so an explicit
+/// limit far above that keeps every broker version from dropping one.
+pub(super) const DELIVERY_LIMIT: i64 = 1_000_000;
+
+/// Arguments of every queue this library declares: durable quorum queues
+/// with the explicit delivery limit above.
 fn quorum_arguments() -> FieldTable {
     let mut arguments = FieldTable::new();
     arguments.insert(
         "x-queue-type".try_into().unwrap_or_default(),
         FieldValue::from("quorum"),
+    );
+    arguments.insert(
+        "x-delivery-limit".try_into().unwrap_or_default(),
+        FieldValue::l(DELIVERY_LIMIT),
     );
     arguments
 }
@@ -98,29 +111,56 @@ impl Admin {
         Fut: Future<Output = Result<T, amqprs::error::Error>> + Send + 'static,
         T: Send + 'static,
     {
+        self.call(request)
+            .await?
+            .map_err(|error| errors::call_error(operation, error, queue))
+    }
+
+    /// Runs one request, returning the broker's refusal as it came (outer
+    /// error: no channel to send it on).
+    async fn call<T, F, Fut>(&self, request: F) -> Result<Result<T, CallError>, MessagingError>
+    where
+        F: FnOnce(Channel) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, amqprs::error::Error>> + Send + 'static,
+        T: Send + 'static,
+    {
         let mut state = self.state.lock().await;
         let channel = self.channel(&mut state).await?;
-        match channel.call(request).await {
-            Ok(value) => Ok(value),
-            Err(error) => {
-                if matches!(error, CallError::Broken { .. }) {
-                    // Timed out or lost: start afresh next time.
-                    *state = State::default();
-                }
-                Err(errors::call_error(operation, error, queue))
-            }
+        let result = channel.call(request).await;
+        if matches!(result, Err(CallError::Broken { .. })) {
+            // Timed out or lost: start afresh next time.
+            *state = State::default();
         }
+        Ok(result)
     }
 
     /// Declares `queue` as a durable quorum queue (idempotent).
+    ///
+    /// A queue declared earlier with other arguments (by an older version,
+    /// without the delivery limit) is kept as it is, with a warning: the
+    /// broker refuses to change a queue's arguments (406).
     pub(super) async fn declare(&self, queue: &str) -> Result<(), MessagingError> {
         let args = QueueDeclareArguments::durable_client_named(queue)
             .arguments(quorum_arguments())
             .finish();
-        self.run("create_queue", None, move |c| async move {
-            c.queue_declare(args).await.map(drop)
-        })
-        .await
+        let declared = self
+            .call(move |c| async move { c.queue_declare(args).await.map(drop) })
+            .await?;
+        match declared {
+            Ok(()) => Ok(()),
+            Err(CallError::Closed(Closed {
+                code: errors::PRECONDITION_FAILED,
+                ..
+            })) => {
+                self.ready_count("create_queue", queue).await?;
+                tracing::warn!(
+                    queue,
+                    "queue exists with other arguments (declared by an older version?); kept as it is"
+                );
+                Ok(())
+            }
+            Err(error) => Err(errors::call_error("create_queue", error, None)),
+        }
     }
 
     /// Messages ready in `queue` (not delivered to any consumer), or `QueueNotFound`.

@@ -1,11 +1,15 @@
 //! The conformance suite every provider passes: one `pub async fn` per
 //! behaviour of the contract, each taking a connected [`MessageBackend`].
 //!
-//! Run it against a provider with one line per provider:
+//! Run it against a provider with one line per provider, naming how to
+//! connect and how to reach the same queues from "another process":
 //!
 //! ```text
 //! mod pgmq {
-//!     tasker_messaging::conformance_tests!(my_tests::connect(Provider::Pgmq));
+//!     tasker_messaging::conformance_tests!(
+//!         my_tests::connect(Provider::Pgmq),
+//!         |_| my_tests::connect(Provider::Pgmq)
+//!     );
 //! }
 //! ```
 //!
@@ -17,6 +21,8 @@
 //! value works; small values keep the suite quick.
 //!
 //! The cases panic on a broken contract, like any test.
+
+pub mod fleet;
 
 use std::{
     collections::HashSet,
@@ -41,10 +47,23 @@ const SLACK: Duration = Duration::from_millis(400);
 /// Expands every conformance case into a `#[tokio::test]` in the current module.
 ///
 /// `$backend` is an expression whose awaited value is a `MessageBackend`,
-/// evaluated once per case.
+/// evaluated once per case. `$other_process` is a closure that, given that
+/// backend, returns a future of a second one on the same queues, connected
+/// independently (for an in-memory backend, a clone): the
+/// several-processes cases in [`fleet`](crate::conformance::fleet) use both.
 #[macro_export]
 macro_rules! conformance_tests {
-    ($backend:expr) => {
+    ($backend:expr, $other_process:expr $(,)?) => {
+        $crate::__conformance_fleet_cases!($backend, $other_process;
+            ready_messages_reach_every_process,
+            released_and_expired_leases_reach_every_process,
+            receive_count_counts_hand_outs_across_processes,
+            two_processes_share_a_drain,
+            waiting_receive_wakes_on_another_process_send,
+            one_process_holds_many_leases,
+            purge_spares_other_processes_leases,
+            a_fleet_keeps_up_with_a_trickle_of_sends,
+        );
         $crate::__conformance_cases!($backend;
             queue_names_are_validated_before_io,
             create_queue_is_idempotent_and_creates_dead_letter_queue,
@@ -84,6 +103,21 @@ macro_rules! __conformance_cases {
             async fn $case() {
                 let backend = $backend.await;
                 $crate::conformance::$case(&backend).await;
+            }
+        )+
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_fleet_cases {
+    ($backend:expr, $other_process:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let a = $backend.await;
+                let b = ($other_process)(&a).await;
+                $crate::conformance::fleet::$case(&a, &b).await;
             }
         )+
     };

@@ -1,0 +1,348 @@
+//! Several processes on one queue: each case takes two independently
+//! connected backends, `a` and `b`, standing for two worker processes (for
+//! the in-memory provider, two clones: its only way to share queues).
+
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use uuid::Uuid;
+
+use super::{
+    cleanup, fresh_queue, receive, receive_n, receive_one, send, step, LEASE, LONG_LEASE, SLACK,
+};
+use crate::{MessageBackend, MessagingService, QueuedMessage, SimpleStepMessage};
+
+/// Leases one process holds at once in [`one_process_holds_many_leases`]:
+/// three times the RabbitMQ `prefetch_count` the project's suite configures.
+pub const MANY_LEASES: usize = 150;
+
+fn uuids(got: &[QueuedMessage<SimpleStepMessage>]) -> Vec<Uuid> {
+    got.iter().map(|m| m.message.step_uuid).collect()
+}
+
+/// Ready messages that no lease holds can be received by every process: A
+/// takes 1 of 10, and B's next receive of 10 returns the other 9.
+pub async fn ready_messages_reach_every_process(a: &MessageBackend, b: &MessageBackend) {
+    let queue = fresh_queue(a, "fleet_ready").await;
+    let sent: Vec<SimpleStepMessage> = (0..10).map(|_| step()).collect();
+    a.send_batch(&queue, &sent).await.expect("send_batch");
+    let first = receive_one(a, &queue, LONG_LEASE).await;
+    let rest = receive(b, &queue, 10, LONG_LEASE).await;
+    assert_eq!(
+        rest.len(),
+        9,
+        "B's receive returns every message A does not hold"
+    );
+    let mut all = uuids(&rest);
+    all.push(first.message.step_uuid);
+    let expected: HashSet<Uuid> = sent.iter().map(|m| m.step_uuid).collect();
+    assert_eq!(all.into_iter().collect::<HashSet<_>>(), expected);
+    cleanup(a, &queue).await;
+}
+
+/// A release with visibility 0, or a lease that ran out, makes the message
+/// receivable at once by any process, the one that let it go included, with
+/// `receive_count` one higher.
+pub async fn released_and_expired_leases_reach_every_process(
+    a: &MessageBackend,
+    b: &MessageBackend,
+) {
+    assert!(
+        a.queues_config().max_receive_count >= 2,
+        "this case needs max_receive_count >= 2"
+    );
+    let queue = fresh_queue(a, "fleet_release").await;
+    // Released, then received again at once by the same process.
+    let message = step();
+    send(a, &queue, &message).await;
+    let held = receive_one(a, &queue, LONG_LEASE).await;
+    a.change_message_visibility(&queue, held.receipt(), Duration::ZERO)
+        .await
+        .expect("release");
+    let again = receive(a, &queue, 10, LONG_LEASE).await;
+    assert_eq!(
+        uuids(&again),
+        vec![message.step_uuid],
+        "same process, at once"
+    );
+    assert_eq!(
+        again[0].metadata.receive_count,
+        held.metadata.receive_count + 1
+    );
+    a.delete_message(&queue, again[0].receipt())
+        .await
+        .expect("delete");
+
+    // Released, then received at once by the other process.
+    let message = step();
+    send(a, &queue, &message).await;
+    let held = receive_one(a, &queue, LONG_LEASE).await;
+    a.change_message_visibility(&queue, held.receipt(), Duration::ZERO)
+        .await
+        .expect("release");
+    let there = receive(b, &queue, 10, LONG_LEASE).await;
+    assert_eq!(
+        uuids(&there),
+        vec![message.step_uuid],
+        "other process, at once"
+    );
+    assert_eq!(
+        there[0].metadata.receive_count,
+        held.metadata.receive_count + 1
+    );
+    b.delete_message(&queue, there[0].receipt())
+        .await
+        .expect("delete");
+
+    // A lease that ran out, then received by the other process.
+    let message = step();
+    send(a, &queue, &message).await;
+    let held = receive_one(a, &queue, LEASE).await;
+    tokio::time::sleep(LEASE + SLACK).await;
+    let there = receive(b, &queue, 10, LONG_LEASE).await;
+    assert_eq!(
+        uuids(&there),
+        vec![message.step_uuid],
+        "after the lease ran out"
+    );
+    assert_eq!(
+        there[0].metadata.receive_count,
+        held.metadata.receive_count + 1
+    );
+    cleanup(a, &queue).await;
+}
+
+/// `receive_count` counts hand-outs to callers across processes: after A's
+/// lease runs out B sees 2, and messages no caller was handed still show 1,
+/// however A received and deleted around them.
+pub async fn receive_count_counts_hand_outs_across_processes(
+    a: &MessageBackend,
+    b: &MessageBackend,
+) {
+    let queue = fresh_queue(a, "fleet_count").await;
+    let sent: Vec<SimpleStepMessage> = (0..6).map(|_| step()).collect();
+    a.send_batch(&queue, &sent).await.expect("send_batch");
+    let done = receive_one(a, &queue, LONG_LEASE).await;
+    assert_eq!(done.metadata.receive_count, 1);
+    a.delete_message(&queue, done.receipt())
+        .await
+        .expect("delete");
+    let dropped = receive_one(a, &queue, LEASE).await;
+    assert_eq!(dropped.metadata.receive_count, 1);
+    tokio::time::sleep(LEASE + SLACK).await;
+    let rest = receive_n(b, &queue, 5, LONG_LEASE, Duration::from_secs(5)).await;
+    assert_eq!(rest.len(), 5);
+    for message in &rest {
+        let expected = if message.message == dropped.message {
+            2
+        } else {
+            1
+        };
+        assert_eq!(
+            message.metadata.receive_count, expected,
+            "receive_count of {:?}",
+            message.message.step_uuid
+        );
+    }
+    cleanup(a, &queue).await;
+}
+
+/// Two processes drain 300 messages with a little work each: every message
+/// is handled exactly once, and each process handles at least a third.
+pub async fn two_processes_share_a_drain(a: &MessageBackend, b: &MessageBackend) {
+    const MESSAGES: usize = 300;
+    let queue = fresh_queue(a, "fleet_drain").await;
+    let sent: Vec<SimpleStepMessage> = (0..MESSAGES).map(|_| step()).collect();
+    for chunk in sent.chunks(100) {
+        a.send_batch(&queue, chunk).await.expect("send_batch");
+    }
+    let handled = AtomicUsize::new(0);
+    let seen = Mutex::new(HashSet::new());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let worker = |backend: &'static str, process: &MessageBackend| {
+        let (queue, handled, seen) = (&queue, &handled, &seen);
+        let process = process.clone();
+        async move {
+            let mut mine = 0_usize;
+            while handled.load(Ordering::SeqCst) < MESSAGES && Instant::now() < deadline {
+                let got = receive(&process, queue, 1, LONG_LEASE).await;
+                if got.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                for message in got {
+                    // The work: a few milliseconds per message.
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    let fresh = seen
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(message.message.step_uuid);
+                    assert!(fresh, "{backend} handled {:?} twice", message.message);
+                    process
+                        .delete_message(queue, message.receipt())
+                        .await
+                        .expect("delete");
+                    handled.fetch_add(1, Ordering::SeqCst);
+                    mine += 1;
+                }
+            }
+            mine
+        }
+    };
+    let (from_a, from_b) = tokio::join!(worker("A", a), worker("B", b));
+    assert_eq!(from_a + from_b, MESSAGES, "A {from_a} + B {from_b}");
+    for (name, count) in [("A", from_a), ("B", from_b)] {
+        assert!(
+            count >= MESSAGES / 3,
+            "process {name} handled {count} of {MESSAGES}: the other one hoarded"
+        );
+    }
+    cleanup(a, &queue).await;
+}
+
+/// B, waiting in `receive_messages_wait`, wakes within 100 ms of A's send.
+pub async fn waiting_receive_wakes_on_another_process_send(a: &MessageBackend, b: &MessageBackend) {
+    let queue = fresh_queue(a, "fleet_wait").await;
+    let message = step();
+    let waiter = async {
+        let got: Vec<QueuedMessage<SimpleStepMessage>> = b
+            .receive_messages_wait(&queue, 10, LONG_LEASE, Duration::from_secs(10))
+            .await
+            .expect("waiting receive");
+        (got, Instant::now())
+    };
+    let sender = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        send(a, &queue, &message).await;
+        Instant::now()
+    };
+    let ((got, woke), sent) = tokio::join!(waiter, sender);
+    assert_eq!(uuids(&got), vec![message.step_uuid]);
+    let latency = woke.saturating_duration_since(sent);
+    assert!(
+        latency < Duration::from_millis(100),
+        "woke {latency:?} after the send returned"
+    );
+    cleanup(a, &queue).await;
+}
+
+/// One process holds [`MANY_LEASES`] leases at once, more than any
+/// prefetch window, while the other sees nothing ready.
+pub async fn one_process_holds_many_leases(a: &MessageBackend, b: &MessageBackend) {
+    let queue = fresh_queue(a, "fleet_many").await;
+    let sent: Vec<SimpleStepMessage> = (0..MANY_LEASES).map(|_| step()).collect();
+    for chunk in sent.chunks(50) {
+        a.send_batch(&queue, chunk).await.expect("send_batch");
+    }
+    let mut held = Vec::new();
+    while held.len() < MANY_LEASES {
+        let got = receive(a, &queue, 10, LONG_LEASE).await;
+        assert_eq!(
+            got.len(),
+            10,
+            "holding {} leases, a receive of 10 got {}",
+            held.len(),
+            got.len()
+        );
+        held.extend(got);
+    }
+    assert!(receive(b, &queue, 10, LONG_LEASE).await.is_empty());
+    let distinct: HashSet<Uuid> = uuids(&held).into_iter().collect();
+    assert_eq!(distinct.len(), MANY_LEASES);
+    for message in &held {
+        a.delete_message(&queue, message.receipt())
+            .await
+            .expect("every lease is live");
+    }
+    cleanup(a, &queue).await;
+}
+
+/// `purge_queue`, run while another process holds leases, removes only the
+/// ready messages, and never one sent after it returned.
+pub async fn purge_spares_other_processes_leases(a: &MessageBackend, b: &MessageBackend) {
+    let queue = fresh_queue(a, "fleet_purge").await;
+    let sent: Vec<SimpleStepMessage> = (0..5).map(|_| step()).collect();
+    a.send_batch(&queue, &sent).await.expect("send_batch");
+    let held = receive_n(b, &queue, 2, LONG_LEASE, Duration::from_secs(5)).await;
+    assert_eq!(held.len(), 2);
+    let purged = a.purge_queue(&queue).await.expect("purge_queue");
+    assert_eq!(purged, 3, "only the ready messages are purged");
+    let late = step();
+    send(a, &queue, &late).await;
+    let got = receive_n(b, &queue, 1, LONG_LEASE, Duration::from_secs(5)).await;
+    assert_eq!(uuids(&got), vec![late.step_uuid], "a later send survives");
+    for message in held.iter().chain(&got) {
+        b.delete_message(&queue, message.receipt())
+            .await
+            .expect("leases survive another process's purge");
+    }
+    cleanup(a, &queue).await;
+}
+
+/// Four receivers in two processes take messages sent in a steady trickle,
+/// mixing plain and waiting receives: every message is received, none twice,
+/// and none is dead-lettered (no hand-out was counted that a caller did not
+/// see).
+pub async fn a_fleet_keeps_up_with_a_trickle_of_sends(a: &MessageBackend, b: &MessageBackend) {
+    const MESSAGES: usize = 1_500;
+    let queue = fresh_queue(a, "fleet_trickle").await;
+    let seen = Mutex::new(HashSet::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let receiver = |n: usize, process: &MessageBackend| {
+        let (queue, seen, process) = (&queue, &seen, process.clone());
+        async move {
+            while seen.lock().unwrap_or_else(|p| p.into_inner()).len() < MESSAGES
+                && Instant::now() < deadline
+            {
+                let got: Vec<QueuedMessage<SimpleStepMessage>> = if n % 2 == 0 {
+                    receive(&process, queue, 10, LONG_LEASE).await
+                } else {
+                    process
+                        .receive_messages_wait(queue, 7, LONG_LEASE, Duration::from_millis(50))
+                        .await
+                        .expect("waiting receive")
+                };
+                if got.is_empty() {
+                    // Let the sender run (an in-memory receive never waits).
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                for message in got {
+                    assert_eq!(message.metadata.receive_count, 1);
+                    let fresh = seen
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(message.message.step_uuid);
+                    assert!(fresh, "{:?} received twice", message.message);
+                    process
+                        .delete_message(queue, message.receipt())
+                        .await
+                        .expect("delete");
+                }
+            }
+        }
+    };
+    let sender = async {
+        for _ in 0..MESSAGES / 3 {
+            let batch: Vec<SimpleStepMessage> = (0..3).map(|_| step()).collect();
+            a.send_batch(&queue, &batch).await.expect("send_batch");
+            tokio::time::sleep(Duration::from_micros(300)).await;
+        }
+    };
+    tokio::join!(
+        sender,
+        receiver(0, a),
+        receiver(1, a),
+        receiver(2, b),
+        receiver(3, b)
+    );
+    let received = seen.lock().unwrap_or_else(|p| p.into_inner()).len();
+    assert_eq!(received, MESSAGES);
+    let stats = a.get_queue_stats(&queue).await.expect("stats");
+    assert_eq!(stats.dead_letter_count.unwrap_or(0), 0);
+    cleanup(a, &queue).await;
+}
