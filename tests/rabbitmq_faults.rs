@@ -145,7 +145,7 @@ async fn await_reconnect(backend: &MessageBackend, after: u64) -> u64 {
     }
 }
 
-/// (a) Producers send 5,000 messages while consumers receive and delete
+/// (a) Producers send 5,000 messages while two consuming backends receive and delete
 /// them, and every connection is closed twice meanwhile: every message whose
 /// send returned `Ok` is received at least once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +161,9 @@ async fn acknowledged_sends_survive_forced_connection_closes() {
         config.circuit_breaker.timeout_ms = 500;
     };
     let producer = Arc::new(backend_with(configure).await);
+    // Two consuming backends: two worker processes on one queue.
     let consumer = Arc::new(backend_with(configure).await);
+    let other = Arc::new(backend_with(configure).await);
     let queue = queue_name("load");
     producer.create_queue(&queue).await.expect("create_queue");
     let before = (generation(&producer), generation(&consumer));
@@ -170,14 +172,14 @@ async fn acknowledged_sends_survive_forced_connection_closes() {
     // Paced at about 1,000 messages a second (50 sends every 50 ms), with
     // sends in flight nearly all the time, so each close (rabbitmqctl takes
     // most of a second) lands mid-stream and catches some sends mid-confirm.
-    let report = load::run_paced(
+    let report = load::run_fleet(
         Arc::clone(&producer),
-        Arc::clone(&consumer),
+        vec![Arc::clone(&consumer), Arc::clone(&other)],
         &queue,
         Load {
             total: 5_000,
             in_flight: 50,
-            consumers: 2,
+            consumers: 4,
             lease: Duration::from_secs(30),
             disrupt_at: vec![1_000, 3_000],
             deadline: Duration::from_secs(90),
@@ -189,7 +191,7 @@ async fn acknowledged_sends_survive_forced_connection_closes() {
         },
     )
     .await;
-    report.print("fault test (a), two forced connection closes");
+    report.print("fault test (a), two forced connection closes, two consuming backends");
     // The second close may land after the last message was received.
     let after = (
         await_reconnect(&producer, before.0 + 1).await,

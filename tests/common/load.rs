@@ -111,6 +111,23 @@ where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
+    run_fleet(producer, vec![consumer], queue, load, pace, disrupt).await
+}
+
+/// [`run_paced`] with the consumer tasks spread over several backends, each
+/// standing for a worker process of its own.
+pub async fn run_fleet<F, Fut>(
+    producer: Arc<MessageBackend>,
+    consumers: Vec<Arc<MessageBackend>>,
+    queue: &str,
+    load: Load,
+    pace: Duration,
+    disrupt: F,
+) -> Report
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     let started = Instant::now();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let attempts = Arc::new(AtomicUsize::new(0));
@@ -173,9 +190,9 @@ where
     };
 
     let consumer_tasks: Vec<_> = (0..load.consumers)
-        .map(|_| {
+        .map(|n| {
             let (consumer, tally, errors, done) = (
-                Arc::clone(&consumer),
+                Arc::clone(&consumers[n % consumers.len()]),
                 Arc::clone(&tally),
                 Arc::clone(&consumer_errors),
                 Arc::clone(&done_sending),
