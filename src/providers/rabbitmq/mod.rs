@@ -151,7 +151,8 @@ impl RabbitMqMessageService {
             .as_ref()
             .ok_or_else(|| MessagingError::Config("rabbitmq.url is required".into()))?;
         let settings = Arc::new(Settings::new(config)?);
-        let data = DataConnection::connect(Arc::clone(&settings)).await?;
+        let data =
+            DataConnection::connect(Arc::clone(&settings), Arc::clone(resilience.reach())).await?;
         let admin = Admin::new(settings);
         admin.ping().await?;
         let (stop, stopped) = watch::channel(());
@@ -169,6 +170,7 @@ impl RabbitMqMessageService {
         });
         tokio::spawn(connection::supervise(
             Arc::downgrade(&inner),
+            Arc::clone(&resilience),
             stopped.clone(),
         ));
         tokio::spawn(janitor(
@@ -473,8 +475,9 @@ impl MessagingService for RabbitMqMessageService {
             self.inner.data.link().await?;
             self.inner.admin.ping().await
         };
+        let bound = crate::resilience::HEALTH_CHECK_BOUND.min(self.inner.data.settings.timeout);
         Ok(matches!(
-            tokio::time::timeout(self.inner.data.settings.timeout, check).await,
+            tokio::time::timeout(bound, check).await,
             Ok(Ok(()))
         ))
     }
