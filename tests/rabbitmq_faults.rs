@@ -47,12 +47,9 @@ fn ctl() -> std::process::Command {
 
 /// Runs `rabbitmqctl` with `args`, panicking with its output on failure.
 fn rabbitmqctl(args: &[&str]) {
-    let output = ctl()
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("RabbitMQ's rabbitmqctl cannot run ({e}); the fault tests need it (as root)")
-        });
+    let output = ctl().args(args).output().unwrap_or_else(|e| {
+        panic!("RabbitMQ's rabbitmqctl cannot run ({e}); the fault tests need it (as root)")
+    });
     assert!(
         output.status.success(),
         "RabbitMQ's `rabbitmqctl {}` failed: {}{}",
@@ -387,9 +384,7 @@ fn start_broker() {
     while std::net::TcpStream::connect(&address).is_err() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = ctl()
-        .args(["await_startup", "--timeout", "60"])
-        .output();
+    let _ = ctl().args(["await_startup", "--timeout", "60"]).output();
 }
 
 /// Starts the broker again when dropped, so a failed test leaves it running.

@@ -335,7 +335,11 @@ mod tests {
     async fn a_reconnect_half_opens_an_open_circuit_at_once() {
         let b = breaker();
         b.server_answered();
-        assert_eq!(b.state(), CircuitState::Closed, "a closed circuit stays closed");
+        assert_eq!(
+            b.state(),
+            CircuitState::Closed,
+            "a closed circuit stays closed"
+        );
         call(&b, transient());
         call(&b, transient());
         assert_eq!(b.state(), CircuitState::Open);

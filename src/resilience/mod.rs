@@ -13,11 +13,11 @@ mod retry;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+pub(crate) use self::reachability::{probe_pause, Reachability};
 pub use self::{
     circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitState},
     retry::RetryPolicy,
 };
-pub(crate) use self::reachability::{probe_pause, Reachability};
 use crate::{MessagingError, Provider};
 
 /// Longest a `health_check` takes (or the connection timeout, if shorter):

@@ -26,7 +26,11 @@ const DOWN_FOR: Duration = Duration::from_secs(10);
 pub struct Figures {
     /// The slowest of three `health_check`s while the server was down.
     pub health_down: Duration,
-    /// Wall time of the 8 × 100 sends while down.
+    /// One `send_message` while down (all its retries), circuit closed.
+    pub one_send: Duration,
+    /// One `receive_messages` right after it.
+    pub one_receive: Duration,
+    /// Wall time of the 8 × 100 sends while down, after those two.
     pub burst: Duration,
     /// How many of those failed with `CircuitOpen`.
     pub circuit_open: usize,
@@ -75,6 +79,21 @@ pub async fn stopped_server(
         health_down = health_down.max(started.elapsed());
         assert!(!healthy, "health_check with the server stopped");
     }
+
+    // One call with its retries, the circuit still closed.
+    let started = Instant::now();
+    let send = backend.send_message(queue, &step()).await;
+    let one_send = started.elapsed();
+    assert!(matches!(&send, Err(e) if e.is_transient()), "{send:?}");
+    let started = Instant::now();
+    let receive = backend
+        .receive_messages::<SimpleStepMessage>(queue, 1, Duration::from_secs(30))
+        .await;
+    let one_receive = started.elapsed();
+    assert!(
+        matches!(&receive, Err(e) if e.is_transient()),
+        "{receive:?}"
+    );
 
     let started = Instant::now();
     let tasks: Vec<_> = (0..TASKS)
@@ -155,9 +174,14 @@ pub async fn stopped_server(
         sent.insert(backend.send_message(queue, &step()).await.expect("send"));
     }
     let missing = drain(&backend, queue, sent).await;
-    assert!(missing.is_empty(), "sends that returned Ok were lost: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "sends that returned Ok were lost: {missing:?}"
+    );
     Figures {
         health_down,
+        one_send,
+        one_receive,
         burst,
         circuit_open,
         first_ok: since(first_ok),
@@ -197,18 +221,29 @@ impl Figures {
     /// Prints the figures and asserts the issue's bounds.
     pub fn check(&self, provider: &str) {
         println!(
-            "{provider} stopped: health_check {:.0?} (slowest of 3); {TASKS}x{SENDS} sends in \
-             {:.0?}, {} CircuitOpen; after the restart: first Ok {:.0?}, healthy {:.0?} \
-             after the port accepted",
-            self.health_down, self.burst, self.circuit_open, self.first_ok, self.first_healthy
+            "{provider} stopped: health_check {:.0?} (slowest of 3); one send {:.0?}, one \
+             receive {:.0?}; {TASKS}x{SENDS} sends in {:.0?}, {} CircuitOpen; after the \
+             restart: first Ok {:.0?}, healthy {:.0?} after the port accepted",
+            self.health_down,
+            self.one_send,
+            self.one_receive,
+            self.burst,
+            self.circuit_open,
+            self.first_ok,
+            self.first_healthy
         );
         assert!(self.health_down < Duration::from_secs(1), "{self:?}");
+        assert!(self.one_send < Duration::from_secs(2), "{self:?}");
+        assert!(self.one_receive < Duration::from_secs(2), "{self:?}");
         assert!(self.burst < Duration::from_secs(5), "{self:?}");
         assert!(
             self.circuit_open > TASKS * SENDS / 2,
             "most sends fail at once on the open circuit: {self:?}"
         );
         assert!(self.first_ok < Duration::from_millis(1_500), "{self:?}");
-        assert!(self.first_healthy < Duration::from_millis(1_500), "{self:?}");
+        assert!(
+            self.first_healthy < Duration::from_millis(1_500),
+            "{self:?}"
+        );
     }
 }

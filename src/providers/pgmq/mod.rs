@@ -138,7 +138,11 @@ impl PgmqMessageService {
 
     /// Runs a server call through the breaker and the retry policy; each
     /// attempt fails at once while the server is known to be down.
-    async fn run<T, F, Fut>(&self, operation: &'static str, mut call: F) -> Result<T, MessagingError>
+    async fn run<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut call: F,
+    ) -> Result<T, MessagingError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, MessagingError>>,
@@ -314,22 +318,22 @@ impl MessagingService for PgmqMessageService {
         let mut names = vec![queue.to_owned()];
         names.extend(self.dead_letters.dead_letter_queue(queue));
         self.run("create_queue", || async {
-                let err = |e| db_error("create_queue", e, None);
-                let mut tx = self.pool.begin().await.map_err(err)?;
-                sqlx::query("SELECT pgmq.create(name) FROM unnest($1::text[]) AS name")
-                    .bind(&names)
+            let err = |e| db_error("create_queue", e, None);
+            let mut tx = self.pool.begin().await.map_err(err)?;
+            sqlx::query("SELECT pgmq.create(name) FROM unnest($1::text[]) AS name")
+                .bind(&names)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            for name in &names {
+                sqlx::query(&listener::trigger_sql(name))
                     .execute(&mut *tx)
                     .await
                     .map_err(err)?;
-                for name in &names {
-                    sqlx::query(&listener::trigger_sql(name))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(err)?;
-                }
-                tx.commit().await.map_err(err)
-            })
-            .await?;
+            }
+            tx.commit().await.map_err(err)
+        })
+        .await?;
         Ok(())
     }
 
@@ -486,13 +490,13 @@ impl MessagingService for PgmqMessageService {
         let mut names = vec![queue.to_owned()];
         names.extend(self.dead_letters.dead_letter_queue(queue));
         self.run("delete_queue", || async {
-                sqlx::query("SELECT pgmq.drop_queue(name) FROM unnest($1::text[]) AS name")
-                    .bind(&names)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| db_error("delete_queue", e, None))
-            })
-            .await?;
+            sqlx::query("SELECT pgmq.drop_queue(name) FROM unnest($1::text[]) AS name")
+                .bind(&names)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db_error("delete_queue", e, None))
+        })
+        .await?;
         Ok(())
     }
 

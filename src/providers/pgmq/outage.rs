@@ -101,6 +101,8 @@ impl Outage {
             }
             down.await
         };
+        // A call cut short has no answer: a send may have been stored (a
+        // duplicate if retried), never lost.
         let result = tokio::select! {
             result = call => result,
             error = found_down => Err(error),
@@ -129,7 +131,8 @@ impl Outage {
 
     /// One direct connect attempt, outside the pool and its retries.
     async fn probe(&self) -> Result<(), MessagingError> {
-        let unreachable = |message: String| MessagingError::connection(Provider::Pgmq, message, None);
+        let unreachable =
+            |message: String| MessagingError::connection(Provider::Pgmq, message, None);
         match tokio::time::timeout(self.timeout, PgConnection::connect_with(&self.options)).await {
             Ok(Ok(connection)) => {
                 let _ = connection.close().await;

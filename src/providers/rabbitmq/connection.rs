@@ -335,6 +335,8 @@ impl DataConnection {
     pub(super) async fn link(&self) -> Result<Arc<Link>, MessagingError> {
         let deadline = tokio::time::Instant::now() + RECONNECT_WAIT.min(self.settings.timeout);
         loop {
+            // Subscribed before looking, so an install in between is not missed.
+            let mut installed = self.installed.subscribe();
             let link = self.current();
             if link.is_alive() {
                 return Ok(link);
@@ -349,7 +351,6 @@ impl DataConnection {
                 ));
             }
             // A new link, a failed attempt, or the supervisor noticing the loss.
-            let mut installed = self.installed.subscribe();
             tokio::select! {
                 _ = installed.changed() => {}
                 _ = self.reach.changed() => {}
