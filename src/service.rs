@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// Operations every provider offers, with the same observable behaviour
-/// (see the crate docs and `DESIGN.md` §3 for the contract).
+/// (see the crate docs and the README for the contract).
 ///
 /// Call it through [`MessageBackend`](crate::MessageBackend), which dispatches
 /// statically to the configured provider. The trait is not object-safe on

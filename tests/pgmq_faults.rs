@@ -2,6 +2,10 @@
 //! server, with messages flowing. They disturb the shared server, so they run
 //! one at a time, and the server is started again whatever the outcome.
 //! They need root (for `pg_ctlcluster`) and fail loudly without it.
+//!
+//! The server is the one `TASKER_TEST_DATABASE_URL` names; `pg_ctlcluster`
+//! controls the cluster `TASKER_TEST_PG_CLUSTER` names (`"<version> <name>"`,
+//! e.g. `"15 faults"`), by default the newest version's `main`.
 
 mod common;
 
@@ -52,15 +56,28 @@ async fn terminate_backend_connections() -> i64 {
     .expect("pg_terminate_backend")
 }
 
-/// Runs `pg_ctlcluster <version> main <action>`.
-fn pg_ctl(action: &str) {
+/// The cluster under test: `TASKER_TEST_PG_CLUSTER`, or the newest `main`.
+fn cluster() -> (String, String) {
+    if let Ok(named) = std::env::var("TASKER_TEST_PG_CLUSTER") {
+        let mut parts = named.split_whitespace().map(str::to_owned);
+        match (parts.next(), parts.next()) {
+            (Some(version), Some(name)) => return (version, name),
+            _ => panic!("TASKER_TEST_PG_CLUSTER must be \"<version> <name>\", not {named:?}"),
+        }
+    }
     let version = std::fs::read_dir("/etc/postgresql")
         .expect("PostgreSQL's /etc/postgresql (pg_ctlcluster needs it)")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .max()
         .expect("a PostgreSQL cluster");
+    (version, "main".into())
+}
+
+/// Runs `pg_ctlcluster <version> <name> <action>`.
+fn pg_ctl(action: &str) {
+    let (version, name) = cluster();
     let out = Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &version, "main", action])
+        .args(["--skip-systemctl-redirect", &version, &name, action])
         .output()
         .unwrap_or_else(|e| panic!("PostgreSQL's pg_ctlcluster cannot run ({e})"));
     assert!(
@@ -70,14 +87,25 @@ fn pg_ctl(action: &str) {
     );
 }
 
+/// The server's address, from the test URL.
+fn server_address() -> String {
+    let url = url::Url::parse(&common::database_url()).expect("test URL");
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(5432)
+    )
+}
+
 /// Starts PostgreSQL again when dropped, so a failed test leaves it running.
 struct RestoreServer;
 
 impl Drop for RestoreServer {
     fn drop(&mut self) {
         pg_ctl("start");
+        let address = server_address();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect("127.0.0.1:5432").is_err() && Instant::now() < deadline {
+        while std::net::TcpStream::connect(&address).is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -226,5 +254,32 @@ async fn circuit_breaker_opens_and_recovers() {
     seen.push(breaker.state());
     assert_eq!(breaker.state(), CircuitState::Closed);
     println!("circuit states seen: {seen:?}");
+    backend.delete_queue(&queue).await.expect("delete_queue");
+}
+
+/// (d) With default settings and the server stopped: `health_check` answers
+/// `Ok(false)` within a second, 8 tasks x 100 sends end within a few seconds,
+/// mostly with `CircuitOpen`; after the restart the first send succeeds and
+/// `health_check` says `Ok(true)` within 1.5 s of the port accepting, and
+/// every send that returned `Ok` is received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_fails_fast_and_recovers_within_a_second() {
+    let _serial = common::serial().await;
+    let _restore = RestoreServer;
+    let backend = Arc::new(
+        MessageBackend::connect(&common::config(Provider::Pgmq))
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is not usable: {e}")),
+    );
+    let queue = fresh_queue(&backend, "stopped").await;
+    let figures = common::outage::stopped_server(
+        Arc::clone(&backend),
+        &queue,
+        &server_address(),
+        || pg_ctl("stop"),
+        || pg_ctl("start"),
+    )
+    .await;
+    figures.check("PostgreSQL");
     backend.delete_queue(&queue).await.expect("delete_queue");
 }

@@ -4,8 +4,13 @@
 //! created with `rabbitmqctl`), where `close_all_connections --vhost` closes
 //! every connection of the test and nobody else's. The circuit-breaker test
 //! stops the whole broker application for a few seconds (and starts it again
-//! whatever the outcome). They need RabbitMQ and `rabbitmqctl` (run as root)
-//! and fail loudly, naming RabbitMQ, without them.
+//! whatever the outcome); so does the stopped-broker test, with default
+//! settings. They need RabbitMQ and `rabbitmqctl` (run as root) and fail
+//! loudly, naming RabbitMQ, without them.
+//!
+//! The broker is the one `TASKER_TEST_AMQP_URL` names; `rabbitmqctl` controls
+//! the node `TASKER_TEST_RABBITMQCTL_NODE` names (its `-n`), by default the
+//! local default node.
 
 mod common;
 
@@ -31,14 +36,20 @@ fn init_logs() {
         .try_init();
 }
 
+/// `rabbitmqctl`, for the node `TASKER_TEST_RABBITMQCTL_NODE` if set.
+fn ctl() -> std::process::Command {
+    let mut command = std::process::Command::new("rabbitmqctl");
+    if let Ok(node) = std::env::var("TASKER_TEST_RABBITMQCTL_NODE") {
+        command.args(["-n", &node]);
+    }
+    command
+}
+
 /// Runs `rabbitmqctl` with `args`, panicking with its output on failure.
 fn rabbitmqctl(args: &[&str]) {
-    let output = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("RabbitMQ's rabbitmqctl cannot run ({e}); the fault tests need it (as root)")
-        });
+    let output = ctl().args(args).output().unwrap_or_else(|e| {
+        panic!("RabbitMQ's rabbitmqctl cannot run ({e}); the fault tests need it (as root)")
+    });
     assert!(
         output.status.success(),
         "RabbitMQ's `rabbitmqctl {}` failed: {}{}",
@@ -366,9 +377,7 @@ fn broker_address() -> String {
 /// Starts the RabbitMQ application (a no-op when it runs) and waits until
 /// it accepts AMQP connections again.
 fn start_broker() {
-    let started = std::process::Command::new("rabbitmqctl")
-        .arg("start_app")
-        .output();
+    let started = ctl().arg("start_app").output();
     if let Err(error) = started {
         eprintln!("RabbitMQ's `rabbitmqctl start_app` could not run: {error}");
     }
@@ -377,9 +386,7 @@ fn start_broker() {
     while std::net::TcpStream::connect(&address).is_err() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = std::process::Command::new("rabbitmqctl")
-        .args(["await_startup", "--timeout", "60"])
-        .output();
+    let _ = ctl().args(["await_startup", "--timeout", "60"]).output();
 }
 
 /// Starts the broker again when dropped, so a failed test leaves it running.
@@ -519,5 +526,30 @@ async fn circuit_breaker_opens_while_the_broker_is_down_and_recovers() {
     .await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].message, message);
+    backend.delete_queue(&queue).await.expect("delete_queue");
+}
+
+/// (e) With default settings and the broker stopped: `health_check` answers
+/// `Ok(false)` within a second, 8 tasks x 100 sends end within a few seconds,
+/// mostly with `CircuitOpen`; after the restart the first send succeeds and
+/// `health_check` says `Ok(true)` within 1.5 s of the port accepting, and
+/// every send that returned `Ok` is received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_broker_fails_fast_and_recovers_within_a_second() {
+    init_logs();
+    let _serial = common::serial().await;
+    let backend = Arc::new(backend().await);
+    let queue = queue_name("stopped");
+    backend.create_queue(&queue).await.expect("create_queue");
+    let _restart = RestartBroker;
+    let figures = common::outage::stopped_server(
+        Arc::clone(&backend),
+        &queue,
+        &broker_address(),
+        || rabbitmqctl(&["stop_app"]),
+        start_broker,
+    )
+    .await;
+    figures.check("RabbitMQ");
     backend.delete_queue(&queue).await.expect("delete_queue");
 }

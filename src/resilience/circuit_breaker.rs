@@ -197,6 +197,24 @@ impl CircuitBreaker {
         }
     }
 
+    /// The provider reconnected: an open circuit half-opens at once, so trial
+    /// calls confirm the recovery without waiting out `timeout_ms`.
+    pub(crate) fn server_answered(&self) {
+        if !self.config.enabled {
+            return;
+        }
+        let mut inner = self.lock();
+        if let Inner::Open { .. } = *inner {
+            self.transition(
+                &mut inner,
+                Inner::HalfOpen {
+                    in_flight: 0,
+                    successes: 0,
+                },
+            );
+        }
+    }
+
     /// Reports a call's outcome. Only transient failures count against the
     /// server: a `QueueNotFound` means it answered.
     pub(crate) fn record<T>(&self, mut permit: Permit<'_>, result: &Result<T, MessagingError>) {
@@ -311,6 +329,25 @@ mod tests {
             CircuitState::Closed,
             "a success resets the count"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnect_half_opens_an_open_circuit_at_once() {
+        let b = breaker();
+        b.server_answered();
+        assert_eq!(
+            b.state(),
+            CircuitState::Closed,
+            "a closed circuit stays closed"
+        );
+        call(&b, transient());
+        call(&b, transient());
+        assert_eq!(b.state(), CircuitState::Open);
+        b.server_answered();
+        assert_eq!(b.state(), CircuitState::HalfOpen);
+        call(&b, Ok(()));
+        call(&b, Ok(()));
+        assert_eq!(b.state(), CircuitState::Closed);
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,21 +8,29 @@
 //! attempt already ended reports `LeaseExpired`.
 
 mod circuit_breaker;
+mod reachability;
 mod retry;
 
-use std::future::Future;
+use std::{future::Future, sync::Arc, time::Duration};
 
+pub(crate) use self::reachability::{probe_pause, Reachability};
 pub use self::{
     circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitState},
     retry::RetryPolicy,
 };
 use crate::{MessagingError, Provider};
 
+/// Longest a `health_check` takes (or the connection timeout, if shorter):
+/// an orchestrator's probe gets `Ok(false)` well within a second rather than
+/// racing the library's own timeout.
+pub(crate) const HEALTH_CHECK_BOUND: Duration = Duration::from_millis(900);
+
 /// A provider's retry policy and circuit breaker.
 #[derive(Debug)]
 pub(crate) struct Resilience {
     retry: RetryPolicy,
     breaker: CircuitBreaker,
+    reach: Arc<Reachability>,
 }
 
 impl Resilience {
@@ -34,11 +42,25 @@ impl Resilience {
         Self {
             retry,
             breaker: CircuitBreaker::new(provider, breaker),
+            reach: Arc::new(Reachability::new(provider)),
         }
     }
 
     pub(crate) fn breaker(&self) -> &CircuitBreaker {
         &self.breaker
+    }
+
+    /// The server's reachability, kept by the provider's reconnect loop.
+    pub(crate) fn reach(&self) -> &Arc<Reachability> {
+        &self.reach
+    }
+
+    /// A connection attempt succeeded after a loss: the server is up, and an
+    /// open circuit half-opens now rather than after `timeout_ms`, so the
+    /// first call after a recovery is not refused for the rest of it.
+    pub(crate) fn server_answered(&self) {
+        self.reach.up();
+        self.breaker.server_answered();
     }
 
     /// Runs one server call through the breaker, retrying transient failures.

@@ -9,8 +9,9 @@
 mod errors;
 mod install;
 mod listener;
+mod outage;
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{future::Future, str::FromStr, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use sqlx::{
@@ -19,7 +20,11 @@ use sqlx::{
     PgPool,
 };
 
-use self::{errors::db_error, listener::Listener};
+use self::{
+    errors::db_error,
+    listener::Listener,
+    outage::{LastDown, Outage},
+};
 use crate::{
     codec,
     dead_letter::{DeadLetterPolicy, DeadLetterReason, Verdict},
@@ -41,6 +46,7 @@ pub struct PgmqMessageService {
     dead_letters: Arc<DeadLetterPolicy>,
     resilience: Arc<Resilience>,
     listener: Arc<Listener>,
+    outage: Arc<Outage>,
     connection_timeout: Duration,
 }
 
@@ -67,9 +73,16 @@ impl PgmqMessageService {
         })?;
         // No ping before each acquire: it would double the round trips of
         // every call, and a connection that died meanwhile fails its call
-        // with a transient error that the retry layer absorbs.
+        // with a transient error that the retry layer absorbs. Connections
+        // older than the last outage are dead: dropped without a round trip.
+        let last_down = Arc::new(LastDown::default());
+        let stale = Arc::clone(&last_down);
         let pool = PgPoolOptions::new()
             .test_before_acquire(false)
+            .before_acquire(move |_, meta| {
+                let fresh = !stale.is_stale(meta.age);
+                Box::pin(async move { Ok(fresh) })
+            })
             .max_connections(pgmq.pool_size)
             .acquire_timeout(Duration::from_millis(pgmq.connection_timeout_ms))
             .connect_with(options.clone())
@@ -82,28 +95,61 @@ impl PgmqMessageService {
                 )
             })?;
         install::ensure_installed(&options, &pool).await?;
-        Ok(Self::from_pool(pool, config))
+        Ok(Self::build(pool, config, last_down))
     }
 
     /// Wraps an existing pool on a database where PGMQ is installed, with the
     /// queue, retry and circuit-breaker settings of `config`.
+    ///
+    /// After an outage, calls on such a pool may first meet its dead pooled
+    /// connections (retried as transient failures); [`connect`](Self::connect)
+    /// builds a pool that drops them.
     pub fn from_pool(pool: PgPool, config: &MessagingConfig) -> Self {
+        Self::build(pool, config, Arc::default())
+    }
+
+    fn build(pool: PgPool, config: &MessagingConfig, last_down: Arc<LastDown>) -> Self {
         let timeout_ms = config.pgmq.as_ref().map_or_else(
             || PgmqConfig::DEFAULT_CONNECTION_TIMEOUT_MS,
             |pgmq| pgmq.connection_timeout_ms,
+        );
+        let connection_timeout = Duration::from_millis(timeout_ms);
+        let resilience = Arc::new(Resilience::new(
+            Provider::Pgmq,
+            config.retry_policy.clone(),
+            config.circuit_breaker.clone(),
+        ));
+        let outage = Outage::new(
+            Arc::clone(&resilience),
+            (*pool.connect_options()).clone(),
+            connection_timeout,
+            last_down,
         );
         Self {
             listener: Arc::new(Listener::new(&pool)),
             pool,
             dead_letters: Arc::new((&config.queues).into()),
             config: Arc::new(config.queues.clone()),
-            resilience: Arc::new(Resilience::new(
-                Provider::Pgmq,
-                config.retry_policy.clone(),
-                config.circuit_breaker.clone(),
-            )),
-            connection_timeout: Duration::from_millis(timeout_ms),
+            resilience,
+            outage: Arc::new(outage),
+            connection_timeout,
         }
+    }
+
+    /// Runs a server call through the breaker and the retry policy; each
+    /// attempt fails at once while the server is known to be down.
+    async fn run<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut call: F,
+    ) -> Result<T, MessagingError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, MessagingError>>,
+    {
+        self.resilience
+            .run(operation, || self.outage.guard(call()))
+            .await
     }
 
     /// The underlying pool, for running SQL in the same database.
@@ -135,7 +181,6 @@ impl PgmqMessageService {
             });
         };
         let done = self
-            .resilience
             .run(operation, || async {
                 let mut query = sqlx::query(sql).bind(msg_id).bind(read_ct);
                 if let Some(extra) = extra {
@@ -257,35 +302,38 @@ impl PgmqMessageService {
 
 impl MessagingService for PgmqMessageService {
     async fn health_check(&self) -> Result<bool, MessagingError> {
-        let ping = sqlx::query("SELECT 1").execute(&self.pool);
-        Ok(matches!(
-            tokio::time::timeout(self.connection_timeout, ping).await,
-            Ok(Ok(_))
-        ))
+        // Not through the breaker or retries: reachability as it is now.
+        let ping = self.outage.guard(async {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db_error("health_check", e, None))
+        });
+        let bound = crate::resilience::HEALTH_CHECK_BOUND.min(self.connection_timeout);
+        Ok(matches!(tokio::time::timeout(bound, ping).await, Ok(Ok(_))))
     }
 
     async fn create_queue(&self, queue: &str) -> Result<(), MessagingError> {
         validate_new_queue_name(queue, &self.config.dead_letter_queue_suffix)?;
         let mut names = vec![queue.to_owned()];
         names.extend(self.dead_letters.dead_letter_queue(queue));
-        self.resilience
-            .run("create_queue", || async {
-                let err = |e| db_error("create_queue", e, None);
-                let mut tx = self.pool.begin().await.map_err(err)?;
-                sqlx::query("SELECT pgmq.create(name) FROM unnest($1::text[]) AS name")
-                    .bind(&names)
+        self.run("create_queue", || async {
+            let err = |e| db_error("create_queue", e, None);
+            let mut tx = self.pool.begin().await.map_err(err)?;
+            sqlx::query("SELECT pgmq.create(name) FROM unnest($1::text[]) AS name")
+                .bind(&names)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            for name in &names {
+                sqlx::query(&listener::trigger_sql(name))
                     .execute(&mut *tx)
                     .await
                     .map_err(err)?;
-                for name in &names {
-                    sqlx::query(&listener::trigger_sql(name))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(err)?;
-                }
-                tx.commit().await.map_err(err)
-            })
-            .await?;
+            }
+            tx.commit().await.map_err(err)
+        })
+        .await?;
         Ok(())
     }
 
@@ -297,7 +345,6 @@ impl MessagingService for PgmqMessageService {
         validate_queue_name(queue)?;
         let body = codec::encode(message, self.config.max_message_bytes)?;
         let id: i64 = self
-            .resilience
             .run("send_message", || async {
                 sqlx::query_scalar("SELECT pgmq.send($1, $2)")
                     .bind(queue)
@@ -325,7 +372,6 @@ impl MessagingService for PgmqMessageService {
             .collect();
         // One statement: all or nothing, ids in input order.
         let ids: Vec<i64> = self
-            .resilience
             .run("send_batch", || async {
                 sqlx::query_scalar("SELECT pgmq.send_batch($1, $2)")
                     .bind(queue)
@@ -353,7 +399,6 @@ impl MessagingService for PgmqMessageService {
             .map_err(|_| MessagingError::invalid_argument("visibility timeout too large"))?;
         let qty = i32::try_from(max_messages).unwrap_or(i32::MAX);
         let (delivered, dead) = self
-            .resilience
             .run("receive_messages", || self.read_leases::<T>(queue, vt, qty))
             .await?;
         for (id, reason) in dead {
@@ -402,7 +447,6 @@ impl MessagingService for PgmqMessageService {
         let dlq = self.dead_letters.dead_letter_queue(queue);
         type Row = (i64, i64, Option<i32>, Option<i64>);
         let (ready, total, oldest, dead): Row = self
-            .resilience
             .run("get_queue_stats", || async {
                 sqlx::query_as(
                     "SELECT m.queue_visible_length, m.queue_length, m.oldest_msg_age_sec,
@@ -431,7 +475,6 @@ impl MessagingService for PgmqMessageService {
         validate_queue_name(queue)?;
         let sql = format!("DELETE FROM pgmq.q_{queue} WHERE vt <= clock_timestamp()");
         let done = self
-            .resilience
             .run("purge_queue", || async {
                 sqlx::query(&sql)
                     .execute(&self.pool)
@@ -446,15 +489,14 @@ impl MessagingService for PgmqMessageService {
         validate_queue_name(queue)?;
         let mut names = vec![queue.to_owned()];
         names.extend(self.dead_letters.dead_letter_queue(queue));
-        self.resilience
-            .run("delete_queue", || async {
-                sqlx::query("SELECT pgmq.drop_queue(name) FROM unnest($1::text[]) AS name")
-                    .bind(&names)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| db_error("delete_queue", e, None))
-            })
-            .await?;
+        self.run("delete_queue", || async {
+            sqlx::query("SELECT pgmq.drop_queue(name) FROM unnest($1::text[]) AS name")
+                .bind(&names)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db_error("delete_queue", e, None))
+        })
+        .await?;
         Ok(())
     }
 

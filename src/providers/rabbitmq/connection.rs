@@ -5,8 +5,11 @@
 //! restart, forced close, missed heartbeats) the supervisor task reconnects
 //! with backoff, installs the next generation, declares again what this
 //! backend declared and resumes the consumers. Calls made meanwhile wait for
-//! the new link up to the connection timeout, then fail with a transient
-//! `Connection` error.
+//! the new link at most [`RECONNECT_WAIT`]; once an attempt has failed (the
+//! broker refused, or did not answer within the connection timeout) they fail
+//! at once with a transient `Connection` error, until an attempt succeeds.
+//! Attempts are [`probe_pause`] apart, so a broker that comes back is
+//! connected within about half a second.
 
 use std::{
     sync::{
@@ -30,11 +33,14 @@ use super::{
     confirms::Publisher,
     errors, Inner,
 };
-use crate::{MessagingError, RabbitMqConfig};
+use crate::{
+    resilience::{probe_pause, Reachability, Resilience},
+    MessagingError, RabbitMqConfig,
+};
 
-/// Longest pause between reconnect attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest a call waits for a reconnect under way before failing; after a
+/// forced close the next connection is usually up within tens of ms.
+const RECONNECT_WAIT: Duration = Duration::from_millis(500);
 /// How often a link checks its connection besides amqprs' shutdown signal
 /// (which a late subscriber can miss).
 const LIVENESS_POLL: Duration = Duration::from_millis(250);
@@ -296,16 +302,22 @@ pub(super) struct DataConnection {
     pub settings: Arc<Settings>,
     current: Mutex<Arc<Link>>,
     installed: watch::Sender<u64>,
+    reach: Arc<Reachability>,
 }
 
 impl DataConnection {
-    /// Connects the first generation.
-    pub(super) async fn connect(settings: Arc<Settings>) -> Result<Self, MessagingError> {
+    /// Connects the first generation; `reach` is the broker's reachability,
+    /// which [`supervise`] keeps.
+    pub(super) async fn connect(
+        settings: Arc<Settings>,
+        reach: Arc<Reachability>,
+    ) -> Result<Self, MessagingError> {
         let link = Link::open(&settings, 1).await?;
         Ok(Self {
             settings,
             current: Mutex::new(link),
             installed: watch::Sender::new(1),
+            reach,
         })
     }
 
@@ -318,24 +330,31 @@ impl DataConnection {
         *self.installed.borrow()
     }
 
-    /// The live link, waiting up to the connection timeout while reconnecting.
+    /// The live link. While reconnecting, waits at most [`RECONNECT_WAIT`];
+    /// once a reconnect attempt has failed, fails at once.
     pub(super) async fn link(&self) -> Result<Arc<Link>, MessagingError> {
-        let mut installed = self.installed.subscribe();
-        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        let deadline = tokio::time::Instant::now() + RECONNECT_WAIT.min(self.settings.timeout);
         loop {
+            // Subscribed before looking, so an install in between is not missed.
+            let mut installed = self.installed.subscribe();
             let link = self.current();
             if link.is_alive() {
                 return Ok(link);
             }
             drop(link);
-            match tokio::time::timeout_at(deadline, installed.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => {
-                    return Err(errors::connection(
-                        "not connected to RabbitMQ (reconnecting)",
-                        None,
-                    ))
-                }
+            self.reach.check()?;
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Err(errors::connection(
+                    "not connected to RabbitMQ (reconnecting)",
+                    None,
+                ));
+            }
+            // A new link, a failed attempt, or the supervisor noticing the loss.
+            tokio::select! {
+                _ = installed.changed() => {}
+                _ = self.reach.changed() => {}
+                _ = tokio::time::sleep(remaining.min(LIVENESS_POLL)) => {}
             }
         }
     }
@@ -347,8 +366,14 @@ impl DataConnection {
     }
 }
 
-/// Watches the data connection and reconnects it, until `stop`'s sender is dropped.
-pub(super) async fn supervise(inner: Weak<Inner>, mut stop: watch::Receiver<()>) {
+/// Watches the data connection and reconnects it, until `stop`'s sender is
+/// dropped. Keeps `resilience`'s reachability: down after a failed attempt,
+/// up (and an open circuit half-open) after a successful one.
+pub(super) async fn supervise(
+    inner: Weak<Inner>,
+    resilience: Arc<Resilience>,
+    mut stop: watch::Receiver<()>,
+) {
     loop {
         let Some(link) = inner.upgrade().map(|i| i.data.current()) else {
             return;
@@ -358,6 +383,7 @@ pub(super) async fn supervise(inner: Weak<Inner>, mut stop: watch::Receiver<()>)
             _ = stop.changed() => return,
         }
         link.mark_lost();
+        resilience.reach().reconnecting();
         let generation = link.generation;
         drop(link);
         tracing::warn!(generation, "RabbitMQ connection lost; reconnecting");
@@ -365,20 +391,21 @@ pub(super) async fn supervise(inner: Weak<Inner>, mut stop: watch::Receiver<()>)
             Some(inner) => inner.on_connection_lost(),
             None => return,
         }
-        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 0;
         loop {
             let Some(settings) = inner.upgrade().map(|i| Arc::clone(&i.data.settings)) else {
                 return;
             };
-            let attempt = tokio::select! {
-                attempt = Link::open(&settings, generation + 1) => attempt,
+            let opened = tokio::select! {
+                opened = Link::open(&settings, generation + 1) => opened,
                 _ = stop.changed() => return,
             };
             drop(settings);
-            match attempt {
+            match opened {
                 Ok(link) => {
                     let Some(inner) = inner.upgrade() else { return };
                     inner.data.install(Arc::clone(&link));
+                    resilience.server_answered();
                     tracing::info!(
                         generation = link.generation,
                         "RabbitMQ connection recovered"
@@ -387,12 +414,17 @@ pub(super) async fn supervise(inner: Weak<Inner>, mut stop: watch::Receiver<()>)
                     break;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?backoff, "RabbitMQ reconnect failed");
+                    let pause = probe_pause(attempt);
+                    if resilience.reach().down(&error) {
+                        tracing::warn!(%error, "RabbitMQ is unreachable; calls fail at once until it answers");
+                    } else {
+                        tracing::debug!(%error, retry_in = ?pause, "RabbitMQ reconnect failed");
+                    }
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(pause) => {}
                         _ = stop.changed() => return,
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    attempt += 1;
                 }
             }
         }

@@ -145,7 +145,8 @@ impl RabbitMqMessageService {
             .as_ref()
             .ok_or_else(|| MessagingError::Config("rabbitmq.url is required".into()))?;
         let settings = Arc::new(Settings::new(config)?);
-        let data = DataConnection::connect(Arc::clone(&settings)).await?;
+        let data =
+            DataConnection::connect(Arc::clone(&settings), Arc::clone(resilience.reach())).await?;
         let admin = Admin::new(settings);
         admin.ping().await?;
         let (stop, stopped) = watch::channel(());
@@ -161,7 +162,11 @@ impl RabbitMqMessageService {
             arrivals: Arrivals::default(),
             _stop: stop,
         });
-        tokio::spawn(connection::supervise(Arc::downgrade(&inner), stopped));
+        tokio::spawn(connection::supervise(
+            Arc::downgrade(&inner),
+            Arc::clone(&resilience),
+            stopped,
+        ));
         Ok(Self { inner, resilience })
     }
 
@@ -474,8 +479,9 @@ impl MessagingService for RabbitMqMessageService {
             self.inner.data.link().await?;
             self.inner.admin.ping().await
         };
+        let bound = crate::resilience::HEALTH_CHECK_BOUND.min(self.inner.data.settings.timeout);
         Ok(matches!(
-            tokio::time::timeout(self.inner.data.settings.timeout, check).await,
+            tokio::time::timeout(bound, check).await,
             Ok(Ok(()))
         ))
     }
