@@ -34,7 +34,6 @@ const SUSPECT_AFTER: Duration = Duration::from_millis(300);
 const SUSPECT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// PostgreSQL's reachability for one pool.
-#[derive(Debug)]
 pub(super) struct Outage {
     resilience: Arc<Resilience>,
     options: PgConnectOptions,
@@ -42,6 +41,16 @@ pub(super) struct Outage {
     probing: AtomicBool,
     last_probe: Mutex<Option<Instant>>,
     last_down: Arc<LastDown>,
+}
+
+// By hand: the connect options hold the password.
+impl std::fmt::Debug for Outage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outage")
+            .field("timeout", &self.timeout)
+            .field("probing", &self.probing)
+            .finish_non_exhaustive()
+    }
 }
 
 /// When the server was last found down, shared with the pool's checkout hook.
