@@ -5,7 +5,9 @@
 //! 10-20% between runs, more than the targets it has to resolve.
 //!
 //! Prints a markdown table: each client's median msg/s over the rounds and
-//! the median of the per-round ratios.
+//! the median of the per-round ratios. `drain_2_processes` runs each client
+//! with a second, independently connected one on the same queue (two worker
+//! processes draining 1,000 messages), where the provider has processes.
 //!
 //! cargo bench --bench paired                        # 21 rounds
 //! TASKER_BENCH_QUICK=1 cargo bench --bench paired   # 5 rounds
@@ -17,7 +19,9 @@ mod clients;
 
 use std::time::{Duration, Instant};
 
-use clients::{end_to_end, purge, setup, Client, BATCH, END_TO_END};
+use clients::{
+    end_to_end, fleet_drain, peer, purge, setup, Client, BATCH, END_TO_END, FLEET_DRAIN,
+};
 use tasker_messaging::conformance::step;
 
 /// Work per block: enough to take tens of milliseconds or more.
@@ -32,14 +36,16 @@ enum Operation {
     SendBatch,
     ReceiveDelete,
     EndToEnd,
+    FleetDrain,
 }
 
 impl Operation {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::SendMessage,
         Self::SendBatch,
         Self::ReceiveDelete,
         Self::EndToEnd,
+        Self::FleetDrain,
     ];
 
     /// The same names as the criterion groups of `benches/throughput.rs`.
@@ -49,11 +55,12 @@ impl Operation {
             Self::SendBatch => "send_batch_100",
             Self::ReceiveDelete => "receive_100_delete",
             Self::EndToEnd => "end_to_end_4_consumers",
+            Self::FleetDrain => "drain_2_processes",
         }
     }
 
     /// Runs one block, returning messages per second.
-    async fn block(self, client: &Client, queue: &str) -> f64 {
+    async fn block(self, client: &Client, peer: Option<&Client>, queue: &str) -> f64 {
         let batch: Vec<_> = (0..BATCH).map(|_| step()).collect();
         let mut spent = Duration::ZERO;
         let messages = match self {
@@ -95,6 +102,18 @@ impl Operation {
                 spent = started.elapsed();
                 END_TO_ENDS * END_TO_END
             }
+            Self::FleetDrain => {
+                let Some(peer) = peer else {
+                    return f64::NAN;
+                };
+                for _ in 0..FLEET_DRAIN / BATCH {
+                    client.send_batch(queue, &batch).await;
+                }
+                let started = Instant::now();
+                fleet_drain(client, peer, queue).await;
+                spent = started.elapsed();
+                FLEET_DRAIN
+            }
         };
         messages as f64 / spent.as_secs_f64()
     }
@@ -121,17 +140,29 @@ fn main() {
         if clients.len() < 2 {
             continue; // no raw client to pair with
         }
+        // The second process of each client, for the two-process drain.
+        let peers: Vec<Option<Client>> = s.rt.block_on(async {
+            let mut peers = Vec::new();
+            for (client, queue) in clients {
+                peers.push(peer(client, queue).await);
+            }
+            peers
+        });
         for operation in Operation::ALL {
             let row = format!("{}/{provider}", operation.name());
             if filter.as_ref().is_some_and(|f| !row.contains(f.as_str())) {
                 continue;
+            }
+            if matches!(operation, Operation::FleetDrain) && peers.iter().any(Option::is_none) {
+                continue; // a client without a second process
             }
             let mut rates = vec![Vec::with_capacity(rounds); clients.len()];
             for round in 0..rounds {
                 for k in 0..clients.len() {
                     let i = (k + round) % clients.len();
                     let (client, queue) = &clients[i];
-                    rates[i].push(s.rt.block_on(operation.block(client, queue)));
+                    let peer = peers[i].as_ref();
+                    rates[i].push(s.rt.block_on(operation.block(client, peer, queue)));
                     // Every block starts from an empty queue.
                     s.rt.block_on(purge(clients, queue));
                 }
@@ -152,5 +183,8 @@ fn main() {
                 );
             }
         }
+        // Peers hold connections: drop them inside the runtime (amqprs closes
+        // channels from tasks it spawns).
+        s.rt.block_on(async move { drop(peers) });
     }
 }

@@ -36,6 +36,8 @@ pub const LEASE: Duration = Duration::from_secs(30);
 pub const BATCH: usize = 100;
 pub const END_TO_END: usize = 400;
 pub const CONSUMERS: usize = 4;
+/// Messages the two-process drain takes.
+pub const FLEET_DRAIN: usize = 1_000;
 /// How long the raw AMQP consumer waits for a delivery before reporting none.
 pub const FIRST_DELIVERY: Duration = Duration::from_millis(1);
 
@@ -391,6 +393,45 @@ pub async fn end_to_end(client: &Client, queue: &str) {
     }
     for consumer in consumers {
         consumer.await.expect("consumer");
+    }
+}
+
+/// A second client of the same kind on `queue`, connected on its own: the
+/// other worker process of the two-process drain. `None` where the provider
+/// has no processes to speak of (in-memory) or for the raw PGMQ client.
+pub async fn peer(client: &Client, queue: &str) -> Option<Client> {
+    match client {
+        Client::Tasker(backend) if backend.provider() != Provider::InMemory => Some(
+            Client::Tasker(Arc::new(common::backend(backend.provider()).await)),
+        ),
+        Client::RawAmqp(raw) => Some(Client::RawAmqp(Arc::new(
+            RawAmqp::connect(queue, raw.prefetch, raw.tasker_wire).await,
+        ))),
+        _ => None,
+    }
+}
+
+/// Two processes (`client` and `peer`) drain `FLEET_DRAIN` messages queued
+/// beforehand, each receiving up to 10 at a time and deleting each.
+pub async fn fleet_drain(client: &Client, peer: &Client, queue: &str) {
+    let done = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = [client, peer]
+        .into_iter()
+        .map(|process| {
+            let (client, queue, done) = (process.clone(), queue.to_owned(), Arc::clone(&done));
+            tokio::spawn(async move {
+                while done.load(Ordering::Acquire) < FLEET_DRAIN {
+                    let n = client.receive_delete(&queue, 10).await;
+                    if n == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    done.fetch_add(n, Ordering::AcqRel);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("worker");
     }
 }
 
