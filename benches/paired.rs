@@ -126,7 +126,10 @@ fn median(values: &[f64]) -> f64 {
 }
 
 fn main() {
-    let rounds = if std::env::var_os("TASKER_BENCH_QUICK").is_some() {
+    // `cargo test --all-targets` runs benches with `--test`: one round, as a smoke test.
+    let rounds = if std::env::args().any(|a| a == "--test") {
+        1
+    } else if std::env::var_os("TASKER_BENCH_QUICK").is_some() {
         5
     } else {
         21

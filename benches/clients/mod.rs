@@ -55,6 +55,7 @@ impl Client {
             Self::Tasker(b) => format!("tasker/{}", b.provider()),
             Self::RawPgmq(_) => "raw/pgmq".into(),
             Self::RawAmqp(r) if r.tasker_wire => "raw-same-wire/amqprs".into(),
+            Self::RawAmqp(r) if !r.ahead => "raw-per-receive/amqprs".into(),
             Self::RawAmqp(_) => "raw/amqprs".into(),
         }
     }
@@ -114,6 +115,9 @@ pub struct RawAmqp {
     /// timestamp and type, `mandatory`. Isolates the
     /// broker's cost of that format from the library's own.
     tasker_wire: bool,
+    /// Consumes ahead of receives (a long-lived consumer with prefetch);
+    /// false: a consumer per receive, as the library's fleet rule requires.
+    ahead: bool,
     prefetch: u16,
     _connection: Connection,
     publisher: Channel,
@@ -187,7 +191,7 @@ impl ChannelCallback for ConfirmCallback {
 
 impl RawAmqp {
     /// Connects to the test broker for `queue`, which must exist.
-    async fn connect(queue: &str, prefetch: u16, tasker_wire: bool) -> Self {
+    async fn connect(queue: &str, prefetch: u16, tasker_wire: bool, ahead: bool) -> Self {
         let url = url::Url::parse(&common::amqp_url()).expect("AMQP URL");
         let vhost = match url.path().trim_start_matches('/') {
             "" | "%2f" | "%2F" => "/",
@@ -215,6 +219,7 @@ impl RawAmqp {
         Self {
             queue: queue.to_owned(),
             tasker_wire,
+            ahead,
             prefetch,
             _connection: connection,
             publisher,
@@ -223,6 +228,46 @@ impl RawAmqp {
             consumer,
             deliveries: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// [`Self::receive_delete`] with nothing fetched ahead: a consumer with a
+    /// window of `max` that lives for this call (up to 1 ms for a first
+    /// delivery), then is cancelled.
+    async fn receive_delete_per_receive(&self, max: usize) -> usize {
+        static TAGS: AtomicUsize = AtomicUsize::new(0);
+        let window = u16::try_from(max).unwrap_or(u16::MAX);
+        let qos = BasicQosArguments::new(0, window, false);
+        self.consumer.basic_qos(qos).await.expect("basic.qos");
+        let tag = format!("raw-bench-{}", TAGS.fetch_add(1, Ordering::Relaxed));
+        let args = BasicConsumeArguments::new(&self.queue, &tag)
+            .manual_ack(true)
+            .finish();
+        let (_, mut receiver) = self.consumer.basic_consume_rx(args).await.expect("consume");
+        let mut taken = Vec::with_capacity(max);
+        while taken.len() < max {
+            match tokio::time::timeout(FIRST_DELIVERY, receiver.recv()).await {
+                Ok(Some(message)) => taken.push(message),
+                _ => break,
+            }
+        }
+        let cancel = amqprs::channel::BasicCancelArguments::new(&tag);
+        self.consumer
+            .basic_cancel(cancel)
+            .await
+            .expect("basic.cancel");
+        while let Ok(message) = receiver.try_recv() {
+            taken.push(message);
+        }
+        for message in &taken {
+            let body = message.content.as_deref().expect("body");
+            serde_json::from_slice::<SimpleStepMessage>(body).expect("decode");
+            let tag = message.deliver.as_ref().expect("deliver").delivery_tag();
+            self.consumer
+                .basic_ack(BasicAckArguments::new(tag, false))
+                .await
+                .expect("basic.ack");
+        }
+        taken.len()
     }
 
     /// Publishes `messages` back to back, then waits for their confirms.
@@ -265,6 +310,9 @@ impl RawAmqp {
     /// Takes up to `max` deliveries, decodes and acknowledges each; returns
     /// how many.
     async fn receive_delete(&self, max: usize) -> usize {
+        if !self.ahead {
+            return self.receive_delete_per_receive(max).await;
+        }
         let mut deliveries = self.deliveries.lock().await;
         if deliveries.is_none() {
             let qos = BasicQosArguments::new(0, self.prefetch, false);
@@ -352,9 +400,9 @@ pub fn setup() -> Setup {
                     let prefetch = common::config(provider)
                         .rabbitmq
                         .map_or(200, |r| r.prefetch_count);
-                    for tasker_wire in [false, true] {
+                    for (tasker_wire, ahead) in [(false, true), (true, true), (false, false)] {
                         let queue = new_queue().await;
-                        let raw = RawAmqp::connect(&queue, prefetch, tasker_wire).await;
+                        let raw = RawAmqp::connect(&queue, prefetch, tasker_wire, ahead).await;
                         clients.push((Client::RawAmqp(Arc::new(raw)), queue));
                     }
                 }
@@ -405,7 +453,7 @@ pub async fn peer(client: &Client, queue: &str) -> Option<Client> {
             Client::Tasker(Arc::new(common::backend(backend.provider()).await)),
         ),
         Client::RawAmqp(raw) => Some(Client::RawAmqp(Arc::new(
-            RawAmqp::connect(queue, raw.prefetch, raw.tasker_wire).await,
+            RawAmqp::connect(queue, raw.prefetch, raw.tasker_wire, raw.ahead).await,
         ))),
         _ => None,
     }
