@@ -71,12 +71,14 @@ pub trait MessagingService {
 
     /// Like [`receive_messages`](Self::receive_messages), but when nothing is
     /// available waits up to `wait` for a first message, returning as soon as
-    /// one can be leased. Waits on the provider's arrival signal (PGMQ:
-    /// LISTEN/NOTIFY; RabbitMQ: consumer deliveries; in-memory: a `Notify`),
-    /// with a slow fallback poll (`queues.wait_poll_interval_ms`) that also
-    /// catches leases that ran out. `Duration::ZERO` does not wait.
+    /// one can be leased (C24), or empty once `wait` has passed (C25). Waits
+    /// on the provider's arrival signal (PGMQ: LISTEN/NOTIFY; RabbitMQ:
+    /// consumer deliveries; in-memory: a `Notify`), with a slow fallback poll
+    /// (`queues.wait_poll_interval_ms`) that also catches leases that ran out
+    /// (C26). `Duration::ZERO` does not wait.
     /// Dropping the future mid-wait loses nothing: a lease taken by an
-    /// interrupted receive ends with its visibility timeout. (C24–C26.)
+    /// interrupted receive ends with its visibility timeout (not checked by
+    /// the conformance suite).
     async fn receive_messages_wait<T: QueueMessage>(
         &self,
         queue: &str,
