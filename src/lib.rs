@@ -31,16 +31,19 @@
 //!
 //! ## The contract
 //!
-//! Every provider passes the same [`conformance`] suite:
-//! - sends return once the message is durable;
+//! The contract is written out in `docs/CONTRACT.md` (in the repository and
+//! the published package): numbered rules C1–C31, each naming the
+//! [`conformance`] cases that check it on every provider. In brief:
+//! - sends return once the message is durable (C5);
 //! - receives are pull-based and lease each message for a visibility timeout
 //!   (whole seconds); an unreleased lease expires and the message comes back
-//!   with `receive_count` one higher;
+//!   with `receive_count` one higher (C8–C11);
 //! - a receipt names one lease: a stale one is [`MessagingError::LeaseExpired`]
-//!   and never touches a message another consumer holds;
+//!   and never touches a message another consumer holds (C14);
 //! - after `max_receive_count` deliveries, or at once if its body does not
-//!   decode, a message moves to the queue's dead-letter queue;
-//! - delivery is at-least-once: duplicates are possible, loss is not;
+//!   decode, a message moves to the queue's dead-letter queue (C18, C19);
+//! - delivery is at-least-once: duplicates are possible, loss is not (C11,
+//!   C13);
 //! - transient failures are retried with backoff and counted by a circuit
 //!   breaker ([`RetryPolicy`], [`CircuitBreakerConfig`]), the same way for
 //!   every server provider.

@@ -9,8 +9,11 @@ use crate::{
     QueuedMessage, QueuesConfig, ReceiptHandle,
 };
 
-/// Operations every provider offers, with the same observable behaviour
-/// (see the crate docs and the README for the contract).
+/// Operations every provider offers, with the same observable behaviour.
+///
+/// The contract is `docs/CONTRACT.md` in the repository: numbered rules
+/// (C1, C2, …), each checked on every provider by the [conformance
+/// suite](crate::conformance). The methods below cite the rules they obey.
 ///
 /// Call it through [`MessageBackend`](crate::MessageBackend), which dispatches
 /// statically to the configured provider. The trait is not object-safe on
@@ -19,21 +22,24 @@ use crate::{
 /// (checked at compile time in `tests/send_futures.rs`).
 ///
 /// Queue names are validated before any I/O (see
-/// [`validate_queue_name`](crate::validate_queue_name)). Every operation but
-/// `create_queue` and `delete_queue` fails with `QueueNotFound` on a missing queue.
+/// [`validate_queue_name`](crate::validate_queue_name); C1). Every operation
+/// but `create_queue` and `delete_queue` fails with `QueueNotFound` on a
+/// missing queue (C4).
 // `Send` bounds cannot be written on native async trait methods without boxing;
 // the concrete `MessageBackend` futures are Send, which is what callers spawn.
 #[allow(async_fn_in_trait)]
 #[enum_dispatch]
 pub trait MessagingService {
     /// `Ok(true)` when the server answers, `Ok(false)` when it does not within
-    /// the connection timeout. Never hangs.
+    /// the connection timeout. Never hangs (C23).
     async fn health_check(&self) -> Result<bool, MessagingError>;
 
-    /// Creates `queue` and its dead-letter queue. Idempotent.
+    /// Creates `queue` and its dead-letter queue. Idempotent (C2).
     async fn create_queue(&self, queue: &str) -> Result<(), MessagingError>;
 
-    /// Sends one message; returns once it is durable.
+    /// Sends one message; returns once it is durable (C5). Over
+    /// `queues.max_message_bytes` it is `MessageTooLarge` (C7); a message
+    /// containing U+0000 is `InvalidArgument` (C31).
     async fn send_message<T: QueueMessage>(
         &self,
         queue: &str,
@@ -41,7 +47,8 @@ pub trait MessagingService {
     ) -> Result<MessageId, MessagingError>;
 
     /// Sends messages in order, one id per message, returning once all are
-    /// durable. An empty batch is `Ok(vec![])` with no I/O.
+    /// durable. An empty batch is `Ok(vec![])` with no I/O (C6). One
+    /// oversized message refuses the whole batch (C7).
     async fn send_batch<T: QueueMessage>(
         &self,
         queue: &str,
@@ -50,6 +57,11 @@ pub trait MessagingService {
 
     /// Returns at once with up to `max_messages` messages available now, each
     /// leased for `visibility_timeout` (whole seconds, rounded up, at least 1).
+    /// FIFO for one consumer (C8); a leased message is hidden from every other
+    /// receive (C9, C10, C12) until the lease ends, when it comes back with
+    /// `receive_count` one higher (C11). After `max_receive_count` deliveries,
+    /// or at once if its body does not decode, a message moves to the
+    /// dead-letter queue instead (C18, C19).
     async fn receive_messages<T: QueueMessage>(
         &self,
         queue: &str,
@@ -59,12 +71,14 @@ pub trait MessagingService {
 
     /// Like [`receive_messages`](Self::receive_messages), but when nothing is
     /// available waits up to `wait` for a first message, returning as soon as
-    /// one can be leased. Waits on the provider's arrival signal (PGMQ:
-    /// LISTEN/NOTIFY; RabbitMQ: consumer deliveries; in-memory: a `Notify`),
-    /// with a slow fallback poll (`queues.wait_poll_interval_ms`) that also
-    /// catches leases that ran out. `Duration::ZERO` does not wait.
+    /// one can be leased (C24), or empty once `wait` has passed (C25). Waits
+    /// on the provider's arrival signal (PGMQ: LISTEN/NOTIFY; RabbitMQ:
+    /// consumer deliveries; in-memory: a `Notify`), with a slow fallback poll
+    /// (`queues.wait_poll_interval_ms`) that also catches leases that ran out
+    /// (C26). `Duration::ZERO` does not wait.
     /// Dropping the future mid-wait loses nothing: a lease taken by an
-    /// interrupted receive ends with its visibility timeout.
+    /// interrupted receive ends with its visibility timeout (not checked by
+    /// the conformance suite).
     async fn receive_messages_wait<T: QueueMessage>(
         &self,
         queue: &str,
@@ -86,7 +100,8 @@ pub trait MessagingService {
     }
 
     /// Removes a leased message for good. A receipt whose lease has ended is
-    /// `LeaseExpired`; a malformed or foreign one is `InvalidReceipt`.
+    /// `LeaseExpired`; a malformed or foreign one is `InvalidReceipt`
+    /// (C14–C16).
     async fn delete_message(
         &self,
         queue: &str,
@@ -94,7 +109,8 @@ pub trait MessagingService {
     ) -> Result<(), MessagingError>;
 
     /// Moves a live lease's deadline to now + `visibility_timeout`; zero
-    /// releases the message at once.
+    /// releases the message at once (C17). Dead and foreign receipts fail as
+    /// in [`delete_message`](Self::delete_message) (C14, C15).
     async fn change_message_visibility(
         &self,
         queue: &str,
@@ -102,13 +118,15 @@ pub trait MessagingService {
         visibility_timeout: Duration,
     ) -> Result<(), MessagingError>;
 
-    /// Ready, leased and dead-lettered counts, and the oldest message's age.
+    /// Ready, leased and dead-lettered counts, and the oldest message's age;
+    /// `None` where the provider cannot know (C21).
     async fn get_queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError>;
 
-    /// Removes every ready message (leased ones stay) and returns how many.
+    /// Removes every ready message (leased ones stay) and returns how many
+    /// (C22).
     async fn purge_queue(&self, queue: &str) -> Result<u64, MessagingError>;
 
-    /// Deletes `queue` and its dead-letter queue. Idempotent.
+    /// Deletes `queue` and its dead-letter queue. Idempotent (C3).
     async fn delete_queue(&self, queue: &str) -> Result<(), MessagingError>;
 
     /// Which provider this is.

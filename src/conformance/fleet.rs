@@ -26,7 +26,7 @@ fn uuids(got: &[QueuedMessage<SimpleStepMessage>]) -> Vec<Uuid> {
     got.iter().map(|m| m.message.step_uuid).collect()
 }
 
-/// Ready messages that no lease holds can be received by every process: A
+/// C27: ready messages that no lease holds can be received by every process: A
 /// takes 1 of 10, and B's next receive of 10 returns the other 9.
 pub async fn ready_messages_reach_every_process(a: &MessageBackend, b: &MessageBackend) {
     let queue = fresh_queue(a, "fleet_ready").await;
@@ -46,9 +46,9 @@ pub async fn ready_messages_reach_every_process(a: &MessageBackend, b: &MessageB
     cleanup(a, &queue).await;
 }
 
-/// A release with visibility 0, or a lease that ran out, makes the message
-/// receivable at once by any process, the one that let it go included, with
-/// `receive_count` one higher.
+/// C11, C17: a release with visibility 0, or a lease that ran out, makes the
+/// message receivable at once by any process, the one that let it go included,
+/// with `receive_count` one higher.
 pub async fn released_and_expired_leases_reach_every_process(
     a: &MessageBackend,
     b: &MessageBackend,
@@ -118,7 +118,7 @@ pub async fn released_and_expired_leases_reach_every_process(
     cleanup(a, &queue).await;
 }
 
-/// `receive_count` counts hand-outs to callers across processes: after A's
+/// C28: `receive_count` counts hand-outs to callers across processes: after A's
 /// lease runs out B sees 2, and messages no caller was handed still show 1,
 /// however A received and deleted around them.
 pub async fn receive_count_counts_hand_outs_across_processes(
@@ -153,8 +153,8 @@ pub async fn receive_count_counts_hand_outs_across_processes(
     cleanup(a, &queue).await;
 }
 
-/// Two processes drain 300 messages with a little work each: every message
-/// is handled exactly once, and each process handles at least a third.
+/// C12, C30: two processes drain 300 messages with a little work each: every
+/// message is handled exactly once, and each process handles at least a third.
 pub async fn two_processes_share_a_drain(a: &MessageBackend, b: &MessageBackend) {
     const MESSAGES: usize = 300;
     let queue = fresh_queue(a, "fleet_drain").await;
@@ -205,7 +205,7 @@ pub async fn two_processes_share_a_drain(a: &MessageBackend, b: &MessageBackend)
     cleanup(a, &queue).await;
 }
 
-/// B, waiting in `receive_messages_wait`, wakes within 100 ms of A's send.
+/// C24: B, waiting in `receive_messages_wait`, wakes within 100 ms of A's send.
 pub async fn waiting_receive_wakes_on_another_process_send(a: &MessageBackend, b: &MessageBackend) {
     let queue = fresh_queue(a, "fleet_wait").await;
     let message = step();
@@ -231,7 +231,7 @@ pub async fn waiting_receive_wakes_on_another_process_send(a: &MessageBackend, b
     cleanup(a, &queue).await;
 }
 
-/// One process holds [`MANY_LEASES`] leases at once, more than any
+/// C9, C29: one process holds [`MANY_LEASES`] leases at once, more than any
 /// prefetch window, while the other sees nothing ready.
 pub async fn one_process_holds_many_leases(a: &MessageBackend, b: &MessageBackend) {
     let queue = fresh_queue(a, "fleet_many").await;
@@ -262,7 +262,7 @@ pub async fn one_process_holds_many_leases(a: &MessageBackend, b: &MessageBacken
     cleanup(a, &queue).await;
 }
 
-/// `purge_queue`, run while another process holds leases, removes only the
+/// C22: `purge_queue`, run while another process holds leases, removes only the
 /// ready messages, and never one sent after it returned.
 pub async fn purge_spares_other_processes_leases(a: &MessageBackend, b: &MessageBackend) {
     let queue = fresh_queue(a, "fleet_purge").await;
@@ -284,10 +284,10 @@ pub async fn purge_spares_other_processes_leases(a: &MessageBackend, b: &Message
     cleanup(a, &queue).await;
 }
 
-/// Four receivers in two processes take messages sent in a steady trickle,
-/// mixing plain and waiting receives: every message is received, none twice,
-/// and none is dead-lettered (no hand-out was counted that a caller did not
-/// see).
+/// C12, C28: four receivers in two processes take messages sent in a steady
+/// trickle, mixing plain and waiting receives: every message is received, none
+/// twice, and none is dead-lettered (no hand-out was counted that a caller did
+/// not see).
 pub async fn a_fleet_keeps_up_with_a_trickle_of_sends(a: &MessageBackend, b: &MessageBackend) {
     const MESSAGES: usize = 1_500;
     let queue = fresh_queue(a, "fleet_trickle").await;

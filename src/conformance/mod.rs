@@ -1,5 +1,9 @@
 //! The conformance suite every provider passes: one `pub async fn` per
 //! behaviour of the contract, each taking a connected [`MessageBackend`].
+//! The contract is `docs/CONTRACT.md` in the repository; each case's doc
+//! comment starts with the numbers of the rules it checks (`C1`, `C2`, …),
+//! and each rule there names its cases (`tests/contract.rs` keeps the two in
+//! step).
 //!
 //! Run it against a provider with one line per provider, naming how to
 //! connect and how to reach the same queues from "another process":
@@ -274,7 +278,7 @@ fn is_invalid_receipt(e: &MessagingError) -> bool {
     matches!(e, MessagingError::InvalidReceipt { .. })
 }
 
-/// §3.1: bad names are `InvalidQueueName` on every operation, before any I/O.
+/// C1: bad names are `InvalidQueueName` on every operation, before any I/O.
 pub async fn queue_names_are_validated_before_io(backend: &MessageBackend) {
     let too_long_with_dlq = "a".repeat(44);
     let receipt: ReceiptHandle = "x".parse().expect("infallible");
@@ -326,7 +330,8 @@ pub async fn queue_names_are_validated_before_io(backend: &MessageBackend) {
     );
 }
 
-/// §3.2: `create_queue` is idempotent and creates the dead-letter queue.
+/// C2, C20, C21: `create_queue` is idempotent and creates the dead-letter
+/// queue.
 pub async fn create_queue_is_idempotent_and_creates_dead_letter_queue(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "create_idempotent").await;
     send(backend, &queue, &step()).await;
@@ -347,7 +352,7 @@ pub async fn create_queue_is_idempotent_and_creates_dead_letter_queue(backend: &
     cleanup(backend, &queue).await;
 }
 
-/// §3.3: `delete_queue` is idempotent and removes the dead-letter queue too.
+/// C3: `delete_queue` is idempotent and removes the dead-letter queue too.
 pub async fn delete_queue_is_idempotent_and_removes_dead_letter_queue(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "delete_idempotent").await;
     send(backend, &queue, &step()).await;
@@ -371,7 +376,7 @@ pub async fn delete_queue_is_idempotent_and_removes_dead_letter_queue(backend: &
     );
 }
 
-/// §3.4: every operation but create/delete on a missing queue is `QueueNotFound`.
+/// C4: every operation but create/delete on a missing queue is `QueueNotFound`.
 pub async fn operations_on_missing_queue_are_not_found(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "missing").await;
     send(backend, &queue, &step()).await;
@@ -408,7 +413,7 @@ pub async fn operations_on_missing_queue_are_not_found(backend: &MessageBackend)
     assert_err(b.purge_queue(&queue).await, is_not_found, "purge");
 }
 
-/// §3.5/§3.8: a sent message comes back intact with its delivery metadata.
+/// C5, C9: a sent message comes back intact with its delivery metadata.
 pub async fn send_then_receive_round_trips_with_metadata(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "round_trip").await;
     let message = step();
@@ -439,7 +444,7 @@ pub async fn send_then_receive_round_trips_with_metadata(backend: &MessageBacken
     cleanup(backend, &queue).await;
 }
 
-/// §3.6: a batch keeps order with one id per message; an empty batch does no I/O.
+/// C6: a batch keeps order with one id per message; an empty batch does no I/O.
 pub async fn send_batch_keeps_order_and_empty_batch_does_no_io(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "batch_order").await;
     let messages: Vec<_> = (0..10).map(|_| step()).collect();
@@ -468,7 +473,7 @@ pub async fn send_batch_keeps_order_and_empty_batch_does_no_io(backend: &Message
     cleanup(backend, &queue).await;
 }
 
-/// §3.7: an oversized message is `MessageTooLarge` and nothing is sent.
+/// C7: an oversized message is `MessageTooLarge` and nothing is sent.
 pub async fn oversized_message_is_rejected_and_nothing_sent(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "too_large").await;
     let max = backend.queues_config().max_message_bytes;
@@ -492,7 +497,8 @@ pub async fn oversized_message_is_rejected_and_nothing_sent(backend: &MessageBac
     cleanup(backend, &queue).await;
 }
 
-/// §3.8: receive returns at once with what is available, FIFO, never more than asked.
+/// C8: receive returns at once with what is available, FIFO, never more than
+/// asked.
 pub async fn receive_returns_available_messages_at_once_in_fifo_order(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "fifo").await;
     let started = Instant::now();
@@ -527,7 +533,7 @@ pub async fn receive_returns_available_messages_at_once_in_fifo_order(backend: &
     cleanup(backend, &queue).await;
 }
 
-/// §3.9: a leased message is invisible to other receives until its lease ends.
+/// C9: a leased message is invisible to other receives until its lease ends.
 pub async fn received_message_is_leased_from_other_receivers(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "leased").await;
     send(backend, &queue, &step()).await;
@@ -540,8 +546,8 @@ pub async fn received_message_is_leased_from_other_receivers(backend: &MessageBa
     cleanup(backend, &queue).await;
 }
 
-/// §3.9 and the delivery guarantee: a consumer that never deletes loses its
-/// lease, and the message comes back with `receive_count` 2.
+/// C11: a consumer that never deletes loses its lease, and the message comes
+/// back with `receive_count` 2.
 pub async fn dropped_lease_is_redelivered_with_higher_receive_count(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "dropped_lease").await;
     let message = step();
@@ -560,7 +566,7 @@ pub async fn dropped_lease_is_redelivered_with_higher_receive_count(backend: &Me
     cleanup(backend, &queue).await;
 }
 
-/// §3.9: sub-second visibility timeouts round up to whole seconds.
+/// C10, C11: sub-second visibility timeouts round up to whole seconds.
 pub async fn visibility_timeout_rounds_up_to_whole_seconds(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "round_up").await;
     send(backend, &queue, &step()).await;
@@ -578,7 +584,7 @@ pub async fn visibility_timeout_rounds_up_to_whole_seconds(backend: &MessageBack
     cleanup(backend, &queue).await;
 }
 
-/// §3.10: delete removes for good; a receipt whose lease ended is
+/// C14: delete removes for good; a receipt whose lease ended is
 /// `LeaseExpired` and leaves the message alone.
 pub async fn delete_removes_message_and_stale_receipts_are_lease_expired(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "stale_receipt").await;
@@ -622,7 +628,7 @@ pub async fn delete_removes_message_and_stale_receipts_are_lease_expired(backend
     cleanup(backend, &queue).await;
 }
 
-/// §3.10: a malformed receipt, or one from another queue, is `InvalidReceipt`.
+/// C15: a malformed receipt, or one from another queue, is `InvalidReceipt`.
 pub async fn foreign_and_malformed_receipts_are_invalid(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "foreign_receipt").await;
     let other = fresh_queue(backend, "foreign_other").await;
@@ -654,7 +660,7 @@ pub async fn foreign_and_malformed_receipts_are_invalid(backend: &MessageBackend
     cleanup(backend, &other).await;
 }
 
-/// Receipts survive a trip through text (a store, another process).
+/// C16: receipts survive a trip through text (a store, another process).
 pub async fn receipt_round_trips_through_text(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "receipt_text").await;
     send(backend, &queue, &step()).await;
@@ -669,7 +675,7 @@ pub async fn receipt_round_trips_through_text(backend: &MessageBackend) {
     cleanup(backend, &queue).await;
 }
 
-/// §3.11: visibility changes move a live lease; 0 releases at once; a dead
+/// C14, C17: visibility changes move a live lease; 0 releases at once; a dead
 /// lease is `LeaseExpired`.
 pub async fn change_visibility_extends_and_releases_leases(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "change_visibility").await;
@@ -709,7 +715,7 @@ pub async fn change_visibility_extends_and_releases_leases(backend: &MessageBack
     cleanup(backend, &queue).await;
 }
 
-/// §3.12: after `max_receive_count` deliveries a message moves to the
+/// C18, C20, C21: after `max_receive_count` deliveries a message moves to the
 /// dead-letter queue at its next delivery; nothing is lost and other messages
 /// keep flowing. The dead-letter queue is an ordinary queue.
 pub async fn max_receive_count_moves_message_to_dead_letter_queue(backend: &MessageBackend) {
@@ -756,7 +762,7 @@ pub async fn max_receive_count_moves_message_to_dead_letter_queue(backend: &Mess
     cleanup(backend, &queue).await;
 }
 
-/// §3.12: a body that does not decode goes to the dead-letter queue at once.
+/// C19: a body that does not decode goes to the dead-letter queue at once.
 pub async fn poison_message_moves_to_dead_letter_queue_at_once(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "poison").await;
     let dlq = dead_letter_queue(backend, &queue);
@@ -781,7 +787,7 @@ pub async fn poison_message_moves_to_dead_letter_queue_at_once(backend: &Message
     cleanup(backend, &queue).await;
 }
 
-/// §3.13: concurrent receivers never hold the same message at once; with
+/// C12: concurrent receivers never hold the same message at once; with
 /// leases longer than the work, every message is processed exactly once.
 pub async fn concurrent_receivers_never_share_a_message(backend: &MessageBackend) {
     const MESSAGES: usize = 60;
@@ -836,7 +842,7 @@ async fn abandon_after<F: std::future::Future>(yields: usize, call: F) -> Option
     }
 }
 
-/// At-least-once under cancellation: callers dropping sends and deletes at
+/// C13: at-least-once under cancellation: callers dropping sends and deletes at
 /// any await lose no confirmed message, leave later calls working, and a
 /// delete that returned `Ok` stays deleted.
 pub async fn cancelled_calls_lose_nothing(backend: &MessageBackend) {
@@ -964,7 +970,8 @@ async fn futures_join_all<F: std::future::Future>(
     outputs.into_iter().flatten().collect()
 }
 
-/// §3.14: stats count ready, leased and dead-lettered messages; unknown is `None`.
+/// C19, C21: stats count ready, leased and dead-lettered messages; unknown is
+/// `None`.
 pub async fn queue_stats_count_ready_leased_and_dead_letters(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "stats").await;
     for _ in 0..3 {
@@ -1017,7 +1024,7 @@ pub async fn queue_stats_count_ready_leased_and_dead_letters(backend: &MessageBa
     cleanup(backend, &queue).await;
 }
 
-/// §3.15: purge removes ready messages and counts them; leased ones survive.
+/// C22: purge removes ready messages and counts them; leased ones survive.
 pub async fn purge_removes_ready_messages_only(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "purge").await;
     let kept = step();
@@ -1038,14 +1045,14 @@ pub async fn purge_removes_ready_messages_only(backend: &MessageBackend) {
     cleanup(backend, &queue).await;
 }
 
-/// §3.16: `health_check` is `Ok(true)` against a live server.
+/// C23: `health_check` is `Ok(true)` against a live server.
 pub async fn health_check_answers_true_when_server_is_up(backend: &MessageBackend) {
     let started = Instant::now();
     assert!(backend.health_check().await.expect("health_check"));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-/// A waiting receive returns within 100 ms of a send from another task.
+/// C24: a waiting receive returns within 100 ms of a send from another task.
 pub async fn waiting_receive_wakes_within_100ms_of_a_send(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "wait_wakes").await;
     // Let any per-queue machinery (a consumer, a listener) settle first.
@@ -1078,7 +1085,8 @@ pub async fn waiting_receive_wakes_within_100ms_of_a_send(backend: &MessageBacke
     cleanup(backend, &queue).await;
 }
 
-/// A waiting receive on an idle queue returns empty once `wait` has passed.
+/// C25: a waiting receive on an idle queue returns empty once `wait` has
+/// passed.
 pub async fn waiting_receive_returns_empty_after_the_wait(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "wait_idle").await;
     let wait = Duration::from_millis(700);
@@ -1097,7 +1105,7 @@ pub async fn waiting_receive_returns_empty_after_the_wait(backend: &MessageBacke
     cleanup(backend, &queue).await;
 }
 
-/// A waiting receive sees a message whose lease ran out while it waited.
+/// C26: a waiting receive sees a message whose lease ran out while it waited.
 pub async fn waiting_receive_sees_a_lease_that_ran_out(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "wait_lease").await;
     let message = step();
