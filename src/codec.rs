@@ -44,9 +44,36 @@ pub(crate) fn encode_all<T: Serialize>(
     messages.iter().map(|m| encode(m, max_bytes)).collect()
 }
 
-/// Decodes a body; a failure marks the message as poison for the dead-letter policy.
-pub(crate) fn decode<T: DeserializeOwned>(body: &str) -> Result<T, serde_json::Error> {
-    serde_json::from_str(body)
+/// A body read as the type a receive asked for.
+pub(crate) enum Decoded<T> {
+    /// It is a `T`.
+    Message(T),
+    /// JSON, but not a `T`: another version's message, say, that a newer
+    /// (or older) receiver can read.
+    OtherShape,
+    /// Not JSON at all: no receiver can read it.
+    NotJson,
+}
+
+impl<T> Decoded<T> {
+    /// What the dead-letter policy needs to know.
+    pub(crate) fn decoding(&self) -> crate::dead_letter::Decoding {
+        use crate::dead_letter::Decoding;
+        match self {
+            Self::Message(_) => Decoding::Ok,
+            Self::OtherShape => Decoding::OtherShape,
+            Self::NotJson => Decoding::NotJson,
+        }
+    }
+}
+
+/// Decodes `body` as a `T`, telling another shape from a body that is not JSON.
+pub(crate) fn decode_as<T: DeserializeOwned>(body: &str) -> Decoded<T> {
+    match serde_json::from_str(body) {
+        Ok(message) => Decoded::Message(message),
+        Err(e) if e.classify() == serde_json::error::Category::Data => Decoded::OtherShape,
+        Err(_) => Decoded::NotJson,
+    }
 }
 
 #[cfg(test)]

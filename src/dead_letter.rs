@@ -6,7 +6,8 @@
 pub(crate) enum DeadLetterReason {
     /// Received `max_receive_count` times without being deleted.
     MaxReceives,
-    /// The body does not decode as the requested type.
+    /// The body is not JSON, or no receiver decoded it in
+    /// `max_receive_count` deliveries.
     Poison,
 }
 
@@ -19,11 +20,22 @@ impl DeadLetterReason {
     }
 }
 
+/// How a delivery's body read as the type the receive asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decoding {
+    Ok,
+    /// JSON of another shape: another receiver may read it.
+    OtherShape,
+    NotJson,
+}
+
 /// What a receive does with one delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// Hand it to the caller.
     Deliver,
+    /// Make it ready again at once for other receivers; this delivery counts.
+    Release,
     /// Move it to the dead-letter queue, in the same step as the read.
     DeadLetter(DeadLetterReason),
     /// Keep it leased and out of the caller's hands (poison in a dead-letter queue).
@@ -47,20 +59,25 @@ impl DeadLetterPolicy {
     /// What to do with a delivery of a message from `queue` that has now been
     /// received `receive_count` times (this delivery included).
     ///
-    /// A dead-letter queue has no dead-letter queue: its messages are never
-    /// moved, and an undecodable one is held (left leased) for an operator.
-    pub(crate) fn verdict(&self, queue: &str, receive_count: u32, decodes: bool) -> Verdict {
-        let reason = if !decodes {
-            DeadLetterReason::Poison
-        } else if receive_count > self.max_receive_count {
-            DeadLetterReason::MaxReceives
-        } else {
-            return Verdict::Deliver;
-        };
-        match (self.dead_letter_queue(queue), reason) {
-            (Some(_), reason) => Verdict::DeadLetter(reason),
-            (None, DeadLetterReason::MaxReceives) => Verdict::Deliver,
-            (None, DeadLetterReason::Poison) => Verdict::Hold,
+    /// A body of another shape is released for other receivers (in a rolling
+    /// deploy, a newer worker may read what an older one cannot), and moves
+    /// once it has been received `max_receive_count` times. A body that is
+    /// not JSON moves at once. A dead-letter queue has no dead-letter queue:
+    /// its messages are never moved, and one that is not JSON is held (left
+    /// leased) for an operator.
+    pub(crate) fn verdict(&self, queue: &str, receive_count: u32, decoding: Decoding) -> Verdict {
+        let has_dlq = self.dead_letter_queue(queue).is_some();
+        match decoding {
+            Decoding::Ok if has_dlq && receive_count > self.max_receive_count => {
+                Verdict::DeadLetter(DeadLetterReason::MaxReceives)
+            }
+            Decoding::Ok => Verdict::Deliver,
+            Decoding::OtherShape if has_dlq && receive_count >= self.max_receive_count => {
+                Verdict::DeadLetter(DeadLetterReason::Poison)
+            }
+            Decoding::OtherShape => Verdict::Release,
+            Decoding::NotJson if has_dlq => Verdict::DeadLetter(DeadLetterReason::Poison),
+            Decoding::NotJson => Verdict::Hold,
         }
     }
 
@@ -108,16 +125,26 @@ mod tests {
     #[test]
     fn verdicts() {
         let p = policy();
-        assert_eq!(p.verdict("q", 3, true), Verdict::Deliver);
+        assert_eq!(p.verdict("q", 3, Decoding::Ok), Verdict::Deliver);
         assert_eq!(
-            p.verdict("q", 4, true),
+            p.verdict("q", 4, Decoding::Ok),
             Verdict::DeadLetter(DeadLetterReason::MaxReceives)
         );
+        assert_eq!(p.verdict("q", 1, Decoding::OtherShape), Verdict::Release);
+        assert_eq!(p.verdict("q", 2, Decoding::OtherShape), Verdict::Release);
         assert_eq!(
-            p.verdict("q", 1, false),
+            p.verdict("q", 3, Decoding::OtherShape),
             Verdict::DeadLetter(DeadLetterReason::Poison)
         );
-        assert_eq!(p.verdict("q_dlq", 9, true), Verdict::Deliver);
-        assert_eq!(p.verdict("q_dlq", 1, false), Verdict::Hold);
+        assert_eq!(
+            p.verdict("q", 1, Decoding::NotJson),
+            Verdict::DeadLetter(DeadLetterReason::Poison)
+        );
+        assert_eq!(p.verdict("q_dlq", 9, Decoding::Ok), Verdict::Deliver);
+        assert_eq!(
+            p.verdict("q_dlq", 9, Decoding::OtherShape),
+            Verdict::Release
+        );
+        assert_eq!(p.verdict("q_dlq", 1, Decoding::NotJson), Verdict::Hold);
     }
 }

@@ -40,8 +40,9 @@
 //!   with `receive_count` one higher (C8–C11);
 //! - a receipt names one lease: a stale one is [`MessagingError::LeaseExpired`]
 //!   and never touches a message another consumer holds (C14);
-//! - after `max_receive_count` deliveries, or at once if its body does not
-//!   decode, a message moves to the queue's dead-letter queue (C18, C19);
+//! - after `max_receive_count` deliveries a message moves to the queue's
+//!   dead-letter queue; one of another shape is first released for receivers
+//!   that read it (C18, C19);
 //! - delivery is at-least-once: duplicates are possible, loss is not (C11,
 //!   C13);
 //! - transient failures are retried with backoff and counted by a circuit

@@ -59,9 +59,10 @@ pub trait MessagingService {
     /// leased for `visibility_timeout` (whole seconds, rounded up, at least 1).
     /// FIFO for one consumer (C8); a leased message is hidden from every other
     /// receive (C9, C10, C12) until the lease ends, when it comes back with
-    /// `receive_count` one higher (C11). After `max_receive_count` deliveries,
-    /// or at once if its body does not decode, a message moves to the
-    /// dead-letter queue instead (C18, C19).
+    /// `receive_count` one higher (C11). After `max_receive_count` deliveries
+    /// a message moves to the dead-letter queue instead (C18); one that does
+    /// not decode as `T` is released at once for receivers that read it, and
+    /// one that is not JSON moves at once (C19).
     async fn receive_messages<T: QueueMessage>(
         &self,
         queue: &str,

@@ -85,7 +85,7 @@ macro_rules! conformance_tests {
             receipt_round_trips_through_text,
             change_visibility_extends_and_releases_leases,
             max_receive_count_moves_message_to_dead_letter_queue,
-            poison_message_moves_to_dead_letter_queue_at_once,
+            message_of_another_shape_is_released_then_dead_lettered,
             concurrent_receivers_never_share_a_message,
             cancelled_calls_lose_nothing,
             queue_stats_count_ready_leased_and_dead_letters,
@@ -762,28 +762,59 @@ pub async fn max_receive_count_moves_message_to_dead_letter_queue(backend: &Mess
     cleanup(backend, &queue).await;
 }
 
-/// C19: a body that does not decode goes to the dead-letter queue at once.
-pub async fn poison_message_moves_to_dead_letter_queue_at_once(backend: &MessageBackend) {
-    let queue = fresh_queue(backend, "poison").await;
+/// C19: a body of another shape is released at once for receivers that read
+/// it (an "old" worker's receive skips a "new" message, and the "new" worker
+/// gets every one), each such receive counts, and after `max_receive_count`
+/// receives it moves to the dead-letter queue intact.
+pub async fn message_of_another_shape_is_released_then_dead_lettered(backend: &MessageBackend) {
+    let max = backend.queues_config().max_receive_count;
+    assert!(max >= 3, "this case needs max_receive_count >= 3");
+    let queue = fresh_queue(backend, "other_shape").await;
     let dlq = dead_letter_queue(backend, &queue);
-    let poison = NotAStep {
-        garbage: "not a step".into(),
-    };
+    let newer: Vec<NotAStep> = (0..5)
+        .map(|i| NotAStep {
+            garbage: format!("a newer message {i}"),
+        })
+        .collect();
     backend
-        .send_message(&queue, &poison)
+        .send_batch(&queue, &newer)
         .await
-        .expect("send poison");
+        .expect("send the newer messages");
     let good = step();
     send(backend, &queue, &good).await;
-    let got = receive_n(backend, &queue, 2, LONG_LEASE, Duration::from_secs(3)).await;
+    // The old worker: its step, and none of the newer messages.
+    let got = receive(backend, &queue, 10, LONG_LEASE).await;
     let got: Vec<_> = got.into_iter().map(|m| m.message).collect();
-    assert_eq!(got, vec![good], "poison skipped, good message delivered");
+    assert_eq!(got, vec![good], "the newer messages are skipped");
+    // The new worker gets every one at once, each received twice now.
+    let read: Vec<QueuedMessage<NotAStep>> = backend
+        .receive_messages(&queue, 10, LONG_LEASE)
+        .await
+        .expect("the new worker's receive");
+    let bodies: Vec<_> = read.iter().map(|m| m.message.clone()).collect();
+    assert_eq!(bodies, newer, "the new worker gets every newer message");
+    assert!(read.iter().all(|m| m.metadata.receive_count == 2));
+    for message in &read[1..] {
+        backend
+            .delete_message(&queue, message.receipt())
+            .await
+            .expect("delete");
+    }
+    // One left to old workers alone reaches the dead-letter queue, intact.
+    backend
+        .change_message_visibility(&queue, read[0].receipt(), Duration::ZERO)
+        .await
+        .expect("release");
+    for _ in 2..max {
+        assert!(receive(backend, &queue, 10, LONG_LEASE).await.is_empty());
+    }
     let dead: Vec<QueuedMessage<NotAStep>> = backend
         .receive_messages(&dlq, 10, LONG_LEASE)
         .await
         .expect("receive dead letters");
     let dead: Vec<_> = dead.into_iter().map(|m| m.message).collect();
-    assert_eq!(dead, vec![poison], "the poison body is kept intact");
+    assert_eq!(dead, vec![newer[0].clone()], "moved after {max} receives");
+    assert_empty_for(backend, &queue, Duration::from_millis(200)).await;
     cleanup(backend, &queue).await;
 }
 
@@ -1001,7 +1032,8 @@ pub async fn queue_stats_count_ready_leased_and_dead_letters(backend: &MessageBa
         "{stats:?}"
     );
     assert_eq!(stats.dead_letter_count, Some(0));
-    // Drain: the poison message goes to the dead-letter queue on the way.
+    // Drain: the message of another shape is released on each receive and
+    // moves to the dead-letter queue after max_receive_count of them.
     let mut rest = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
     let stats = loop {

@@ -148,6 +148,7 @@ impl MessagingService for InMemoryMessageService {
         q.release_expired(now);
         let mut delivered = Vec::new();
         let mut dead = Vec::new();
+        let mut released = Vec::new();
         while delivered.len() < max_messages {
             let Some(Received {
                 id,
@@ -158,13 +159,15 @@ impl MessagingService for InMemoryMessageService {
             else {
                 break;
             };
-            let decoded = codec::decode::<T>(&body);
+            let decoded = codec::decode_as::<T>(&body);
             match self
                 .dead_letters
-                .verdict(queue, receive_count, decoded.is_ok())
+                .verdict(queue, receive_count, decoded.decoding())
             {
                 Verdict::Deliver => {
-                    let Ok(message) = decoded else { continue };
+                    let codec::Decoded::Message(message) = decoded else {
+                        continue;
+                    };
                     let expires = Utc::now() + chrono::Duration::seconds(secs as i64);
                     delivered.push(QueuedMessage {
                         metadata: QueuedMessageMetadata {
@@ -185,8 +188,19 @@ impl MessagingService for InMemoryMessageService {
                     let body = q.remove(id).unwrap_or(body);
                     dead.push((id, body, reason));
                 }
+                // After the loop, or this receive would lease it again.
+                Verdict::Release => released.push(Receipt {
+                    id,
+                    lease: u64::from(receive_count),
+                }),
                 Verdict::Hold => self.dead_letters.log_held(queue, &id.to_string()),
             }
+        }
+        for receipt in &released {
+            q.extend_lease(*receipt, now);
+        }
+        if !released.is_empty() {
+            self.arrivals.notify(queue);
         }
         let dlq_name = self.dead_letters.dead_letter_queue(queue);
         if let (false, Some(dlq_name)) = (dead.is_empty(), dlq_name) {

@@ -225,15 +225,18 @@ impl PgmqMessageService {
 
         let mut delivered = Vec::with_capacity(rows.len());
         let mut dead = Vec::new();
+        let mut released = Vec::new();
         for row in rows {
             let receive_count = u32::try_from(row.read_ct).unwrap_or(0);
-            let decoded = codec::decode::<T>(&row.body);
+            let decoded = codec::decode_as::<T>(&row.body);
             match self
                 .dead_letters
-                .verdict(queue, receive_count, decoded.is_ok())
+                .verdict(queue, receive_count, decoded.decoding())
             {
                 Verdict::Deliver => {
-                    let Ok(message) = decoded else { continue };
+                    let codec::Decoded::Message(message) = decoded else {
+                        continue;
+                    };
                     delivered.push(QueuedMessage {
                         metadata: QueuedMessageMetadata {
                             message_id: MessageId::new(row.msg_id.to_string()),
@@ -250,8 +253,19 @@ impl PgmqMessageService {
                     });
                 }
                 Verdict::DeadLetter(reason) => dead.push((row.msg_id, reason)),
+                Verdict::Release => released.push(row.msg_id),
                 Verdict::Hold => self.dead_letters.log_held(queue, &row.msg_id.to_string()),
             }
+        }
+        if !released.is_empty() {
+            // Visible again at once to other receivers; the read counted.
+            sqlx::query(&format!(
+                "UPDATE pgmq.q_{queue} SET vt = clock_timestamp() WHERE msg_id = ANY($1)"
+            ))
+            .bind(&released)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
         }
         if let (false, Some(dlq)) = (dead.is_empty(), self.dead_letters.dead_letter_queue(queue)) {
             Self::move_to_dead_letters(&mut tx, queue, &dlq, &dead)

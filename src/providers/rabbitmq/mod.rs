@@ -464,6 +464,18 @@ impl RabbitMqMessageService {
                 }
             })
             .await?;
+        for tag in received.released {
+            // Another shape: back to the queue for other receivers, counted.
+            if let Some(channel) = slot.leases.take(received.epoch, tag) {
+                if let Err(error) = channel.settle(tag, true).await {
+                    tracing::debug!(
+                        queue,
+                        ?error,
+                        "could not release a delivery; its channel gave it back"
+                    );
+                }
+            }
+        }
         if !received.dead.is_empty() {
             self.move_dead_letters(&slot, received.epoch, received.dead)
                 .await;

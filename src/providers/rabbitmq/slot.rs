@@ -126,6 +126,8 @@ pub(super) struct DeadLetter {
 pub(super) struct Received<T> {
     pub messages: Vec<QueuedMessage<T>>,
     pub dead: Vec<DeadLetter>,
+    /// Deliveries of another shape, to requeue for other receivers.
+    pub released: Vec<u64>,
     /// The epoch the leases above belong to.
     pub epoch: u64,
 }
@@ -519,34 +521,40 @@ impl Slot {
         let mut got = Received {
             messages: Vec::with_capacity(taken.len()),
             dead: Vec::new(),
+            released: Vec::new(),
             epoch,
         };
         let expires =
             Utc::now() + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX));
         for delivery in taken {
             let delivered = properties::delivered(&delivery.properties, delivery.tag);
-            let decoded = std::str::from_utf8(&delivery.body)
-                .ok()
-                .and_then(|body| codec::decode::<T>(body).ok());
-            let verdict =
-                inner
-                    .dead_letters
-                    .verdict(&self.queue, delivered.receive_count, decoded.is_some());
+            let decoded = match std::str::from_utf8(&delivery.body) {
+                Ok(body) => codec::decode_as::<T>(body),
+                Err(_) => codec::Decoded::NotJson,
+            };
+            let verdict = inner.dead_letters.verdict(
+                &self.queue,
+                delivered.receive_count,
+                decoded.decoding(),
+            );
             match (verdict, decoded) {
-                (Verdict::Deliver, Some(message)) => got.messages.push(QueuedMessage {
-                    metadata: QueuedMessageMetadata {
-                        receipt_handle: Receipt {
-                            id: delivery.tag,
-                            lease: epoch,
-                        }
-                        .encode(Provider::RabbitMq, &self.queue),
-                        message_id: MessageId::new(delivered.message_id),
-                        enqueued_at: delivered.enqueued_at,
-                        receive_count: delivered.receive_count,
-                        visibility_timeout_expires: expires,
-                    },
-                    message,
-                }),
+                (Verdict::Deliver, codec::Decoded::Message(message)) => {
+                    got.messages.push(QueuedMessage {
+                        metadata: QueuedMessageMetadata {
+                            receipt_handle: Receipt {
+                                id: delivery.tag,
+                                lease: epoch,
+                            }
+                            .encode(Provider::RabbitMq, &self.queue),
+                            message_id: MessageId::new(delivered.message_id),
+                            enqueued_at: delivered.enqueued_at,
+                            receive_count: delivered.receive_count,
+                            visibility_timeout_expires: expires,
+                        },
+                        message,
+                    })
+                }
+                (Verdict::Release, _) => got.released.push(delivery.tag),
                 (Verdict::DeadLetter(reason), _) => got.dead.push(DeadLetter {
                     tag: delivery.tag,
                     delivered,
