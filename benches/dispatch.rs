@@ -69,7 +69,7 @@ fn provider_generic<S: MessagingService>(service: &S) -> Provider {
 
 fn bench(c: &mut Criterion) {
     let rt = Runtime::new().expect("tokio runtime");
-    let direct = InMemoryMessageService::new(QueuesConfig::default());
+    let direct = InMemoryMessageService::new(QueuesConfig::default()).expect("default config");
     let backend = MessageBackend::from(direct.clone());
     let boxed: Box<dyn DynService> = Box::new(direct.clone());
     rt.block_on(direct.create_queue(QUEUE))

@@ -35,7 +35,7 @@ impl MessageBackend {
         config.validate()?;
         Ok(match config.provider {
             Provider::Pgmq => PgmqMessageService::connect(config).await?.into(),
-            Provider::InMemory => InMemoryMessageService::new(config.queues.clone()).into(),
+            Provider::InMemory => InMemoryMessageService::new(config.queues.clone())?.into(),
             Provider::RabbitMq => RabbitMqMessageService::connect(config).await?.into(),
         })
     }

@@ -119,6 +119,62 @@ impl QueuesConfig {
     pub fn default_visibility_timeout(&self) -> Duration {
         Duration::from_secs(self.default_visibility_timeout_secs)
     }
+
+    /// Checks every `[queues]` value, naming the key of the first bad one.
+    /// [`MessagingConfig::validate`] runs it, and so does every provider's
+    /// public constructor.
+    pub fn validate(&self) -> Result<(), MessagingError> {
+        let q = self;
+        let bad = |key: &str, why: String| Err(MessagingError::Config(format!("{key} {why}")));
+        if q.max_receive_count == 0 || q.max_receive_count > MAX_RECEIVE_COUNT {
+            return bad(
+                "queues.max_receive_count",
+                format!("must be from 1 to {MAX_RECEIVE_COUNT}"),
+            );
+        }
+        if q.default_visibility_timeout_secs == 0
+            || q.default_visibility_timeout() > MAX_VISIBILITY_TIMEOUT
+        {
+            return bad(
+                "queues.default_visibility_timeout_secs",
+                format!("must be between 1 and {}", MAX_VISIBILITY_TIMEOUT.as_secs()),
+            );
+        }
+        let suffix = &q.dead_letter_queue_suffix;
+        if suffix.is_empty()
+            || suffix.len() > 8
+            || !suffix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return bad(
+                "queues.dead_letter_queue_suffix",
+                format!("must be 1 to 8 bytes of `a-z`, `0-9` and `_` (got {suffix:?})"),
+            );
+        }
+        if q.wait_poll_interval_ms == 0 {
+            return bad("queues.wait_poll_interval_ms", "must be at least 1".into());
+        }
+        if q.max_message_bytes == 0 {
+            return bad("queues.max_message_bytes", "must be at least 1".into());
+        }
+        if !q.namespace_pattern.contains("{namespace}") {
+            return bad(
+                "queues.namespace_pattern",
+                format!(
+                    "must contain `{{namespace}}` (got {:?})",
+                    q.namespace_pattern
+                ),
+            );
+        }
+        let router = crate::NamespaceQueueRouter::new(q.namespace_pattern.clone());
+        for namespace in &q.namespaces {
+            let queue = crate::MessageRouter::route_to_queue(&router, namespace, "");
+            queue_name::validate_new_queue_name(&queue, suffix)
+                .map_err(|e| MessagingError::Config(format!("queues.namespaces: {e}")))?;
+        }
+        Ok(())
+    }
 }
 
 impl PgmqConfig {
@@ -242,55 +298,8 @@ impl MessagingConfig {
 
     /// Checks every value's range and that the selected provider is configured.
     pub fn validate(&self) -> Result<(), MessagingError> {
-        let q = &self.queues;
+        self.queues.validate()?;
         let bad = |key: &str, why: String| Err(MessagingError::Config(format!("{key} {why}")));
-        if q.max_receive_count == 0 || q.max_receive_count > MAX_RECEIVE_COUNT {
-            return bad(
-                "queues.max_receive_count",
-                format!("must be from 1 to {MAX_RECEIVE_COUNT}"),
-            );
-        }
-        if q.default_visibility_timeout_secs == 0
-            || q.default_visibility_timeout() > MAX_VISIBILITY_TIMEOUT
-        {
-            return bad(
-                "queues.default_visibility_timeout_secs",
-                format!("must be between 1 and {}", MAX_VISIBILITY_TIMEOUT.as_secs()),
-            );
-        }
-        let suffix = &q.dead_letter_queue_suffix;
-        if suffix.is_empty()
-            || suffix.len() > 8
-            || !suffix
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return bad(
-                "queues.dead_letter_queue_suffix",
-                format!("must be 1 to 8 bytes of `a-z`, `0-9` and `_` (got {suffix:?})"),
-            );
-        }
-        if q.wait_poll_interval_ms == 0 {
-            return bad("queues.wait_poll_interval_ms", "must be at least 1".into());
-        }
-        if q.max_message_bytes == 0 {
-            return bad("queues.max_message_bytes", "must be at least 1".into());
-        }
-        if !q.namespace_pattern.contains("{namespace}") {
-            return bad(
-                "queues.namespace_pattern",
-                format!(
-                    "must contain `{{namespace}}` (got {:?})",
-                    q.namespace_pattern
-                ),
-            );
-        }
-        let router = crate::NamespaceQueueRouter::new(q.namespace_pattern.clone());
-        for namespace in &q.namespaces {
-            let queue = crate::MessageRouter::route_to_queue(&router, namespace, "");
-            queue_name::validate_new_queue_name(&queue, suffix)
-                .map_err(|e| MessagingError::Config(format!("queues.namespaces: {e}")))?;
-        }
         if let Some(pgmq) = &self.pgmq {
             if pgmq.pool_size == 0 {
                 return bad("pgmq.pool_size", "must be at least 1".into());

@@ -67,7 +67,8 @@ async fn health_check_is_false_when_the_server_is_gone() {
         .acquire_timeout(Duration::from_millis(500))
         .connect_lazy("postgres://postgres@127.0.0.1:1/test")
         .unwrap();
-    let service = PgmqMessageService::from_pool(pool, &MessagingConfig::default());
+    let service = PgmqMessageService::from_pool(pool, &MessagingConfig::default())
+        .expect("the default config is valid");
     let started = Instant::now();
     assert!(!service.health_check().await.unwrap());
     assert!(

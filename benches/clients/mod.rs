@@ -232,9 +232,13 @@ impl RawAmqp {
 
     /// [`Self::receive_delete`] with nothing fetched ahead: a consumer with a
     /// window of `max` that lives for this call (up to 1 ms for a first
-    /// delivery), then is cancelled.
+    /// delivery), then is cancelled. Receives take turns, as the library's
+    /// do per queue channel.
     async fn receive_delete_per_receive(&self, max: usize) -> usize {
         static TAGS: AtomicUsize = AtomicUsize::new(0);
+        // One receive at a time on the channel: amqprs matches replies by
+        // method, so two concurrent basic.qos calls would cross.
+        let _turn = self.deliveries.lock().await;
         let window = u16::try_from(max).unwrap_or(u16::MAX);
         let qos = BasicQosArguments::new(0, window, false);
         self.consumer.basic_qos(qos).await.expect("basic.qos");

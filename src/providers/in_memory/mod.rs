@@ -35,14 +35,16 @@ pub struct InMemoryMessageService {
 }
 
 impl InMemoryMessageService {
-    /// An empty set of queues with these settings.
-    pub fn new(config: QueuesConfig) -> Self {
-        Self {
+    /// An empty set of queues with these settings, refused when they fail
+    /// [`QueuesConfig::validate`].
+    pub fn new(config: QueuesConfig) -> Result<Self, MessagingError> {
+        config.validate()?;
+        Ok(Self {
             queues: Arc::default(),
             arrivals: Arc::default(),
             dead_letters: Arc::new((&config).into()),
             config: Arc::new(config),
-        }
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Queue>> {

@@ -62,7 +62,9 @@ struct ReadRow {
 
 impl PgmqMessageService {
     /// Connects a pool to `[pgmq] database_url` and installs PGMQ if absent.
+    /// A config that fails [`MessagingConfig::validate`] is refused first.
     pub async fn connect(config: &MessagingConfig) -> Result<Self, MessagingError> {
+        config.validate()?;
         let pgmq = config
             .pgmq
             .as_ref()
@@ -103,9 +105,11 @@ impl PgmqMessageService {
     ///
     /// After an outage, calls on such a pool may first meet its dead pooled
     /// connections (retried as transient failures); [`connect`](Self::connect)
-    /// builds a pool that drops them.
-    pub fn from_pool(pool: PgPool, config: &MessagingConfig) -> Self {
-        Self::build(pool, config, Arc::default())
+    /// builds a pool that drops them. A config that fails
+    /// [`MessagingConfig::validate`] is refused.
+    pub fn from_pool(pool: PgPool, config: &MessagingConfig) -> Result<Self, MessagingError> {
+        config.validate()?;
+        Ok(Self::build(pool, config, Arc::default()))
     }
 
     fn build(pool: PgPool, config: &MessagingConfig, last_down: Arc<LastDown>) -> Self {

@@ -132,8 +132,10 @@ impl fmt::Debug for RabbitMqMessageService {
 impl RabbitMqMessageService {
     /// Connects to `[rabbitmq] url` (both connections), failing if the broker
     /// does not answer within `connection_timeout_ms`, with the queue, retry
-    /// and circuit-breaker settings of `config`.
+    /// and circuit-breaker settings of `config`. A config that fails
+    /// [`MessagingConfig::validate`] is refused first.
     pub async fn connect(config: &MessagingConfig) -> Result<Self, MessagingError> {
+        config.validate()?;
         let resilience = Arc::new(Resilience::new(
             Provider::RabbitMq,
             config.retry_policy.clone(),
