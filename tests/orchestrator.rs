@@ -5,8 +5,8 @@
 mod common;
 
 // The example's command line uses parts of the engine these tests do not.
-#[allow(dead_code)]
-#[path = "../examples/orchestrator/engine.rs"]
+#[allow(dead_code, unused_imports)]
+#[path = "../examples/orchestrator/engine/mod.rs"]
 mod engine;
 
 use std::{sync::Arc, time::Duration};

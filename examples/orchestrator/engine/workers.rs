@@ -1,0 +1,124 @@
+//! Namespace workers: receive steps, run them, report completions, delete.
+
+use super::*;
+
+/// One worker on one namespace queue: wait for steps, run them, report, delete.
+pub(super) async fn work(ctx: Arc<Ctx>, queue: usize) {
+    let queue = ctx.queues[queue].as_str();
+    while !ctx.stopping() {
+        let steps = match ctx
+            .backend
+            .receive_messages_wait::<SimpleStepMessage>(
+                queue,
+                RECEIVE_BATCH,
+                ctx.lease,
+                RECEIVE_WAIT,
+            )
+            .await
+        {
+            Ok(steps) => steps,
+            Err(error) => {
+                if ctx.tolerate("receive", error).await {
+                    continue;
+                }
+                return;
+            }
+        };
+        if steps.is_empty() {
+            continue;
+        }
+        ctx.mark_delivery();
+        ctx.shared.in_flight.fetch_add(steps.len() as u64, Relaxed);
+        run_steps(&ctx, queue, steps).await;
+    }
+}
+
+pub(super) async fn run_steps(
+    ctx: &Ctx,
+    queue: &str,
+    steps: Vec<QueuedMessage<SimpleStepMessage>>,
+) {
+    let s = &ctx.shared;
+    let mut done = Vec::with_capacity(steps.len());
+    let mut steps = steps.into_iter();
+    while let Some(step) = steps.next() {
+        if ctx.interrupted() {
+            release(ctx, queue, std::iter::once(step).chain(steps.by_ref())).await;
+            break;
+        }
+        if !ctx.settings.work.is_zero() {
+            tokio::time::sleep(ctx.settings.work).await;
+        }
+        if fails(step.message.step_uuid, ctx.settings.fail_rate) {
+            // Not deleted: the lease runs out, the step comes back, and after
+            // max_receive_count deliveries it moves to the dead-letter queue.
+            lock(&s.failing).insert(step.message.step_uuid);
+            s.in_flight.fetch_sub(1, Relaxed);
+            continue;
+        }
+        done.push(step);
+    }
+    if done.is_empty() {
+        return;
+    }
+    // Report before deleting: a crash between the two runs the step again (a
+    // duplicate the results check counts) instead of losing its completion.
+    let completions: Vec<StepCompleted> = done
+        .iter()
+        .map(|step| StepCompleted {
+            run_id: ctx.run_id,
+            task_uuid: step.message.task_uuid,
+            step_uuid: step.message.step_uuid,
+            attempt: step.metadata.receive_count,
+        })
+        .collect();
+    if let Err(error) = ctx.backend.send_batch(&ctx.results, &completions).await {
+        // Not deleted either: the steps come back when their leases end.
+        s.in_flight.fetch_sub(done.len() as u64, Relaxed);
+        ctx.tolerate("send completions", error).await;
+        return;
+    }
+    s.completions_sent
+        .fetch_add(completions.len() as u64, Relaxed);
+    for step in &done {
+        match ctx.backend.delete_message(queue, step.receipt()).await {
+            Ok(()) => {}
+            // The lease ran out before the delete: the step is delivered
+            // again, and its second completion counts as a duplicate.
+            Err(MessagingError::LeaseExpired { .. }) => {
+                s.lease_lost.fetch_add(1, Relaxed);
+            }
+            Err(error) if error.is_transient() => {
+                eprintln!("warning: delete: {error} (the step comes back when its lease ends)");
+            }
+            Err(error) => ctx.fail(error),
+        }
+        s.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Hands steps not started back to the queue at once (visibility 0), so the
+/// next run gets them without waiting out the lease.
+pub(super) async fn release(
+    ctx: &Ctx,
+    queue: &str,
+    steps: impl Iterator<Item = QueuedMessage<SimpleStepMessage>>,
+) {
+    for step in steps {
+        match ctx
+            .backend
+            .change_message_visibility(queue, step.receipt(), Duration::ZERO)
+            .await
+        {
+            Ok(()) => {
+                ctx.shared.released.fetch_add(1, Relaxed);
+            }
+            // Already back in the queue.
+            Err(MessagingError::LeaseExpired { .. }) => {}
+            Err(error) => {
+                eprintln!("warning: release: {error} (the step comes back when its lease ends)")
+            }
+        }
+        ctx.shared.in_flight.fetch_sub(1, Relaxed);
+    }
+}
