@@ -419,24 +419,40 @@ pub fn setup() -> Setup {
     Setup { rt, providers }
 }
 
+/// A consumer task: receives up to 10 and deletes each until `done` reaches
+/// `total`.
+fn consume(
+    client: Client,
+    queue: &str,
+    done: Arc<AtomicUsize>,
+    total: usize,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let queue = queue.to_owned();
+    async move {
+        while done.load(Ordering::Acquire) < total {
+            let n = client.receive_delete(&queue, 10).await;
+            if n == 0 {
+                // An idle consumer backs off a little, as a real one would,
+                // instead of hammering the server with reads.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            done.fetch_add(n, Ordering::AcqRel);
+        }
+    }
+}
+
 /// One producer sends `END_TO_END` messages one by one while `CONSUMERS`
 /// consumers receive and delete them; done when all are deleted.
 pub async fn end_to_end(client: &Client, queue: &str) {
     let done = Arc::new(AtomicUsize::new(0));
     let consumers: Vec<_> = (0..CONSUMERS)
         .map(|_| {
-            let (client, queue, done) = (client.clone(), queue.to_owned(), Arc::clone(&done));
-            tokio::spawn(async move {
-                while done.load(Ordering::Acquire) < END_TO_END {
-                    let n = client.receive_delete(&queue, 10).await;
-                    if n == 0 {
-                        // An idle consumer backs off a little, as a real one
-                        // would, instead of hammering the server with reads.
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    done.fetch_add(n, Ordering::AcqRel);
-                }
-            })
+            tokio::spawn(consume(
+                client.clone(),
+                queue,
+                Arc::clone(&done),
+                END_TO_END,
+            ))
         })
         .collect();
     let message = step();
@@ -470,16 +486,12 @@ pub async fn fleet_drain(client: &Client, peer: &Client, queue: &str) {
     let workers: Vec<_> = [client, peer]
         .into_iter()
         .map(|process| {
-            let (client, queue, done) = (process.clone(), queue.to_owned(), Arc::clone(&done));
-            tokio::spawn(async move {
-                while done.load(Ordering::Acquire) < FLEET_DRAIN {
-                    let n = client.receive_delete(&queue, 10).await;
-                    if n == 0 {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    done.fetch_add(n, Ordering::AcqRel);
-                }
-            })
+            tokio::spawn(consume(
+                process.clone(),
+                queue,
+                Arc::clone(&done),
+                FLEET_DRAIN,
+            ))
         })
         .collect();
     for worker in workers {

@@ -59,63 +59,53 @@ pub async fn released_and_expired_leases_reach_every_process(
     );
     let queue = fresh_queue(a, "fleet_release").await;
     // Released, then received again at once by the same process.
-    let message = step();
-    send(a, &queue, &message).await;
-    let held = receive_one(a, &queue, LONG_LEASE).await;
-    a.change_message_visibility(&queue, held.receipt(), Duration::ZERO)
-        .await
-        .expect("release");
-    let again = receive(a, &queue, 10, LONG_LEASE).await;
-    assert_eq!(
-        uuids(&again),
-        vec![message.step_uuid],
-        "same process, at once"
-    );
-    assert_eq!(
-        again[0].metadata.receive_count,
-        held.metadata.receive_count + 1
-    );
-    a.delete_message(&queue, again[0].receipt())
-        .await
-        .expect("delete");
-
+    hand_back(&queue, a, a, Some(Duration::ZERO), "same process, at once").await;
     // Released, then received at once by the other process.
+    hand_back(&queue, a, b, Some(Duration::ZERO), "other process, at once").await;
+    // A lease that ran out, then received by the other process.
+    hand_back(&queue, a, b, None, "after the lease ran out").await;
+    cleanup(a, &queue).await;
+}
+
+/// Sends a message, lets `holder` receive it and give it back (a release with
+/// visibility `release`, or with `None` a 1 s lease that runs out), then
+/// checks that `receiver` gets it at once with `receive_count` one higher,
+/// and deletes it.
+async fn hand_back(
+    queue: &str,
+    holder: &MessageBackend,
+    receiver: &MessageBackend,
+    release: Option<Duration>,
+    what: &str,
+) {
     let message = step();
-    send(a, &queue, &message).await;
-    let held = receive_one(a, &queue, LONG_LEASE).await;
-    a.change_message_visibility(&queue, held.receipt(), Duration::ZERO)
-        .await
-        .expect("release");
-    let there = receive(b, &queue, 10, LONG_LEASE).await;
+    send(holder, queue, &message).await;
+    let held = match release {
+        Some(visibility) => {
+            let held = receive_one(holder, queue, LONG_LEASE).await;
+            holder
+                .change_message_visibility(queue, held.receipt(), visibility)
+                .await
+                .expect("release");
+            held
+        }
+        None => {
+            let held = receive_one(holder, queue, LEASE).await;
+            tokio::time::sleep(LEASE + SLACK).await;
+            held
+        }
+    };
+    let got = receive(receiver, queue, 10, LONG_LEASE).await;
+    assert_eq!(uuids(&got), vec![message.step_uuid], "{what}");
     assert_eq!(
-        uuids(&there),
-        vec![message.step_uuid],
-        "other process, at once"
+        got[0].metadata.receive_count,
+        held.metadata.receive_count + 1,
+        "{what}"
     );
-    assert_eq!(
-        there[0].metadata.receive_count,
-        held.metadata.receive_count + 1
-    );
-    b.delete_message(&queue, there[0].receipt())
+    receiver
+        .delete_message(queue, got[0].receipt())
         .await
         .expect("delete");
-
-    // A lease that ran out, then received by the other process.
-    let message = step();
-    send(a, &queue, &message).await;
-    let held = receive_one(a, &queue, LEASE).await;
-    tokio::time::sleep(LEASE + SLACK).await;
-    let there = receive(b, &queue, 10, LONG_LEASE).await;
-    assert_eq!(
-        uuids(&there),
-        vec![message.step_uuid],
-        "after the lease ran out"
-    );
-    assert_eq!(
-        there[0].metadata.receive_count,
-        held.metadata.receive_count + 1
-    );
-    cleanup(a, &queue).await;
 }
 
 /// C28: `receive_count` counts hand-outs to callers across processes: after A's
