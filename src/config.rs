@@ -19,6 +19,7 @@ use crate::{
 };
 
 /// Which queue provider a [`MessageBackend`](crate::MessageBackend) talks to.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 pub enum Provider {
     /// PGMQ on PostgreSQL (`provider = "pgmq"`).
@@ -52,6 +53,7 @@ impl fmt::Display for Provider {
 
 /// The whole configuration. Load it with [`MessagingConfig::load`]; every
 /// field has a default except the selected provider's URL.
+#[non_exhaustive]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MessagingConfig {
@@ -75,6 +77,7 @@ pub struct MessagingConfig {
 pub const MAX_RECEIVE_COUNT: u32 = 100_000;
 
 /// The `[queues]` section, shared by every provider.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueuesConfig {
@@ -180,9 +183,32 @@ impl QueuesConfig {
 impl PgmqConfig {
     /// `connection_timeout_ms` when the section does not set it.
     pub const DEFAULT_CONNECTION_TIMEOUT_MS: u64 = 5_000;
+
+    /// The section for `database_url`, every other key at its default.
+    pub fn new(database_url: SecretUrl) -> Self {
+        Self {
+            database_url,
+            pool_size: defaults::pool_size(),
+            connection_timeout_ms: defaults::connection_timeout_ms(),
+        }
+    }
+}
+
+impl RabbitMqConfig {
+    /// The section for `url`, every other key at its default.
+    pub fn new(url: SecretUrl) -> Self {
+        Self {
+            url,
+            prefetch_count: defaults::prefetch_count(),
+            heartbeat_interval_secs: defaults::heartbeat_interval_secs(),
+            connection_timeout_ms: defaults::connection_timeout_ms(),
+            broker_consumer_timeout_ms: defaults::broker_consumer_timeout_ms(),
+        }
+    }
 }
 
 /// The `[pgmq]` section.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PgmqConfig {
@@ -198,6 +224,7 @@ pub struct PgmqConfig {
 }
 
 /// The `[rabbitmq]` section.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitMqConfig {

@@ -161,6 +161,7 @@ impl<T> QueuedMessage<T> {
 }
 
 /// A snapshot of one queue. A field a provider cannot know is `None`, never a guess.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueStats {
     /// The queue's name.

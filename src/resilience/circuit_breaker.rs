@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::{MessagingError, Provider};
 
 /// The `[circuit_breaker]` section.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
@@ -60,6 +61,7 @@ impl CircuitBreakerConfig {
 }
 
 /// Where a circuit breaker stands.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CircuitState {
     /// Calls go through; transient failures are counted.

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 /// Retries of transient failures ([`MessagingError::is_transient`](crate::MessagingError::is_transient)),
 /// with exponential backoff and jitter. Non-transient errors are never retried.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {

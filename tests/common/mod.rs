@@ -17,7 +17,7 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 }
 
 use tasker_messaging::{
-    MessageBackend, MessagingConfig, PgmqConfig, Provider, QueuesConfig, RabbitMqConfig, SecretUrl,
+    MessageBackend, MessagingConfig, PgmqConfig, Provider, RabbitMqConfig, SecretUrl,
 };
 
 /// PostgreSQL for the PGMQ tests; override with `TASKER_TEST_DATABASE_URL`.
@@ -35,27 +35,21 @@ pub fn amqp_url() -> String {
 /// The configuration the suites use: small limits so dead-letter cases are quick.
 pub fn config(provider: Provider) -> MessagingConfig {
     let url = |text: String| SecretUrl::parse(&text).expect("test URL parses");
-    MessagingConfig {
-        provider,
-        queues: QueuesConfig {
-            max_receive_count: 3,
-            max_message_bytes: 4 * 1024,
-            ..QueuesConfig::default()
-        },
-        pgmq: Some(PgmqConfig {
-            database_url: url(database_url()),
-            pool_size: 4,
-            connection_timeout_ms: 5_000,
-        }),
-        rabbitmq: Some(RabbitMqConfig {
-            url: url(amqp_url()),
-            prefetch_count: 50,
-            heartbeat_interval_secs: 10,
-            connection_timeout_ms: 5_000,
-            broker_consumer_timeout_ms: 30 * 60 * 1_000,
-        }),
-        ..MessagingConfig::default()
-    }
+    // The config types are non-exhaustive: built from defaults, then set.
+    let mut config = MessagingConfig::default();
+    config.provider = provider;
+    config.queues.max_receive_count = 3;
+    config.queues.max_message_bytes = 4 * 1024;
+    let mut pgmq = PgmqConfig::new(url(database_url()));
+    pgmq.pool_size = 4;
+    pgmq.connection_timeout_ms = 5_000;
+    config.pgmq = Some(pgmq);
+    let mut rabbitmq = RabbitMqConfig::new(url(amqp_url()));
+    rabbitmq.prefetch_count = 50;
+    rabbitmq.heartbeat_interval_secs = 10;
+    rabbitmq.connection_timeout_ms = 5_000;
+    config.rabbitmq = Some(rabbitmq);
+    config
 }
 
 /// A connected backend, or a panic that names the service that is missing.
@@ -79,7 +73,7 @@ pub async fn backend(provider: Provider) -> MessageBackend {
                     .map(|c| c.url.to_string())
                     .unwrap_or_default()
             ),
-            Provider::InMemory => "the in-memory provider".into(),
+            other => format!("the {other} provider"),
         };
         panic!("{service} is not usable: {e}. Start it (scripts/test.sh does) and rerun.")
     })
