@@ -25,7 +25,7 @@ use amqprs::{
 };
 use async_trait::async_trait;
 
-use super::confirms::{Confirms, Outcome};
+use super::publisher::{Confirms, Outcome};
 
 /// Why the broker closed a channel (`channel.close` reply code and text).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,6 +11,8 @@
 //! Attempts are [`probe_pause`] apart, so a broker that comes back is
 //! connected within about half a second.
 
+// Over 450 lines: URL settings, the link and its supervisor share the
+// reconnect state, and their tests need all three.
 use std::{
     sync::{
         atomic::{AtomicU32, Ordering},
@@ -30,8 +32,9 @@ use url::Url;
 
 use super::{
     channel::{TrackedChannel, CLOSED_CHANNEL_LIMIT},
-    confirms::Publisher,
-    errors, Inner,
+    errors,
+    publisher::Publisher,
+    Inner,
 };
 use crate::{
     resilience::{probe_pause, Reachability, Resilience},

@@ -47,22 +47,14 @@ use std::{
     time::Duration,
 };
 
-use amqprs::{
-    channel::{
-        BasicCancelArguments, BasicConsumeArguments, BasicGetArguments, BasicQosArguments,
-        ConsumerMessage,
-    },
-    BasicProperties,
-};
+use amqprs::channel::{BasicConsumeArguments, BasicGetArguments, BasicQosArguments};
 use chrono::Utc;
-use tokio::{
-    sync::{mpsc, watch},
-    time::Instant,
-};
+use tokio::{sync::watch, time::Instant};
 
 use super::{
     channel::TrackedChannel,
     connection::Link,
+    consumer::{Consumer, Delivery},
     errors,
     leases::{self, Leases},
     properties::{self, Delivered},
@@ -75,27 +67,10 @@ use crate::{
     MessageId, MessagingError, Provider, QueueMessage, QueuedMessage, QueuedMessageMetadata,
 };
 
-const RECEIVE: &str = "receive_messages";
+pub(super) const RECEIVE: &str = "receive_messages";
 /// Fewest more messages a receive takes with a consumer rather than with
 /// `basic.get`: a consumer costs about three `basic.get`s to start and stop.
 const BULK: usize = 8;
-
-/// One delivery taken by a receive, leased from the moment it arrived.
-struct Delivery {
-    tag: u64,
-    properties: BasicProperties,
-    body: Vec<u8>,
-}
-
-impl Delivery {
-    fn from_message(message: ConsumerMessage) -> Option<Self> {
-        Some(Self {
-            tag: message.deliver?.delivery_tag(),
-            properties: message.basic_properties?,
-            body: message.content?,
-        })
-    }
-}
 
 /// The channel a queue's leases live on.
 struct Line {
@@ -140,132 +115,6 @@ pub(super) struct Slot {
     consumers: AtomicU64,
     /// Dropping the slot stops its lease timer.
     _stop: watch::Sender<()>,
-}
-
-/// A consumer opened for one receive. Dropped before [`Consumer::close`]
-/// (an abandoned receive), it cancels itself from a task and requeues what
-/// arrives after.
-struct Consumer {
-    channel: Arc<TrackedChannel>,
-    tag: String,
-    deliveries: Option<mpsc::UnboundedReceiver<ConsumerMessage>>,
-    /// Deliveries taken so far.
-    taken: Vec<Delivery>,
-    want: usize,
-}
-
-impl Consumer {
-    fn full(&self) -> bool {
-        self.taken.len() >= self.want
-    }
-
-    /// Moves what amqprs has received into `taken`, leasing each.
-    fn drain(&mut self, slot: &Slot, epoch: u64, lease: Duration) -> bool {
-        let Some(deliveries) = self.deliveries.as_mut() else {
-            return false;
-        };
-        let mut open = true;
-        loop {
-            match deliveries.try_recv() {
-                Ok(message) => take(&mut self.taken, slot, epoch, lease, message),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    open = false;
-                    break;
-                }
-            }
-        }
-        open
-    }
-
-    fn take(&mut self, slot: &Slot, epoch: u64, lease: Duration, message: ConsumerMessage) {
-        take(&mut self.taken, slot, epoch, lease, message);
-    }
-
-    /// Waits for one delivery until `deadline`; false when none came.
-    async fn wait(&mut self, slot: &Slot, epoch: u64, lease: Duration, deadline: Instant) -> bool {
-        let Some(deliveries) = self.deliveries.as_mut() else {
-            return false;
-        };
-        match tokio::time::timeout_at(deadline, deliveries.recv()).await {
-            Ok(Some(message)) => {
-                take(&mut self.taken, slot, epoch, lease, message);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Ends the consumer. A full one has no credit, so nothing can follow and
-    /// the cancel is not awaited; otherwise deliveries sent before
-    /// `cancel-ok` are taken too.
-    async fn close(
-        mut self,
-        slot: &Slot,
-        epoch: u64,
-        lease: Duration,
-    ) -> Result<Vec<Delivery>, MessagingError> {
-        let full = self.full();
-        let args = BasicCancelArguments::new(&self.tag).no_wait(full).finish();
-        let cancelled = self
-            .channel
-            .call(move |c| async move { c.basic_cancel(args).await })
-            .await;
-        if cancelled.is_ok() && !full {
-            self.drain(slot, epoch, lease);
-        }
-        self.deliveries = None;
-        let taken = std::mem::take(&mut self.taken);
-        match cancelled {
-            Ok(_) => Ok(taken),
-            // The channel died: its deliveries went back to the broker.
-            Err(error) => Err(errors::call_error(RECEIVE, error, Some(&slot.queue))),
-        }
-    }
-}
-
-/// Leases a delivery as it arrives and keeps it in `taken`.
-fn take(
-    taken: &mut Vec<Delivery>,
-    slot: &Slot,
-    epoch: u64,
-    lease: Duration,
-    message: ConsumerMessage,
-) {
-    if let Some(delivery) = Delivery::from_message(message) {
-        // The lease, and the broker's consumer_timeout, count from now.
-        let now = Instant::now();
-        slot.leases.grant(epoch, delivery.tag, now + lease, now);
-        taken.push(delivery);
-    }
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        let Some(mut deliveries) = self.deliveries.take() else {
-            return;
-        };
-        let (channel, tag) = (Arc::clone(&self.channel), self.tag.clone());
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        // What was taken is leased and comes back when the lease ends; what
-        // arrives until cancel-ok has no lease and goes back at once.
-        runtime.spawn(async move {
-            let args = BasicCancelArguments::new(&tag);
-            let cancelled = channel
-                .call(move |c| async move { c.basic_cancel(args).await })
-                .await;
-            if cancelled.is_err() {
-                return; // The channel is gone, and its deliveries with it.
-            }
-            while let Ok(message) = deliveries.try_recv() {
-                if let Some(tag) = message.deliver.map(|d| d.delivery_tag()) {
-                    let _ = channel.settle(tag, true).await;
-                }
-            }
-        });
-    }
 }
 
 impl Slot {

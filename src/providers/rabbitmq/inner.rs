@@ -1,0 +1,134 @@
+//! The state behind a `RabbitMqMessageService` and its clones: settings,
+//! connections, and each queue's channel and leases ([`Slot`]).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    mem::ManuallyDrop,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
+};
+
+use tokio::sync::watch;
+
+use super::{
+    admin::Admin,
+    connection::{DataConnection, Link},
+    slot::Slot,
+};
+use crate::{
+    dead_letter::DeadLetterPolicy, wait::Arrivals, MessagingError, QueuesConfig, RabbitMqConfig,
+};
+
+pub(super) struct Inner {
+    pub(super) config: RabbitMqConfig,
+    pub(super) queues: QueuesConfig,
+    pub(super) dead_letters: DeadLetterPolicy,
+    // Dropped by hand (see `Drop for Inner`).
+    pub(super) data: ManuallyDrop<DataConnection>,
+    pub(super) admin: ManuallyDrop<Admin>,
+    pub(super) slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Queues this backend created, declared again after a reconnect.
+    pub(super) declared: Mutex<BTreeSet<String>>,
+    pub(super) epochs: AtomicU64,
+    /// Never notified: waiting receives here wait on a consumer of their own.
+    pub(super) arrivals: Arrivals,
+    /// Dropping it stops the background tasks.
+    pub(super) _stop: watch::Sender<()>,
+}
+
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections are single map operations: a poisoned lock is consistent.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let slots = std::mem::take(&mut *lock(&self.slots));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            drop(slots);
+            // SAFETY: each field is dropped exactly once, here, and `self` is
+            // never used again.
+            unsafe {
+                ManuallyDrop::drop(&mut self.data);
+                ManuallyDrop::drop(&mut self.admin);
+            }
+        } else {
+            // amqprs closes connections and channels from tasks it spawns on
+            // drop, which panics outside a runtime: leave them to the OS.
+            std::mem::forget(slots);
+        }
+    }
+}
+
+impl Inner {
+    pub(super) fn broker_consumer_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.broker_consumer_timeout_ms)
+    }
+
+    pub(super) fn next_epoch(&self) -> u64 {
+        self.epochs.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(super) fn slot(&self, queue: &str) -> Arc<Slot> {
+        Arc::clone(
+            lock(&self.slots)
+                .entry(queue.to_owned())
+                .or_insert_with(|| Slot::new(queue)),
+        )
+    }
+
+    /// Drops the slot of a queue found missing, unless it still holds leases.
+    pub(super) fn forget_slot(&self, slot: &Arc<Slot>) {
+        let mut slots = lock(&self.slots);
+        if slots.get(&slot.queue).is_some_and(|s| Arc::ptr_eq(s, slot)) && slot.leases.len() == 0 {
+            slots.remove(&slot.queue);
+        }
+    }
+
+    pub(super) fn existing_slot(&self, queue: &str) -> Option<Arc<Slot>> {
+        lock(&self.slots).get(queue).cloned()
+    }
+
+    pub(super) fn all_slots(&self) -> Vec<Arc<Slot>> {
+        lock(&self.slots).values().cloned().collect()
+    }
+
+    /// The data connection dropped: every lease died with it.
+    pub(super) fn on_connection_lost(&self) {
+        for slot in self.all_slots() {
+            slot.leases.clear();
+        }
+    }
+
+    /// A new data connection: declare again what this backend declared. The
+    /// queues' channels died with the old one; each opens anew on its next receive.
+    pub(super) async fn after_reconnect(&self, _link: &Arc<Link>) {
+        let declared: Vec<String> = lock(&self.declared).iter().cloned().collect();
+        for queue in declared {
+            let names =
+                std::iter::once(queue.clone()).chain(self.dead_letters.dead_letter_queue(&queue));
+            for name in names {
+                if let Err(error) = self.admin.declare(&name).await {
+                    tracing::warn!(queue = name, %error, "could not declare a queue again after reconnecting");
+                }
+            }
+        }
+        for slot in self.all_slots() {
+            slot.forget_line().await;
+        }
+    }
+
+    pub(super) fn check_broker_limit(&self, secs: u64) -> Result<(), MessagingError> {
+        let limit = self.broker_consumer_timeout();
+        if Duration::from_secs(secs) > limit {
+            return Err(MessagingError::invalid_argument(format!(
+                "visibility timeout of {secs} s exceeds RabbitMQ's consumer_timeout of {} s",
+                limit.as_secs()
+            )));
+        }
+        Ok(())
+    }
+}
