@@ -3,8 +3,9 @@
 //! The data connection carries publishes and consumers. Each successful
 //! connect is a [`Link`] with a generation number; when it drops (broker
 //! restart, forced close, missed heartbeats) the supervisor task reconnects
-//! with backoff, installs the next generation, declares again what this
-//! backend declared and resumes the consumers. Calls made meanwhile wait for
+//! with backoff, installs the next generation and declares again what this
+//! backend declared (each queue's channel opens anew on its next receive).
+//! Calls made meanwhile wait for
 //! the new link at most [`RECONNECT_WAIT`]; once an attempt has failed (the
 //! broker refused, or did not answer within the connection timeout) they fail
 //! at once with a transient `Connection` error, until an attempt succeeds.
