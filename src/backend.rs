@@ -8,8 +8,8 @@ use enum_dispatch::enum_dispatch;
 use crate::{
     providers::{InMemoryMessageService, PgmqMessageService, RabbitMqMessageService},
     wait::Arrivals,
-    CircuitBreaker, MessageId, MessagingConfig, MessagingError, MessagingService, Provider,
-    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
+    Capabilities, CircuitBreaker, MessageId, MessagingConfig, MessagingError, MessagingService,
+    Provider, QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
 };
 
 /// The value an application holds: one of the providers, dispatched statically.

@@ -57,6 +57,7 @@ mod service;
 
 mod backend;
 
+mod capabilities;
 mod codec;
 mod config;
 pub mod conformance;
@@ -73,6 +74,7 @@ mod secret;
 mod wait;
 
 pub use backend::MessageBackend;
+pub use capabilities::Capabilities;
 pub use config::{
     MessagingConfig, PgmqConfig, Provider, QueuesConfig, RabbitMqConfig, MAX_RECEIVE_COUNT,
 };

@@ -5,8 +5,8 @@ use std::time::Duration;
 use enum_dispatch::enum_dispatch;
 
 use crate::{
-    wait::Arrivals, CircuitBreaker, MessageId, MessagingError, Provider, QueueMessage, QueueStats,
-    QueuedMessage, QueuesConfig, ReceiptHandle,
+    wait::Arrivals, Capabilities, CircuitBreaker, MessageId, MessagingError, Provider,
+    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
 };
 
 /// Operations every provider offers, with the same observable behaviour.
@@ -132,6 +132,10 @@ pub trait MessagingService {
 
     /// Which provider this is.
     fn provider(&self) -> Provider;
+
+    /// What this provider guarantees beyond the contract (atomic batches,
+    /// exact stats, confirmed deletes, durability).
+    fn capabilities(&self) -> Capabilities;
 
     /// The `[queues]` settings this service enforces (limits, dead-letter policy).
     fn queues_config(&self) -> &QueuesConfig;

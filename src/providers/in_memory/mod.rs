@@ -295,6 +295,10 @@ impl MessagingService for InMemoryMessageService {
         Provider::InMemory
     }
 
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities::IN_MEMORY
+    }
+
     fn queues_config(&self) -> &QueuesConfig {
         &self.config
     }

@@ -522,6 +522,10 @@ impl MessagingService for PgmqMessageService {
         Provider::Pgmq
     }
 
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities::PGMQ
+    }
+
     fn queues_config(&self) -> &QueuesConfig {
         &self.config
     }

@@ -513,6 +513,10 @@ impl MessagingService for RabbitMqMessageService {
         Provider::RabbitMq
     }
 
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities::RABBITMQ
+    }
+
     fn queues_config(&self) -> &QueuesConfig {
         &self.inner.queues
     }

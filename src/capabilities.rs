@@ -1,0 +1,52 @@
+//! What a provider guarantees beyond the contract every provider keeps, as
+//! values a caller (and the conformance suite) can read instead of prose.
+
+/// What one provider guarantees. Read it with
+/// [`MessagingService::capabilities`](crate::MessagingService::capabilities).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `send_batch` stores all of its messages or none (RabbitMQ confirms
+    /// each message on its own: a failed batch may have stored some).
+    pub atomic_batch: bool,
+    /// `QueueStats::in_flight_count` is the exact number of leased messages
+    /// (otherwise it is `None`).
+    pub exact_in_flight: bool,
+    /// `QueueStats::oldest_message_age_seconds` is known (otherwise `None`).
+    pub message_ages_known: bool,
+    /// `delete_message` returns after the server confirmed the removal
+    /// (RabbitMQ acknowledgements are never answered: a delete is one frame
+    /// on a live channel, and a crash right after it may redeliver).
+    pub broker_confirmed_delete: bool,
+    /// A message whose send returned outlives this process (in-memory:
+    /// nothing does).
+    pub durable: bool,
+}
+
+impl Capabilities {
+    /// PGMQ: one statement per batch, a transaction per delete, a table to count.
+    pub(crate) const PGMQ: Self = Self {
+        atomic_batch: true,
+        exact_in_flight: true,
+        message_ages_known: true,
+        broker_confirmed_delete: true,
+        durable: true,
+    };
+    /// RabbitMQ: confirms per message, fire-and-forget acks, and a broker that
+    /// does not say what consumers hold or how old a message is.
+    pub(crate) const RABBITMQ: Self = Self {
+        atomic_batch: false,
+        exact_in_flight: false,
+        message_ages_known: false,
+        broker_confirmed_delete: false,
+        durable: true,
+    };
+    /// In-memory: everything under one lock, nothing on disk.
+    pub(crate) const IN_MEMORY: Self = Self {
+        atomic_batch: true,
+        exact_in_flight: true,
+        message_ages_known: true,
+        broker_confirmed_delete: true,
+        durable: false,
+    };
+}
