@@ -69,6 +69,7 @@ log "cargo clippy"
 cargo clippy --all-targets -- -D warnings
 log "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet --features conformance
 log "cargo test"
 # The live suites are I/O-bound: run more cases at once than there are cores.
 RUST_TEST_THREADS=${RUST_TEST_THREADS:-8} cargo test --all-targets

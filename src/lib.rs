@@ -33,7 +33,8 @@
 //!
 //! The contract is written out in `docs/CONTRACT.md` (in the repository and
 //! the published package): numbered rules C1–C31, each naming the
-//! [`conformance`] cases that check it on every provider. In brief:
+//! conformance cases that check it on every provider (the `conformance`
+//! module, behind the cargo feature of that name). In brief:
 //! - sends return once the message is durable (C5);
 //! - receives are pull-based and lease each message for a visibility timeout
 //!   (whole seconds); an unreleased lease expires and the message comes back
@@ -60,6 +61,7 @@ mod backend;
 mod capabilities;
 mod codec;
 mod config;
+#[cfg(feature = "conformance")]
 pub mod conformance;
 mod dead_letter;
 mod error;

@@ -12,8 +12,8 @@ use crate::{
 /// Operations every provider offers, with the same observable behaviour.
 ///
 /// The contract is `docs/CONTRACT.md` in the repository: numbered rules
-/// (C1, C2, …), each checked on every provider by the [conformance
-/// suite](crate::conformance). The methods below cite the rules they obey.
+/// (C1, C2, …), each checked on every provider by the conformance suite
+/// (cargo feature `conformance`). The methods below cite the rules they obey.
 ///
 /// Call it through [`MessageBackend`](crate::MessageBackend), which dispatches
 /// statically to the configured provider. The trait is not object-safe on

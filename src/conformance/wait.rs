@@ -1,0 +1,79 @@
+//! The waiting receive.
+
+use super::*;
+
+/// C24: a waiting receive returns within 100 ms of a send from another task.
+pub async fn waiting_receive_wakes_within_100ms_of_a_send(backend: &MessageBackend) {
+    let queue = fresh_queue(backend, "wait_wakes").await;
+    // Let any per-queue machinery (a consumer, a listener) settle first.
+    let warm_up: Vec<QueuedMessage<SimpleStepMessage>> = backend
+        .receive_messages_wait(&queue, 1, LONG_LEASE, Duration::from_millis(300))
+        .await
+        .expect("warm-up wait");
+    assert!(warm_up.is_empty());
+    let message = step();
+    let waiter = async {
+        let got: Vec<QueuedMessage<SimpleStepMessage>> = backend
+            .receive_messages_wait(&queue, 10, LONG_LEASE, Duration::from_secs(10))
+            .await
+            .expect("waiting receive");
+        (got, Instant::now())
+    };
+    let sender = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        send(backend, &queue, &message).await;
+        Instant::now()
+    };
+    let ((got, woke), sent) = tokio::join!(waiter, sender);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message, message);
+    let latency = woke.saturating_duration_since(sent);
+    assert!(
+        latency < Duration::from_millis(100),
+        "woke {latency:?} after the send returned"
+    );
+    cleanup(backend, &queue).await;
+}
+
+/// C25: a waiting receive on an idle queue returns empty once `wait` has
+/// passed.
+pub async fn waiting_receive_returns_empty_after_the_wait(backend: &MessageBackend) {
+    let queue = fresh_queue(backend, "wait_idle").await;
+    let wait = Duration::from_millis(700);
+    let started = Instant::now();
+    let got: Vec<QueuedMessage<SimpleStepMessage>> = backend
+        .receive_messages_wait(&queue, 10, LONG_LEASE, wait)
+        .await
+        .expect("waiting receive");
+    let waited = started.elapsed();
+    assert!(got.is_empty());
+    assert!(waited >= wait, "returned after {waited:?}, before the wait");
+    assert!(
+        waited < wait + Duration::from_millis(700),
+        "overslept: {waited:?}"
+    );
+    cleanup(backend, &queue).await;
+}
+
+/// C26: a waiting receive sees a message whose lease ran out while it waited.
+pub async fn waiting_receive_sees_a_lease_that_ran_out(backend: &MessageBackend) {
+    let queue = fresh_queue(backend, "wait_lease").await;
+    let message = step();
+    send(backend, &queue, &message).await;
+    let first = receive_one(backend, &queue, LEASE).await;
+    let got: Vec<QueuedMessage<SimpleStepMessage>> = backend
+        .receive_messages_wait(&queue, 10, LONG_LEASE, Duration::from_secs(5))
+        .await
+        .expect("waiting receive");
+    assert_eq!(
+        got.len(),
+        1,
+        "the expired lease's message comes back within the wait"
+    );
+    assert_eq!(got[0].message, message);
+    assert_eq!(
+        got[0].metadata.receive_count,
+        first.metadata.receive_count + 1
+    );
+    cleanup(backend, &queue).await;
+}
