@@ -7,7 +7,8 @@ use url::Url;
 
 /// A connection URL that may hold a password.
 ///
-/// `Debug` and `Display` show it with the password replaced by `***`; only
+/// `Debug` and `Display` show it with the password (in the user info or a
+/// query parameter such as `?password=`) replaced by `***`; only
 /// [`expose`](Self::expose) returns the real text, for handing to a driver.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretUrl {
@@ -32,15 +33,51 @@ impl SecretUrl {
         self.url.scheme()
     }
 
-    /// The URL with any password replaced by `***`.
+    /// The URL with any password replaced by `***`: the user-info password,
+    /// and the value of every query parameter whose name (decoded, any case)
+    /// contains `password`, `passwd`, `secret` or `token`, such as
+    /// `?password=` and `?sslpassword=`.
     pub fn redacted(&self) -> String {
         let mut shown = self.url.clone();
         if shown.password().is_some() {
             // Infallible for URLs that already carry a password.
             let _ = shown.set_password(Some("***"));
         }
+        if let Some(query) = shown.query() {
+            let query = redact_query(query);
+            shown.set_query(Some(&query));
+        }
         shown.into()
     }
+}
+
+/// Whether a query parameter's value is a secret: its name (decoded, any
+/// case) contains `password`, `passwd`, `secret` or `token`.
+fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "passwd", "secret", "token"]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
+/// `query` with the value of each secret parameter replaced by `***`. The
+/// rest is kept as written; names are decoded the way drivers read them
+/// (`application/x-www-form-urlencoded`), so `pass%77ord` is caught too.
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| {
+            let raw_name = pair.split_once('=').map_or(pair, |(name, _)| name);
+            let secret = url::form_urlencoded::parse(raw_name.as_bytes())
+                .any(|(name, _)| is_secret_parameter(&name));
+            if secret {
+                format!("{raw_name}=***")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 impl fmt::Debug for SecretUrl {
@@ -72,6 +109,56 @@ mod tests {
         assert!(!format!("{url} {url:?}").contains("hunter2"));
         assert!(url.to_string().contains("user:***@db"));
         assert!(url.expose().contains("hunter2"));
+    }
+
+    #[test]
+    fn query_passwords_are_hidden_everywhere_but_expose() {
+        for (text, shown) in [
+            (
+                "postgres://db/app?password=hunter2",
+                "postgres://db/app?password=***",
+            ),
+            (
+                "postgres://u@db/app?sslmode=disable&PassWord=hunter2&x=1",
+                "postgres://u@db/app?sslmode=disable&PassWord=***&x=1",
+            ),
+            (
+                "postgres://db/app?sslpassword=hunter2&password=hunter2",
+                "postgres://db/app?sslpassword=***&password=***",
+            ),
+            // Encoded names are read decoded, as sqlx reads them.
+            (
+                "postgres://db/app?pass%77ord=hunter2",
+                "postgres://db/app?pass%77ord=***",
+            ),
+            (
+                "amqp://h/%2f?auth_token=hunter2&db_password_file=hunter2",
+                "amqp://h/%2f?auth_token=***&db_password_file=***",
+            ),
+            (
+                "postgres://u:hunter2@db/app?password=hunter2",
+                "postgres://u:***@db/app?password=***",
+            ),
+            // A value holding `=` is hidden whole.
+            (
+                "postgres://db/app?password=hun=ter2",
+                "postgres://db/app?password=***",
+            ),
+        ] {
+            let url = SecretUrl::parse(text).unwrap();
+            assert_eq!(url.to_string(), shown);
+            assert_eq!(format!("{url:?}"), format!("SecretUrl({shown})"));
+            assert_eq!(url.expose(), text);
+        }
+    }
+
+    #[test]
+    fn other_parameters_are_shown_as_written() {
+        let text = "postgres://db/app?sslmode=require&application_name=a%20b&options=-c+x%3Dy&flag";
+        let url = SecretUrl::parse(text).unwrap();
+        assert_eq!(url.to_string(), text);
+        assert!(!is_secret_parameter("user"));
+        assert!(!is_secret_parameter("passfile"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! A password in a URL appears nowhere: not in `Debug`/`Display` of the
-//! config, not in connect errors, not in any tracing output (captured at
-//! TRACE, from every thread). The RabbitMQ session logs in as a user made for
+//! A password in a URL, in its user info or its query (`?password=`),
+//! appears nowhere: not in `Debug`/`Display` of the config, not in connect
+//! errors, not in any tracing output (captured at TRACE, from every thread). The RabbitMQ session logs in as a user made for
 //! the test (with `rabbitmqctl`, as root) whose password is the secret, and
 //! has its connections closed so reconnect logging runs too.
 
@@ -82,6 +82,13 @@ fn with_password(url: &str) -> SecretUrl {
     SecretUrl::parse(url.as_str()).expect("URL")
 }
 
+/// `url` with the password in the query string: `?password=...`.
+fn in_query(url: &str) -> SecretUrl {
+    let mut url = url::Url::parse(url).expect("test URL");
+    url.query_pairs_mut().append_pair("password", PASSWORD);
+    SecretUrl::parse(url.as_str()).expect("URL")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_never_reach_errors_debug_or_logs() {
     let captured = Captured::default();
@@ -101,6 +108,24 @@ async fn passwords_never_reach_errors_debug_or_logs() {
     config.pgmq.as_mut().unwrap().database_url = with_password(&common::database_url());
     shown += &format!("{config:?} {}", config.pgmq.as_ref().unwrap().database_url);
     let backend = MessageBackend::connect(&config)
+        .await
+        .expect("PostgreSQL connects");
+    let queue = tasker_messaging::conformance::unique_queue("secrets");
+    shown += &session(&backend, &queue).await.0;
+    backend.delete_queue(&queue).await.unwrap();
+
+    // The same, with the password as a query parameter (a form sqlx accepts).
+    let mut query_config = common::config(Provider::Pgmq);
+    query_config.pgmq.as_mut().unwrap().database_url = in_query(&common::database_url());
+    let url = &query_config.pgmq.as_ref().unwrap().database_url;
+    assert!(
+        url.expose().contains(PASSWORD),
+        "the test carries the secret"
+    );
+    let seen = format!("{query_config:?} {url}");
+    assert!(seen.contains("password=***"), "{seen}");
+    shown += &seen;
+    let backend = MessageBackend::connect(&query_config)
         .await
         .expect("PostgreSQL connects");
     let queue = tasker_messaging::conformance::unique_queue("secrets");
@@ -168,7 +193,15 @@ async fn passwords_never_reach_errors_debug_or_logs() {
     let rabbitmq = rabbit_unreachable.rabbitmq.as_mut().unwrap();
     rabbitmq.url = with_password("amqp://guest@127.0.0.1:1/%2f");
     rabbitmq.connection_timeout_ms = 300;
-    for config in [unreachable_pg, rabbit_bad_password, rabbit_unreachable] {
+    let mut unreachable_pg_query = unreachable_pg.clone();
+    unreachable_pg_query.pgmq.as_mut().unwrap().database_url =
+        in_query("postgres://postgres@127.0.0.1:1/test");
+    for config in [
+        unreachable_pg,
+        unreachable_pg_query,
+        rabbit_bad_password,
+        rabbit_unreachable,
+    ] {
         let err = MessageBackend::connect(&config)
             .await
             .expect_err("connect must fail");

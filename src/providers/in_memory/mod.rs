@@ -283,10 +283,18 @@ impl MessagingService for InMemoryMessageService {
 
     async fn delete_queue(&self, queue: &str) -> Result<(), MessagingError> {
         validate_queue_name(queue)?;
-        let mut queues = self.lock();
-        queues.remove(queue);
-        if let Some(dlq) = self.dead_letters.dead_letter_queue(queue) {
-            queues.remove(&dlq);
+        let dlq = self.dead_letters.dead_letter_queue(queue);
+        {
+            let mut queues = self.lock();
+            queues.remove(queue);
+            if let Some(dlq) = &dlq {
+                queues.remove(dlq);
+            }
+        }
+        // Waiters find the queue gone and leave, and their signal with them.
+        self.arrivals.notify(queue);
+        if let Some(dlq) = &dlq {
+            self.arrivals.notify(dlq);
         }
         Ok(())
     }
@@ -309,5 +317,141 @@ impl MessagingService for InMemoryMessageService {
 
     fn arrivals(&self) -> &Arrivals {
         &self.arrivals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    use super::*;
+    use crate::SimpleStepMessage;
+
+    /// A random name that `validate_queue_name` rejects.
+    fn invalid_name(rng: &mut StdRng) -> String {
+        const CHARS: &[char] = &['a', 'z', '_', '0', '9', 'A', 'Z', '-', ' ', '.', 'é', '\''];
+        let len = rng.gen_range(0..60);
+        let mut name: String = (0..len)
+            .map(|_| CHARS[rng.gen_range(0..CHARS.len())])
+            .collect();
+        if validate_queue_name(&name).is_ok() {
+            name.insert(0, 'X');
+        }
+        name
+    }
+
+    /// A random valid name, of a queue that does not exist.
+    fn missing_name(rng: &mut StdRng) -> String {
+        format!("missing_{:016x}", rng.gen::<u64>())
+    }
+
+    #[tokio::test]
+    async fn random_names_leave_no_signal_behind() {
+        let service = InMemoryMessageService::new(QueuesConfig::default());
+        let step = crate::conformance::step();
+        let vt = Duration::from_secs(30);
+        let mut rng = StdRng::seed_from_u64(11);
+        for i in 0..100_000 {
+            let name = if i % 2 == 0 {
+                invalid_name(&mut rng)
+            } else {
+                missing_name(&mut rng)
+            };
+            let waited = service
+                .receive_messages_wait::<SimpleStepMessage>(&name, 1, vt, Duration::ZERO)
+                .await;
+            assert!(waited.is_err(), "{name:?}: {waited:?}");
+            let _ = service.send_message(&name, &step).await;
+            let _ = service
+                .receive_messages::<SimpleStepMessage>(&name, 1, vt)
+                .await;
+            let _ = service.get_queue_stats(&name).await;
+            let _ = service.purge_queue(&name).await;
+            let _ = service.delete_queue(&name).await;
+        }
+        assert_eq!(service.arrivals.len(), 0);
+        assert!(service.lock().is_empty(), "no queue was created");
+    }
+
+    #[tokio::test]
+    async fn a_signal_lasts_while_its_waiters_do() {
+        let service = InMemoryMessageService::new(QueuesConfig::default());
+        service.create_queue("held").await.unwrap();
+        let vt = Duration::from_secs(30);
+        // Waits that end with a message, and waits dropped mid-way.
+        for _ in 0..1_000 {
+            let waiting =
+                service.receive_messages_wait::<SimpleStepMessage>("held", 1, vt, Duration::MAX);
+            assert!(tokio::time::timeout(Duration::from_millis(1), waiting)
+                .await
+                .is_err());
+            assert_eq!(service.arrivals.len(), 0, "a dropped wait left its signal");
+        }
+        let a = tokio::spawn({
+            let service = service.clone();
+            async move {
+                service
+                    .receive_messages_wait::<SimpleStepMessage>("held", 1, vt, Duration::MAX)
+                    .await
+            }
+        });
+        let b = tokio::spawn({
+            let service = service.clone();
+            async move {
+                service
+                    .receive_messages_wait::<SimpleStepMessage>("held", 1, vt, Duration::MAX)
+                    .await
+            }
+        });
+        while service.arrivals.len() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(service.arrivals.len(), 1, "one signal per queue");
+        service
+            .send_batch(
+                "held",
+                &[crate::conformance::step(), crate::conformance::step()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.await.unwrap().unwrap().len(), 1);
+        assert_eq!(b.await.unwrap().unwrap().len(), 1);
+        assert_eq!(service.arrivals.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn deleting_a_queue_ends_its_waits_and_its_signal() {
+        // A poll interval far longer than the test: only the delete can wake.
+        let service = InMemoryMessageService::new(QueuesConfig {
+            wait_poll_interval_ms: 3_600_000,
+            ..QueuesConfig::default()
+        });
+        service.create_queue("doomed").await.unwrap();
+        let waiting = tokio::spawn({
+            let service = service.clone();
+            async move {
+                service
+                    .receive_messages_wait::<SimpleStepMessage>(
+                        "doomed",
+                        1,
+                        Duration::from_secs(30),
+                        Duration::MAX,
+                    )
+                    .await
+            }
+        });
+        while service.arrivals.len() == 0 {
+            tokio::task::yield_now().await;
+        }
+        service.delete_queue("doomed").await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the delete woke the waiter")
+            .unwrap();
+        assert!(
+            matches!(ended, Err(MessagingError::QueueNotFound { .. })),
+            "{ended:?}"
+        );
+        assert_eq!(service.arrivals.len(), 0);
     }
 }

@@ -507,12 +507,18 @@ impl MessagingService for PgmqMessageService {
         validate_queue_name(queue)?;
         let mut names = vec![queue.to_owned()];
         names.extend(self.dead_letters.dead_letter_queue(queue));
+        // The notification wakes waiters in every process: they find the
+        // queue gone and leave, and their arrival signal with them.
         self.run("delete_queue", || async {
-            sqlx::query("SELECT pgmq.drop_queue(name) FROM unnest($1::text[]) AS name")
-                .bind(&names)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| db_error("delete_queue", e, None))
+            sqlx::query(
+                "SELECT pgmq.drop_queue(name), pg_notify($2, name)
+                 FROM unnest($1::text[]) AS name",
+            )
+            .bind(&names)
+            .bind(listener::CHANNEL)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("delete_queue", e, None))
         })
         .await?;
         Ok(())

@@ -422,12 +422,20 @@ impl MessagingService for RabbitMqMessageService {
         visibility_timeout: Duration,
         wait: Duration,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
-        // A far-off deadline is as good as none: the wait ends with a message.
-        let until = Instant::now()
-            .checked_add(wait)
-            .unwrap_or_else(|| Instant::now() + lease::MAX_VISIBILITY_TIMEOUT * 1000);
-        self.receive(queue, max_messages, visibility_timeout, Some(until))
-            .await
+        // No deadline (`Duration::MAX` and the like): a far-off one, re-armed
+        // if it is ever reached, so the wait ends only with a message.
+        let deadline = crate::wait::deadline(wait);
+        loop {
+            let until = deadline.unwrap_or_else(crate::wait::far_future);
+            let got = self
+                .receive(queue, max_messages, visibility_timeout, Some(until))
+                .await?;
+            // Empty before the deadline: the broker ended the consumer (the
+            // queue was deleted, say). Looking again reports that, or waits on.
+            if !got.is_empty() || (deadline.is_some() && Instant::now() >= until) {
+                return Ok(got);
+            }
+        }
     }
 
     async fn delete_message(
