@@ -347,7 +347,7 @@ mod tests {
 
     #[tokio::test]
     async fn random_names_leave_no_signal_behind() {
-        let service = InMemoryMessageService::new(QueuesConfig::default());
+        let service = InMemoryMessageService::new(QueuesConfig::default()).expect("valid config");
         let step = crate::conformance::step();
         let vt = Duration::from_secs(30);
         let mut rng = StdRng::seed_from_u64(11);
@@ -375,7 +375,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_signal_lasts_while_its_waiters_do() {
-        let service = InMemoryMessageService::new(QueuesConfig::default());
+        let service = InMemoryMessageService::new(QueuesConfig::default()).expect("valid config");
         service.create_queue("held").await.unwrap();
         let vt = Duration::from_secs(30);
         // Waits that end with a message, and waits dropped mid-way.
@@ -425,7 +425,8 @@ mod tests {
         let service = InMemoryMessageService::new(QueuesConfig {
             wait_poll_interval_ms: 3_600_000,
             ..QueuesConfig::default()
-        });
+        })
+        .expect("valid config");
         service.create_queue("doomed").await.unwrap();
         let waiting = tokio::spawn({
             let service = service.clone();
