@@ -7,7 +7,6 @@ use enum_dispatch::enum_dispatch;
 // The generated `impl MessagingService for MessageBackend` names these types.
 use crate::{
     providers::{InMemoryMessageService, PgmqMessageService, RabbitMqMessageService},
-    wait::Arrivals,
     Capabilities, CircuitBreaker, MessageId, MessagingConfig, MessagingError, MessagingService,
     Provider, QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
 };

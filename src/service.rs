@@ -5,8 +5,8 @@ use std::time::Duration;
 use enum_dispatch::enum_dispatch;
 
 use crate::{
-    wait::Arrivals, Capabilities, CircuitBreaker, MessageId, MessagingError, Provider,
-    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
+    Capabilities, CircuitBreaker, MessageId, MessagingError, Provider, QueueMessage, QueueStats,
+    QueuedMessage, QueuesConfig, ReceiptHandle,
 };
 
 /// Operations every provider offers, with the same observable behaviour.
@@ -72,11 +72,11 @@ pub trait MessagingService {
 
     /// Like [`receive_messages`](Self::receive_messages), but when nothing is
     /// available waits up to `wait` for a first message, returning as soon as
-    /// one can be leased (C24), or empty once `wait` has passed (C25). Waits
-    /// on the provider's arrival signal (PGMQ: LISTEN/NOTIFY; RabbitMQ:
-    /// consumer deliveries; in-memory: a `Notify`), with a slow fallback poll
-    /// (`queues.wait_poll_interval_ms`) that also catches leases that ran out
-    /// (C26). `Duration::ZERO` does not wait.
+    /// one can be leased (C24), or empty once `wait` has passed (C25). PGMQ
+    /// and in-memory wait on an arrival signal (LISTEN/NOTIFY; a `Notify`)
+    /// with a slow fallback poll (`queues.wait_poll_interval_ms`) that also
+    /// catches leases that ran out (C26); RabbitMQ keeps a consumer with a
+    /// window of one open. `Duration::ZERO` does not wait.
     /// Dropping the future mid-wait loses nothing: a lease taken by an
     /// interrupted receive ends with its visibility timeout (not checked by
     /// the conformance suite).
@@ -86,19 +86,7 @@ pub trait MessagingService {
         max_messages: usize,
         visibility_timeout: Duration,
         wait: Duration,
-    ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
-        let poll = self.queues_config().wait_poll_interval();
-        crate::wait::receive_wait(
-            self,
-            self.arrivals(),
-            poll,
-            queue,
-            max_messages,
-            visibility_timeout,
-            wait,
-        )
-        .await
-    }
+    ) -> Result<Vec<QueuedMessage<T>>, MessagingError>;
 
     /// Removes a leased message for good. A receipt whose lease has ended is
     /// `LeaseExpired`; a malformed or foreign one is `InvalidReceipt`
@@ -143,10 +131,4 @@ pub trait MessagingService {
     /// The circuit breaker guarding this provider's server; `None` for a
     /// provider without one (in-memory: nothing to protect).
     fn circuit_breaker(&self) -> Option<&CircuitBreaker>;
-
-    /// The per-queue arrival signal
-    /// [`receive_messages_wait`](Self::receive_messages_wait) waits on; the
-    /// provider notifies it on whatever tells it a queue may have something new.
-    #[doc(hidden)]
-    fn arrivals(&self) -> &Arrivals;
 }

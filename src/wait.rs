@@ -38,7 +38,7 @@ pub(crate) fn far_future() -> Instant {
 /// whatever names callers try, and a deleted queue's signal goes once its
 /// waiters (woken by the delete) have seen `QueueNotFound`.
 #[derive(Debug, Default)]
-pub struct Arrivals {
+pub(crate) struct Arrivals {
     queues: Mutex<HashMap<String, Signal>>,
 }
 

@@ -218,6 +218,27 @@ impl MessagingService for InMemoryMessageService {
         Ok(delivered)
     }
 
+    async fn receive_messages_wait<T: QueueMessage>(
+        &self,
+        queue: &str,
+        max_messages: usize,
+        visibility_timeout: Duration,
+        wait: Duration,
+    ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        let poll = self.queues_config().wait_poll_interval();
+        let signal = &self.arrivals;
+        crate::wait::receive_wait(
+            self,
+            signal,
+            poll,
+            queue,
+            max_messages,
+            visibility_timeout,
+            wait,
+        )
+        .await
+    }
+
     async fn delete_message(
         &self,
         queue: &str,
@@ -313,10 +334,6 @@ impl MessagingService for InMemoryMessageService {
 
     fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
         None
-    }
-
-    fn arrivals(&self) -> &Arrivals {
-        &self.arrivals
     }
 }
 

@@ -32,7 +32,6 @@ use crate::{
     queue_name::{validate_new_queue_name, validate_queue_name},
     receipt::Receipt,
     resilience::{CircuitBreaker, Resilience},
-    wait::Arrivals,
     MessageId, MessagingConfig, MessagingError, MessagingService, PgmqConfig, Provider,
     QueueMessage, QueueStats, QueuedMessage, QueuedMessageMetadata, QueuesConfig, ReceiptHandle,
 };
@@ -425,6 +424,27 @@ impl MessagingService for PgmqMessageService {
         Ok(delivered)
     }
 
+    async fn receive_messages_wait<T: QueueMessage>(
+        &self,
+        queue: &str,
+        max_messages: usize,
+        visibility_timeout: Duration,
+        wait: Duration,
+    ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        let poll = self.queues_config().wait_poll_interval();
+        let signal = self.listener.arrivals();
+        crate::wait::receive_wait(
+            self,
+            signal,
+            poll,
+            queue,
+            max_messages,
+            visibility_timeout,
+            wait,
+        )
+        .await
+    }
+
     async fn delete_message(
         &self,
         queue: &str,
@@ -538,9 +558,5 @@ impl MessagingService for PgmqMessageService {
 
     fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
         Some(self.resilience.breaker())
-    }
-
-    fn arrivals(&self) -> &Arrivals {
-        self.listener.arrivals()
     }
 }

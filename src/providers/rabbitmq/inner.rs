@@ -18,9 +18,7 @@ use super::{
     connection::{DataConnection, Link},
     slot::Slot,
 };
-use crate::{
-    dead_letter::DeadLetterPolicy, wait::Arrivals, MessagingError, QueuesConfig, RabbitMqConfig,
-};
+use crate::{dead_letter::DeadLetterPolicy, MessagingError, QueuesConfig, RabbitMqConfig};
 
 pub(super) struct Inner {
     pub(super) config: RabbitMqConfig,
@@ -33,8 +31,6 @@ pub(super) struct Inner {
     /// Queues this backend created, declared again after a reconnect.
     pub(super) declared: Mutex<BTreeSet<String>>,
     pub(super) epochs: AtomicU64,
-    /// Never notified: waiting receives here wait on a consumer of their own.
-    pub(super) arrivals: Arrivals,
     /// Dropping it stops the background tasks.
     pub(super) _stop: watch::Sender<()>,
 }

@@ -79,7 +79,6 @@ use crate::{
     queue_name::{validate_new_queue_name, validate_queue_name},
     receipt::Receipt,
     resilience::{CircuitBreaker, Resilience},
-    wait::Arrivals,
     MessageId, MessagingConfig, MessagingError, MessagingService, Provider, QueueMessage,
     QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
 };
@@ -138,7 +137,6 @@ impl RabbitMqMessageService {
             slots: Mutex::default(),
             declared: Mutex::default(),
             epochs: AtomicU64::new(0),
-            arrivals: Arrivals::default(),
             _stop: stop,
         });
         tokio::spawn(connection::supervise(
@@ -531,9 +529,5 @@ impl MessagingService for RabbitMqMessageService {
 
     fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
         Some(self.resilience.breaker())
-    }
-
-    fn arrivals(&self) -> &Arrivals {
-        &self.inner.arrivals
     }
 }
