@@ -73,6 +73,7 @@ mod receipt;
 mod resilience;
 mod router;
 mod secret;
+mod sync;
 mod wait;
 
 pub use backend::MessageBackend;

@@ -51,7 +51,7 @@ struct Signal {
 impl Arrivals {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Signal>> {
         // Every change is a single map operation: a poisoned map is whole.
-        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.queues)
     }
 
     /// Joins the waiters on `queue`, which must be a valid name.

@@ -168,10 +168,7 @@ pub async fn two_processes_share_a_drain(a: &MessageBackend, b: &MessageBackend)
                 for message in got {
                     // The work: a few milliseconds per message.
                     tokio::time::sleep(Duration::from_millis(3)).await;
-                    let fresh = seen
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(message.message.step_uuid);
+                    let fresh = crate::sync::lock(seen).insert(message.message.step_uuid);
                     assert!(fresh, "{backend} handled {:?} twice", message.message);
                     process
                         .delete_message(queue, message.receipt())
@@ -286,9 +283,7 @@ pub async fn a_fleet_keeps_up_with_a_trickle_of_sends(a: &MessageBackend, b: &Me
     let receiver = |n: usize, process: &MessageBackend| {
         let (queue, seen, process) = (&queue, &seen, process.clone());
         async move {
-            while seen.lock().unwrap_or_else(|p| p.into_inner()).len() < MESSAGES
-                && Instant::now() < deadline
-            {
+            while crate::sync::lock(seen).len() < MESSAGES && Instant::now() < deadline {
                 let got: Vec<QueuedMessage<SimpleStepMessage>> = if n % 2 == 0 {
                     receive(&process, queue, 10, LONG_LEASE).await
                 } else {
@@ -303,10 +298,7 @@ pub async fn a_fleet_keeps_up_with_a_trickle_of_sends(a: &MessageBackend, b: &Me
                 }
                 for message in got {
                     assert_eq!(message.metadata.receive_count, 1);
-                    let fresh = seen
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(message.message.step_uuid);
+                    let fresh = crate::sync::lock(seen).insert(message.message.step_uuid);
                     assert!(fresh, "{:?} received twice", message.message);
                     process
                         .delete_message(queue, message.receipt())
@@ -330,7 +322,7 @@ pub async fn a_fleet_keeps_up_with_a_trickle_of_sends(a: &MessageBackend, b: &Me
         receiver(2, b),
         receiver(3, b)
     );
-    let received = seen.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let received = crate::sync::lock(&seen).len();
     assert_eq!(received, MESSAGES);
     let stats = a.get_queue_stats(&queue).await.expect("stats");
     assert_eq!(stats.dead_letter_count.unwrap_or(0), 0);

@@ -136,7 +136,7 @@ impl CircuitBreaker {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every update is a single assignment; a poisoned lock holds a whole state.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.inner)
     }
 
     fn transition(&self, inner: &mut Inner, next: Inner) {

@@ -50,7 +50,7 @@ impl InMemoryMessageService {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Queue>> {
         // A panic while holding the lock cannot leave a queue half-updated
         // (every mutation is a single map operation), so poisoning is ignored.
-        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.queues)
     }
 
     fn with_queue<R>(

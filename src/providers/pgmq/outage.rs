@@ -10,6 +10,7 @@
 //! before the server was last found down are dead, and are dropped on
 //! checkout ([`LastDown::is_stale`]).
 
+use crate::sync::lock;
 use std::{
     future::Future,
     sync::{
@@ -70,10 +71,6 @@ impl LastDown {
             _ => false,
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Outage {

@@ -8,11 +8,12 @@
 //! dropping its future cannot abandon a request half-way; a request that
 //! times out leaves a reply pending, so the channel is marked unusable.
 
+use crate::sync::lock;
 use std::{
     future::Future,
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -59,12 +60,6 @@ impl CallError {
 #[derive(Default)]
 struct Events {
     closed: Mutex<Option<Closed>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section is a plain assignment; a poisoned lock holds a
-    // consistent value.
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The channel callback amqprs calls from its dispatcher task. It must be

@@ -213,7 +213,7 @@ impl Link {
     }
 
     fn lock_publisher(&self) -> MutexGuard<'_, Option<Arc<Publisher>>> {
-        self.publisher.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.publisher)
     }
 
     /// Whether this link still carries traffic.
@@ -326,7 +326,7 @@ impl DataConnection {
     }
 
     fn current(&self) -> Arc<Link> {
-        Arc::clone(&self.current.lock().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&crate::sync::lock(&self.current))
     }
 
     /// The generation of the newest link.
@@ -365,7 +365,7 @@ impl DataConnection {
 
     fn install(&self, link: Arc<Link>) {
         let generation = link.generation;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = link;
+        *crate::sync::lock(&self.current) = link;
         self.installed.send_replace(generation);
     }
 }

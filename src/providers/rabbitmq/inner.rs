@@ -1,12 +1,13 @@
 //! The state behind a `RabbitMqMessageService` and its clones: settings,
 //! connections, and each queue's channel and leases ([`Slot`]).
 
+use crate::sync::lock;
 use std::{
     collections::{BTreeSet, HashMap},
     mem::ManuallyDrop,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -33,11 +34,6 @@ pub(super) struct Inner {
     pub(super) epochs: AtomicU64,
     /// Dropping it stops the background tasks.
     pub(super) _stop: watch::Sender<()>,
-}
-
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Critical sections are single map operations: a poisoned lock is consistent.
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for Inner {

@@ -53,7 +53,7 @@ pub(super) struct Leases {
 impl Leases {
     fn lock(&self) -> MutexGuard<'_, Table> {
         // Critical sections only move entries between maps; poisoning is harmless.
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.table)
     }
 
     /// Starts a new channel's table: every earlier lease dies.

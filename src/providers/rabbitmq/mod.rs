@@ -57,6 +57,7 @@ mod properties;
 mod publisher;
 mod slot;
 
+use crate::sync::lock;
 use std::{
     fmt,
     mem::ManuallyDrop,
@@ -69,7 +70,7 @@ use tokio::{sync::watch, time::Instant};
 use self::{
     admin::Admin,
     connection::{DataConnection, Settings},
-    inner::{lock, Inner},
+    inner::Inner,
     leases::ExtendError,
     properties::Outgoing,
     publisher::Pending,

@@ -61,7 +61,7 @@ pub(super) struct Confirms {
 impl Confirms {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Critical sections only move map entries; a poisoned lock is consistent.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     fn register(&self, tag: u64, message_id: &str) -> Option<oneshot::Receiver<(Outcome, bool)>> {
