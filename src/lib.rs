@@ -64,6 +64,7 @@ mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod dead_letter;
+mod delivery;
 mod error;
 mod lease;
 mod message;

@@ -195,6 +195,13 @@ pub async fn two_processes_share_a_drain(a: &MessageBackend, b: &MessageBackend)
 /// C24: B, waiting in `receive_messages_wait`, wakes within 100 ms of A's send.
 pub async fn waiting_receive_wakes_on_another_process_send(a: &MessageBackend, b: &MessageBackend) {
     let queue = fresh_queue(a, "fleet_wait").await;
+    // Let B's per-queue machinery (a listener, a consumer) settle first, as a
+    // long-running worker's would have.
+    let warm_up: Vec<QueuedMessage<SimpleStepMessage>> = b
+        .receive_messages_wait(&queue, 1, LONG_LEASE, Duration::from_millis(300))
+        .await
+        .expect("warm-up wait");
+    assert!(warm_up.is_empty());
     let message = step();
     let waiter = async {
         let got: Vec<QueuedMessage<SimpleStepMessage>> = b

@@ -13,13 +13,14 @@ use chrono::Utc;
 use self::queue::{Queue, Received};
 use crate::{
     codec,
-    dead_letter::{DeadLetterPolicy, Verdict},
+    dead_letter::DeadLetterPolicy,
+    delivery::{self, Outcome},
     lease,
     queue_name::{validate_new_queue_name, validate_queue_name},
     receipt::Receipt,
     wait::Arrivals,
     CircuitBreaker, MessageId, MessagingError, MessagingService, Provider, QueueMessage,
-    QueueStats, QueuedMessage, QueuedMessageMetadata, QueuesConfig, ReceiptHandle,
+    QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
 };
 
 /// Queues held in this process, behind one mutex; nothing survives the process.
@@ -161,41 +162,32 @@ impl MessagingService for InMemoryMessageService {
             else {
                 break;
             };
-            let decoded = codec::decode_as::<T>(&body);
-            match self
-                .dead_letters
-                .verdict(queue, receive_count, decoded.decoding())
-            {
-                Verdict::Deliver => {
-                    let codec::Decoded::Message(message) = decoded else {
-                        continue;
-                    };
-                    let expires = Utc::now() + chrono::Duration::seconds(secs as i64);
-                    delivered.push(QueuedMessage {
-                        metadata: QueuedMessageMetadata {
-                            message_id: MessageId::new(id.to_string()),
-                            receipt_handle: Receipt {
-                                id,
-                                lease: u64::from(receive_count),
-                            }
-                            .encode(Provider::InMemory, queue),
-                            enqueued_at,
-                            receive_count,
-                            visibility_timeout_expires: expires,
-                        },
-                        message,
-                    })
-                }
-                Verdict::DeadLetter(reason) => {
+            let receipt = Receipt {
+                id,
+                lease: u64::from(receive_count),
+            };
+            let outcome = delivery::assemble::<T>(
+                &self.dead_letters,
+                delivery::Delivery {
+                    queue,
+                    provider: Provider::InMemory,
+                    receipt,
+                    message_id: id.to_string(),
+                    enqueued_at,
+                    receive_count,
+                    lease_ends: delivery::lease_ends(secs),
+                    body: &body,
+                },
+            );
+            match outcome {
+                Outcome::Deliver(message) => delivered.push(message),
+                Outcome::DeadLetter(reason) => {
                     let body = q.remove(id).unwrap_or(body);
                     dead.push((id, body, reason));
                 }
                 // After the loop, or this receive would lease it again.
-                Verdict::Release => released.push(Receipt {
-                    id,
-                    lease: u64::from(receive_count),
-                }),
-                Verdict::Hold => self.dead_letters.log_held(queue, &id.to_string()),
+                Outcome::Release => released.push(receipt),
+                Outcome::Hold => {}
             }
         }
         for receipt in &released {

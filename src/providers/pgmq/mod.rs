@@ -27,13 +27,14 @@ use self::{
 };
 use crate::{
     codec,
-    dead_letter::{DeadLetterPolicy, DeadLetterReason, Verdict},
+    dead_letter::{DeadLetterPolicy, DeadLetterReason},
+    delivery::{self, Outcome},
     lease,
     queue_name::{validate_new_queue_name, validate_queue_name},
     receipt::Receipt,
     resilience::{CircuitBreaker, Resilience},
     MessageId, MessagingConfig, MessagingError, MessagingService, PgmqConfig, Provider,
-    QueueMessage, QueueStats, QueuedMessage, QueuedMessageMetadata, QueuesConfig, ReceiptHandle,
+    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
 };
 
 /// The PGMQ provider: a sqlx pool and the queue settings. Clones share the
@@ -231,33 +232,27 @@ impl PgmqMessageService {
         let mut released = Vec::new();
         for row in rows {
             let receive_count = u32::try_from(row.read_ct).unwrap_or(0);
-            let decoded = codec::decode_as::<T>(&row.body);
-            match self
-                .dead_letters
-                .verdict(queue, receive_count, decoded.decoding())
-            {
-                Verdict::Deliver => {
-                    let codec::Decoded::Message(message) = decoded else {
-                        continue;
-                    };
-                    delivered.push(QueuedMessage {
-                        metadata: QueuedMessageMetadata {
-                            message_id: MessageId::new(row.msg_id.to_string()),
-                            receipt_handle: Receipt {
-                                id: row.msg_id as u64,
-                                lease: u64::from(receive_count),
-                            }
-                            .encode(Provider::Pgmq, queue),
-                            enqueued_at: row.enqueued_at,
-                            receive_count,
-                            visibility_timeout_expires: row.vt,
-                        },
-                        message,
-                    });
-                }
-                Verdict::DeadLetter(reason) => dead.push((row.msg_id, reason)),
-                Verdict::Release => released.push(row.msg_id),
-                Verdict::Hold => self.dead_letters.log_held(queue, &row.msg_id.to_string()),
+            let outcome = delivery::assemble::<T>(
+                &self.dead_letters,
+                delivery::Delivery {
+                    queue,
+                    provider: Provider::Pgmq,
+                    receipt: Receipt {
+                        id: row.msg_id as u64,
+                        lease: u64::from(receive_count),
+                    },
+                    message_id: row.msg_id.to_string(),
+                    enqueued_at: row.enqueued_at,
+                    receive_count,
+                    lease_ends: row.vt,
+                    body: &row.body,
+                },
+            );
+            match outcome {
+                Outcome::Deliver(message) => delivered.push(message),
+                Outcome::DeadLetter(reason) => dead.push((row.msg_id, reason)),
+                Outcome::Release => released.push(row.msg_id),
+                Outcome::Hold => {}
             }
         }
         if !released.is_empty() {

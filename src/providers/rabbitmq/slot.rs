@@ -48,7 +48,6 @@ use std::{
 };
 
 use amqprs::channel::{BasicConsumeArguments, BasicGetArguments, BasicQosArguments};
-use chrono::Utc;
 use tokio::{sync::watch, time::Instant};
 
 use super::{
@@ -61,10 +60,10 @@ use super::{
     Inner,
 };
 use crate::{
-    codec,
-    dead_letter::{DeadLetterReason, Verdict},
+    dead_letter::DeadLetterReason,
+    delivery::{self, Outcome},
     receipt::Receipt,
-    MessageId, MessagingError, Provider, QueueMessage, QueuedMessage, QueuedMessageMetadata,
+    MessagingError, Provider, QueueMessage, QueuedMessage,
 };
 
 pub(super) const RECEIVE: &str = "receive_messages";
@@ -373,47 +372,37 @@ impl Slot {
             released: Vec::new(),
             epoch,
         };
-        let expires =
-            Utc::now() + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX));
-        for delivery in taken {
-            let delivered = properties::delivered(&delivery.properties, delivery.tag);
-            let decoded = match std::str::from_utf8(&delivery.body) {
-                Ok(body) => codec::decode_as::<T>(body),
-                Err(_) => codec::Decoded::NotJson,
-            };
-            let verdict = inner.dead_letters.verdict(
-                &self.queue,
-                delivered.receive_count,
-                decoded.decoding(),
+        let lease_ends = delivery::lease_ends(secs);
+        for taken in taken {
+            let delivered = properties::delivered(&taken.properties, taken.tag);
+            let outcome = delivery::assemble::<T>(
+                &inner.dead_letters,
+                delivery::Delivery {
+                    queue: &self.queue,
+                    provider: Provider::RabbitMq,
+                    receipt: Receipt {
+                        id: taken.tag,
+                        lease: epoch,
+                    },
+                    message_id: delivered.message_id.clone(),
+                    enqueued_at: delivered.enqueued_at,
+                    receive_count: delivered.receive_count,
+                    lease_ends,
+                    // Not UTF-8: not JSON either.
+                    body: std::str::from_utf8(&taken.body).unwrap_or(""),
+                },
             );
-            match (verdict, decoded) {
-                (Verdict::Deliver, codec::Decoded::Message(message)) => {
-                    got.messages.push(QueuedMessage {
-                        metadata: QueuedMessageMetadata {
-                            receipt_handle: Receipt {
-                                id: delivery.tag,
-                                lease: epoch,
-                            }
-                            .encode(Provider::RabbitMq, &self.queue),
-                            message_id: MessageId::new(delivered.message_id),
-                            enqueued_at: delivered.enqueued_at,
-                            receive_count: delivered.receive_count,
-                            visibility_timeout_expires: expires,
-                        },
-                        message,
-                    })
-                }
-                (Verdict::Release, _) => got.released.push(delivery.tag),
-                (Verdict::DeadLetter(reason), _) => got.dead.push(DeadLetter {
-                    tag: delivery.tag,
+            match outcome {
+                Outcome::Deliver(message) => got.messages.push(message),
+                Outcome::Release => got.released.push(taken.tag),
+                Outcome::DeadLetter(reason) => got.dead.push(DeadLetter {
+                    tag: taken.tag,
                     delivered,
-                    body: delivery.body,
+                    body: taken.body,
                     reason,
                 }),
                 // Stays leased, out of the caller's hands, and comes back later.
-                (Verdict::Hold | Verdict::Deliver, _) => inner
-                    .dead_letters
-                    .log_held(&self.queue, &delivered.message_id),
+                Outcome::Hold => {}
             }
         }
         got

@@ -1,0 +1,78 @@
+//! Turning one delivery into what a receive returns, written once: decode,
+//! the dead-letter verdict, the receipt and the metadata. Providers only say
+//! where a delivery came from and act on the outcome.
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    codec::{self, Decoded},
+    dead_letter::{DeadLetterPolicy, DeadLetterReason, Verdict},
+    receipt::Receipt,
+    MessageId, Provider, QueueMessage, QueuedMessage, QueuedMessageMetadata,
+};
+
+/// One delivery, as a provider read it.
+pub(crate) struct Delivery<'a> {
+    pub queue: &'a str,
+    pub provider: Provider,
+    /// The lease this delivery holds.
+    pub receipt: Receipt,
+    pub message_id: String,
+    pub enqueued_at: DateTime<Utc>,
+    /// Receives of the message, this one included.
+    pub receive_count: u32,
+    pub lease_ends: DateTime<Utc>,
+    /// The body; one that is not UTF-8 is passed as `""` (not JSON).
+    pub body: &'a str,
+}
+
+/// What the receive does with it.
+pub(crate) enum Outcome<T> {
+    /// Hand it to the caller.
+    Deliver(QueuedMessage<T>),
+    /// Make it ready again at once (another shape; this delivery counts).
+    Release,
+    /// Move it to the dead-letter queue.
+    DeadLetter(DeadLetterReason),
+    /// Keep it leased and out of the caller's hands (logged here).
+    Hold,
+}
+
+/// Decides what a receive does with `delivery` under `policy`.
+pub(crate) fn assemble<T: QueueMessage>(
+    policy: &DeadLetterPolicy,
+    delivery: Delivery<'_>,
+) -> Outcome<T> {
+    let decoded = codec::decode_as::<T>(delivery.body);
+    let verdict = policy.verdict(delivery.queue, delivery.receive_count, decoded.decoding());
+    match (verdict, decoded) {
+        (Verdict::Deliver, Decoded::Message(message)) => Outcome::Deliver(QueuedMessage {
+            metadata: QueuedMessageMetadata {
+                receipt_handle: delivery.receipt.encode(delivery.provider, delivery.queue),
+                message_id: MessageId::new(delivery.message_id),
+                enqueued_at: delivery.enqueued_at,
+                receive_count: delivery.receive_count,
+                visibility_timeout_expires: delivery.lease_ends,
+            },
+            message,
+        }),
+        (Verdict::Release, _) => Outcome::Release,
+        (Verdict::DeadLetter(reason), _) => Outcome::DeadLetter(reason),
+        // The policy delivers only what decoded; anything else is held.
+        (Verdict::Hold | Verdict::Deliver, _) => {
+            policy.log_held(delivery.queue, &delivery.message_id);
+            Outcome::Hold
+        }
+    }
+}
+
+/// When a lease of `secs` seconds taken now ends.
+pub(crate) fn lease_ends(secs: u64) -> DateTime<Utc> {
+    let lease = i64::try_from(secs)
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .unwrap_or(chrono::TimeDelta::MAX);
+    Utc::now()
+        .checked_add_signed(lease)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
