@@ -101,12 +101,12 @@ impl Drop for Waiter<'_> {
 
 /// Receives, waiting up to `wait` for a first message (with no end for
 /// `Duration::MAX` and other waits of [`FOREVER`] or more): wakes on an
-/// arrival signal, and re-checks every `poll` for what no signal announces
+/// arrival signal, and re-checks every `queues.wait_poll_interval_ms` for
+/// what no signal announces
 /// (a lease that ran out, a signal lost with a connection).
 pub(crate) async fn receive_wait<S, T>(
     service: &S,
     arrivals: &Arrivals,
-    poll: Duration,
     queue: &str,
     max_messages: usize,
     visibility_timeout: Duration,
@@ -118,6 +118,7 @@ where
 {
     // Before any signal exists: an invalid name never gets one.
     validate_queue_name(queue)?;
+    let poll = service.queues_config().wait_poll_interval();
     let deadline = deadline(wait);
     let waiter = arrivals.wait_on(queue);
     loop {

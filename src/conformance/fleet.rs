@@ -194,35 +194,7 @@ pub async fn two_processes_share_a_drain(a: &MessageBackend, b: &MessageBackend)
 
 /// C24: B, waiting in `receive_messages_wait`, wakes within 100 ms of A's send.
 pub async fn waiting_receive_wakes_on_another_process_send(a: &MessageBackend, b: &MessageBackend) {
-    let queue = fresh_queue(a, "fleet_wait").await;
-    // Let B's per-queue machinery (a listener, a consumer) settle first, as a
-    // long-running worker's would have.
-    let warm_up: Vec<QueuedMessage<SimpleStepMessage>> = b
-        .receive_messages_wait(&queue, 1, LONG_LEASE, Duration::from_millis(300))
-        .await
-        .expect("warm-up wait");
-    assert!(warm_up.is_empty());
-    let message = step();
-    let waiter = async {
-        let got: Vec<QueuedMessage<SimpleStepMessage>> = b
-            .receive_messages_wait(&queue, 10, LONG_LEASE, Duration::from_secs(10))
-            .await
-            .expect("waiting receive");
-        (got, Instant::now())
-    };
-    let sender = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        send(a, &queue, &message).await;
-        Instant::now()
-    };
-    let ((got, woke), sent) = tokio::join!(waiter, sender);
-    assert_eq!(uuids(&got), vec![message.step_uuid]);
-    let latency = woke.saturating_duration_since(sent);
-    assert!(
-        latency < Duration::from_millis(100),
-        "woke {latency:?} after the send returned"
-    );
-    cleanup(a, &queue).await;
+    super::wait::assert_wakes_on_send(a, b).await;
 }
 
 /// C9, C29: one process holds [`MANY_LEASES`] leases at once, more than any

@@ -4,27 +4,34 @@ use super::*;
 
 /// C24: a waiting receive returns within 100 ms of a send from another task.
 pub async fn waiting_receive_wakes_within_100ms_of_a_send(backend: &MessageBackend) {
-    let queue = fresh_queue(backend, "wait_wakes").await;
-    // Let any per-queue machinery (a consumer, a listener) settle first.
-    let warm_up: Vec<QueuedMessage<SimpleStepMessage>> = backend
+    assert_wakes_on_send(backend, backend).await;
+}
+
+/// Waits on `waiter` while `sender` sends, and checks the wait returned the
+/// message within 100 ms of the send.
+pub(super) async fn assert_wakes_on_send(sender: &MessageBackend, waiter: &MessageBackend) {
+    let queue = fresh_queue(sender, "wait_wakes").await;
+    // Let any per-queue machinery (a consumer, a listener) settle first, as a
+    // long-running worker's would have.
+    let warm_up: Vec<QueuedMessage<SimpleStepMessage>> = waiter
         .receive_messages_wait(&queue, 1, LONG_LEASE, Duration::from_millis(300))
         .await
         .expect("warm-up wait");
     assert!(warm_up.is_empty());
     let message = step();
-    let waiter = async {
-        let got: Vec<QueuedMessage<SimpleStepMessage>> = backend
+    let waiting = async {
+        let got: Vec<QueuedMessage<SimpleStepMessage>> = waiter
             .receive_messages_wait(&queue, 10, LONG_LEASE, Duration::from_secs(10))
             .await
             .expect("waiting receive");
         (got, Instant::now())
     };
-    let sender = async {
+    let sending = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        send(backend, &queue, &message).await;
+        send(sender, &queue, &message).await;
         Instant::now()
     };
-    let ((got, woke), sent) = tokio::join!(waiter, sender);
+    let ((got, woke), sent) = tokio::join!(waiting, sending);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].message, message);
     let latency = woke.saturating_duration_since(sent);
@@ -32,7 +39,7 @@ pub async fn waiting_receive_wakes_within_100ms_of_a_send(backend: &MessageBacke
         latency < Duration::from_millis(100),
         "woke {latency:?} after the send returned"
     );
-    cleanup(backend, &queue).await;
+    cleanup(sender, &queue).await;
 }
 
 /// C25: a waiting receive on an idle queue returns empty once `wait` has

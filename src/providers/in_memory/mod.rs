@@ -217,18 +217,8 @@ impl MessagingService for InMemoryMessageService {
         visibility_timeout: Duration,
         wait: Duration,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
-        let poll = self.queues_config().wait_poll_interval();
         let signal = &self.arrivals;
-        crate::wait::receive_wait(
-            self,
-            signal,
-            poll,
-            queue,
-            max_messages,
-            visibility_timeout,
-            wait,
-        )
-        .await
+        crate::wait::receive_wait(self, signal, queue, max_messages, visibility_timeout, wait).await
     }
 
     async fn delete_message(
