@@ -6,6 +6,7 @@
 //! still holds the lease: a receipt is `msg_id` plus `read_ct`, and a statement
 //! that changes a message requires both, and an unexpired `vt`.
 
+// Over 450 lines: each MessagingService call keeps its guarded SQL beside it.
 mod errors;
 mod install;
 mod listener;
