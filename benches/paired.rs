@@ -126,8 +126,9 @@ fn median(values: &[f64]) -> f64 {
 }
 
 fn main() {
-    // `cargo test --all-targets` runs benches with `--test`: one round, as a smoke test.
-    let rounds = if std::env::args().any(|a| a == "--test") {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not, and
+    // then one round is a smoke test.
+    let rounds = if !std::env::args().any(|a| a == "--bench") {
         1
     } else if std::env::var_os("TASKER_BENCH_QUICK").is_some() {
         5

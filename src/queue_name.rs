@@ -46,6 +46,61 @@ pub(crate) fn validate_new_queue_name(name: &str, dlq_suffix: &str) -> Result<()
     Ok(())
 }
 
+/// A queue name that passed [`validate_queue_name`]: what providers take, so
+/// a name that reaches SQL or AMQP has been checked by construction. Made
+/// only by the gate in `service.rs`.
+#[repr(transparent)]
+pub struct QueueName(str);
+
+impl QueueName {
+    /// Checks `name` for any operation.
+    pub(crate) fn new(name: &str) -> Result<&Self, MessagingError> {
+        validate_queue_name(name)?;
+        Ok(Self::trusted(name))
+    }
+
+    /// Checks `name` for `create_queue`: room for the dead-letter suffix too.
+    pub(crate) fn new_queue<'a>(
+        name: &'a str,
+        dlq_suffix: &str,
+    ) -> Result<&'a Self, MessagingError> {
+        validate_new_queue_name(name, dlq_suffix)?;
+        Ok(Self::trusted(name))
+    }
+
+    /// A name derived from a valid one by the library (a dead-letter queue's).
+    pub(crate) fn trusted(name: &str) -> &Self {
+        // SAFETY: `QueueName` is a `repr(transparent)` wrapper around `str`,
+        // so the pointer cast keeps layout and lifetime.
+        unsafe { &*(name as *const str as *const Self) }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for QueueName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for QueueName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for QueueName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
 fn invalid(name: &str, reason: &'static str) -> MessagingError {
     // Names come from callers and may be huge; keep errors and logs bounded.
     let shown: String = name.chars().take(64).collect();

@@ -2,11 +2,9 @@
 
 use std::time::Duration;
 
-use enum_dispatch::enum_dispatch;
-
 use crate::{
-    Capabilities, CircuitBreaker, MessageId, MessagingError, Provider, QueueMessage, QueueStats,
-    QueuedMessage, QueuesConfig, ReceiptHandle,
+    queue_name::QueueName, Capabilities, CircuitBreaker, MessageId, MessagingError, Provider,
+    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
 };
 
 /// Operations every provider offers, with the same observable behaviour.
@@ -21,14 +19,14 @@ use crate::{
 /// hot path. Every future returned through `MessageBackend` is `Send`
 /// (checked at compile time in `tests/send_futures.rs`).
 ///
-/// Queue names are validated before any I/O (see
-/// [`validate_queue_name`](crate::validate_queue_name); C1). Every operation
-/// but `create_queue` and `delete_queue` fails with `QueueNotFound` on a
-/// missing queue (C4).
+/// Queue names are validated once, before dispatch and before any I/O (see
+/// [`validate_queue_name`](crate::validate_queue_name); C1): the trait is
+/// implemented once, for every provider, on top of a provider-side trait that
+/// only accepts a checked name. Every operation but `create_queue` and
+/// `delete_queue` fails with `QueueNotFound` on a missing queue (C4).
 // `Send` bounds cannot be written on native async trait methods without boxing;
 // the concrete `MessageBackend` futures are Send, which is what callers spawn.
 #[allow(async_fn_in_trait)]
-#[enum_dispatch]
 pub trait MessagingService {
     /// `Ok(true)` when the server answers, `Ok(false)` when it does not within
     /// the connection timeout. Never hangs (C23).
@@ -131,4 +129,181 @@ pub trait MessagingService {
     /// The circuit breaker guarding this provider's server; `None` for a
     /// provider without one (in-memory: nothing to protect).
     fn circuit_breaker(&self) -> Option<&CircuitBreaker>;
+}
+
+/// What a provider implements: the operations of [`MessagingService`] with
+/// the queue name already validated. Public in a private module, so users
+/// cannot name it; [`MessagingService`] is implemented once for every
+/// provider (and `MessageBackend`) on top of it, which is where every queue
+/// name is checked, before dispatch.
+pub(crate) mod provide {
+    use std::time::Duration;
+
+    use enum_dispatch::enum_dispatch;
+
+    use crate::{
+        queue_name::QueueName, Capabilities, CircuitBreaker, MessageId, MessagingError, Provider,
+        QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
+    };
+
+    /// The provider side of [`MessagingService`](crate::MessagingService).
+    #[allow(async_fn_in_trait)]
+    #[enum_dispatch]
+    pub trait Provide {
+        async fn health_check(&self) -> Result<bool, MessagingError>;
+
+        async fn create_queue(&self, queue: &QueueName) -> Result<(), MessagingError>;
+
+        async fn send_message<T: QueueMessage>(
+            &self,
+            queue: &QueueName,
+            message: &T,
+        ) -> Result<MessageId, MessagingError>;
+
+        async fn send_batch<T: QueueMessage>(
+            &self,
+            queue: &QueueName,
+            messages: &[T],
+        ) -> Result<Vec<MessageId>, MessagingError>;
+
+        async fn receive_messages<T: QueueMessage>(
+            &self,
+            queue: &QueueName,
+            max_messages: usize,
+            visibility_timeout: Duration,
+        ) -> Result<Vec<QueuedMessage<T>>, MessagingError>;
+
+        async fn receive_messages_wait<T: QueueMessage>(
+            &self,
+            queue: &QueueName,
+            max_messages: usize,
+            visibility_timeout: Duration,
+            wait: Duration,
+        ) -> Result<Vec<QueuedMessage<T>>, MessagingError>;
+
+        async fn delete_message(
+            &self,
+            queue: &QueueName,
+            receipt: &ReceiptHandle,
+        ) -> Result<(), MessagingError>;
+
+        async fn change_message_visibility(
+            &self,
+            queue: &QueueName,
+            receipt: &ReceiptHandle,
+            visibility_timeout: Duration,
+        ) -> Result<(), MessagingError>;
+
+        async fn get_queue_stats(&self, queue: &QueueName) -> Result<QueueStats, MessagingError>;
+
+        async fn purge_queue(&self, queue: &QueueName) -> Result<u64, MessagingError>;
+
+        async fn delete_queue(&self, queue: &QueueName) -> Result<(), MessagingError>;
+
+        fn provider(&self) -> Provider;
+
+        fn capabilities(&self) -> Capabilities;
+
+        fn queues_config(&self) -> &QueuesConfig;
+
+        fn circuit_breaker(&self) -> Option<&CircuitBreaker>;
+    }
+}
+
+/// The one gate: every queue name is checked here, before any provider sees
+/// it (C1), so a provider only ever handles valid names.
+impl<P: provide::Provide> MessagingService for P {
+    async fn health_check(&self) -> Result<bool, MessagingError> {
+        provide::Provide::health_check(self).await
+    }
+
+    async fn create_queue(&self, queue: &str) -> Result<(), MessagingError> {
+        let suffix = &provide::Provide::queues_config(self).dead_letter_queue_suffix;
+        let queue = QueueName::new_queue(queue, suffix)?;
+        provide::Provide::create_queue(self, queue).await
+    }
+
+    async fn send_message<T: QueueMessage>(
+        &self,
+        queue: &str,
+        message: &T,
+    ) -> Result<MessageId, MessagingError> {
+        provide::Provide::send_message(self, QueueName::new(queue)?, message).await
+    }
+
+    async fn send_batch<T: QueueMessage>(
+        &self,
+        queue: &str,
+        messages: &[T],
+    ) -> Result<Vec<MessageId>, MessagingError> {
+        provide::Provide::send_batch(self, QueueName::new(queue)?, messages).await
+    }
+
+    async fn receive_messages<T: QueueMessage>(
+        &self,
+        queue: &str,
+        max_messages: usize,
+        visibility_timeout: Duration,
+    ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        let queue = QueueName::new(queue)?;
+        provide::Provide::receive_messages(self, queue, max_messages, visibility_timeout).await
+    }
+
+    async fn receive_messages_wait<T: QueueMessage>(
+        &self,
+        queue: &str,
+        max_messages: usize,
+        visibility_timeout: Duration,
+        wait: Duration,
+    ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        let queue = QueueName::new(queue)?;
+        provide::Provide::receive_messages_wait(self, queue, max_messages, visibility_timeout, wait)
+            .await
+    }
+
+    async fn delete_message(
+        &self,
+        queue: &str,
+        receipt: &ReceiptHandle,
+    ) -> Result<(), MessagingError> {
+        provide::Provide::delete_message(self, QueueName::new(queue)?, receipt).await
+    }
+
+    async fn change_message_visibility(
+        &self,
+        queue: &str,
+        receipt: &ReceiptHandle,
+        visibility_timeout: Duration,
+    ) -> Result<(), MessagingError> {
+        let queue = QueueName::new(queue)?;
+        provide::Provide::change_message_visibility(self, queue, receipt, visibility_timeout).await
+    }
+
+    async fn get_queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError> {
+        provide::Provide::get_queue_stats(self, QueueName::new(queue)?).await
+    }
+
+    async fn purge_queue(&self, queue: &str) -> Result<u64, MessagingError> {
+        provide::Provide::purge_queue(self, QueueName::new(queue)?).await
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<(), MessagingError> {
+        provide::Provide::delete_queue(self, QueueName::new(queue)?).await
+    }
+
+    fn provider(&self) -> Provider {
+        provide::Provide::provider(self)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        provide::Provide::capabilities(self)
+    }
+
+    fn queues_config(&self) -> &QueuesConfig {
+        provide::Provide::queues_config(self)
+    }
+
+    fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
+        provide::Provide::circuit_breaker(self)
+    }
 }

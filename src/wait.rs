@@ -10,7 +10,7 @@ use std::{
 use tokio::{sync::Notify, time::Instant};
 
 use crate::{
-    queue_name::validate_queue_name, MessagingError, MessagingService, QueueMessage, QueuedMessage,
+    queue_name::QueueName, service::provide::Provide, MessagingError, QueueMessage, QueuedMessage,
 };
 
 /// Waits at least this long have no end: they last until a message comes (or
@@ -107,17 +107,16 @@ impl Drop for Waiter<'_> {
 pub(crate) async fn receive_wait<S, T>(
     service: &S,
     arrivals: &Arrivals,
-    queue: &str,
+    queue: &QueueName,
     max_messages: usize,
     visibility_timeout: Duration,
     wait: Duration,
 ) -> Result<Vec<QueuedMessage<T>>, MessagingError>
 where
-    S: MessagingService + ?Sized,
+    S: Provide,
     T: QueueMessage,
 {
-    // Before any signal exists: an invalid name never gets one.
-    validate_queue_name(queue)?;
+    // `queue` passed the gate: an invalid name never gets a signal.
     let poll = service.queues_config().wait_poll_interval();
     let deadline = deadline(wait);
     let waiter = arrivals.wait_on(queue);

@@ -16,11 +16,11 @@ use crate::{
     dead_letter::DeadLetterPolicy,
     delivery::{self, Outcome},
     lease,
-    queue_name::{validate_new_queue_name, validate_queue_name},
+    queue_name::QueueName,
     receipt::Receipt,
     wait::Arrivals,
-    CircuitBreaker, MessageId, MessagingError, MessagingService, Provider, QueueMessage,
-    QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
+    CircuitBreaker, MessageId, MessagingError, Provider, QueueMessage, QueueStats, QueuedMessage,
+    QueuesConfig, ReceiptHandle,
 };
 
 /// Queues held in this process, behind one mutex; nothing survives the process.
@@ -59,7 +59,6 @@ impl InMemoryMessageService {
         queue: &str,
         f: impl FnOnce(&mut Queue) -> Result<R, MessagingError>,
     ) -> Result<R, MessagingError> {
-        validate_queue_name(queue)?;
         let mut queues = self.lock();
         let q = queues
             .get_mut(queue)
@@ -71,7 +70,6 @@ impl InMemoryMessageService {
     }
 
     fn lease_of(&self, queue: &str, receipt: &ReceiptHandle) -> Result<Receipt, MessagingError> {
-        validate_queue_name(queue)?;
         Receipt::decode(receipt, Provider::InMemory, queue)
     }
 
@@ -83,13 +81,13 @@ impl InMemoryMessageService {
     }
 }
 
-impl MessagingService for InMemoryMessageService {
+impl crate::service::provide::Provide for InMemoryMessageService {
     async fn health_check(&self) -> Result<bool, MessagingError> {
         Ok(true)
     }
 
-    async fn create_queue(&self, queue: &str) -> Result<(), MessagingError> {
-        validate_new_queue_name(queue, &self.config.dead_letter_queue_suffix)?;
+    async fn create_queue(&self, queue: &QueueName) -> Result<(), MessagingError> {
+        let queue = queue.as_str();
         let mut queues = self.lock();
         queues.entry(queue.to_owned()).or_default();
         if let Some(dlq) = self.dead_letters.dead_letter_queue(queue) {
@@ -100,9 +98,10 @@ impl MessagingService for InMemoryMessageService {
 
     async fn send_message<T: QueueMessage>(
         &self,
-        queue: &str,
+        queue: &QueueName,
         message: &T,
     ) -> Result<MessageId, MessagingError> {
+        let queue = queue.as_str();
         let body = codec::encode(message, self.config.max_message_bytes)?;
         let id = self.with_queue(queue, |q| {
             Ok(MessageId::new(q.push(body.into()).to_string()))
@@ -113,11 +112,11 @@ impl MessagingService for InMemoryMessageService {
 
     async fn send_batch<T: QueueMessage>(
         &self,
-        queue: &str,
+        queue: &QueueName,
         messages: &[T],
     ) -> Result<Vec<MessageId>, MessagingError> {
+        let queue = queue.as_str();
         if messages.is_empty() {
-            validate_queue_name(queue)?;
             return Ok(Vec::new());
         }
         let bodies = codec::encode_all(messages, self.config.max_message_bytes)?;
@@ -133,13 +132,13 @@ impl MessagingService for InMemoryMessageService {
 
     async fn receive_messages<T: QueueMessage>(
         &self,
-        queue: &str,
+        queue: &QueueName,
         max_messages: usize,
         visibility_timeout: Duration,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        let queue = queue.as_str();
         lease::check_max_messages(max_messages)?;
         let secs = lease::lease_secs(visibility_timeout, 1)?;
-        validate_queue_name(queue)?;
         let mut queues = self.lock();
         let now = tokio::time::Instant::now();
         let deadline = now + Duration::from_secs(secs);
@@ -212,7 +211,7 @@ impl MessagingService for InMemoryMessageService {
 
     async fn receive_messages_wait<T: QueueMessage>(
         &self,
-        queue: &str,
+        queue: &QueueName,
         max_messages: usize,
         visibility_timeout: Duration,
         wait: Duration,
@@ -223,9 +222,10 @@ impl MessagingService for InMemoryMessageService {
 
     async fn delete_message(
         &self,
-        queue: &str,
+        queue: &QueueName,
         receipt: &ReceiptHandle,
     ) -> Result<(), MessagingError> {
+        let queue = queue.as_str();
         let lease = self.lease_of(queue, receipt)?;
         self.with_queue(queue, |q| {
             q.delete_leased(lease)
@@ -236,10 +236,11 @@ impl MessagingService for InMemoryMessageService {
 
     async fn change_message_visibility(
         &self,
-        queue: &str,
+        queue: &QueueName,
         receipt: &ReceiptHandle,
         visibility_timeout: Duration,
     ) -> Result<(), MessagingError> {
+        let queue = queue.as_str();
         let secs = lease::lease_secs(visibility_timeout, 0)?;
         let lease = self.lease_of(queue, receipt)?;
         self.with_queue(queue, |q| {
@@ -254,8 +255,8 @@ impl MessagingService for InMemoryMessageService {
         Ok(())
     }
 
-    async fn get_queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError> {
-        validate_queue_name(queue)?;
+    async fn get_queue_stats(&self, queue: &QueueName) -> Result<QueueStats, MessagingError> {
+        let queue = queue.as_str();
         let now = tokio::time::Instant::now();
         let mut queues = self.lock();
         let dead_letter_count = self
@@ -280,12 +281,13 @@ impl MessagingService for InMemoryMessageService {
         })
     }
 
-    async fn purge_queue(&self, queue: &str) -> Result<u64, MessagingError> {
+    async fn purge_queue(&self, queue: &QueueName) -> Result<u64, MessagingError> {
+        let queue = queue.as_str();
         self.with_queue(queue, |q| Ok(q.purge_ready()))
     }
 
-    async fn delete_queue(&self, queue: &str) -> Result<(), MessagingError> {
-        validate_queue_name(queue)?;
+    async fn delete_queue(&self, queue: &QueueName) -> Result<(), MessagingError> {
+        let queue = queue.as_str();
         let dlq = self.dead_letters.dead_letter_queue(queue);
         {
             let mut queues = self.lock();
@@ -324,7 +326,7 @@ mod tests {
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     use super::*;
-    use crate::SimpleStepMessage;
+    use crate::{queue_name::validate_queue_name, MessagingService, SimpleStepMessage};
 
     /// A random name that `validate_queue_name` rejects.
     fn invalid_name(rng: &mut StdRng) -> String {

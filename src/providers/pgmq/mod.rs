@@ -31,11 +31,11 @@ use crate::{
     dead_letter::{DeadLetterPolicy, DeadLetterReason},
     delivery::{self, Outcome},
     lease,
-    queue_name::{validate_new_queue_name, validate_queue_name},
+    queue_name::QueueName,
     receipt::Receipt,
     resilience::{CircuitBreaker, Resilience},
-    MessageId, MessagingConfig, MessagingError, MessagingService, PgmqConfig, Provider,
-    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
+    MessageId, MessagingConfig, MessagingError, PgmqConfig, Provider, QueueMessage, QueueStats,
+    QueuedMessage, QueuesConfig, ReceiptHandle,
 };
 
 /// The PGMQ provider: a sqlx pool and the queue settings. Clones share the
@@ -163,7 +163,6 @@ impl PgmqMessageService {
     }
 
     fn receipt(&self, queue: &str, receipt: &ReceiptHandle) -> Result<Receipt, MessagingError> {
-        validate_queue_name(queue)?;
         Receipt::decode(receipt, Provider::Pgmq, queue)
     }
 
@@ -313,7 +312,7 @@ impl PgmqMessageService {
     }
 }
 
-impl MessagingService for PgmqMessageService {
+impl crate::service::provide::Provide for PgmqMessageService {
     async fn health_check(&self) -> Result<bool, MessagingError> {
         // Not through the breaker or retries: reachability as it is now.
         let ping = self.outage.guard(async {
@@ -326,8 +325,8 @@ impl MessagingService for PgmqMessageService {
         Ok(matches!(tokio::time::timeout(bound, ping).await, Ok(Ok(_))))
     }
 
-    async fn create_queue(&self, queue: &str) -> Result<(), MessagingError> {
-        validate_new_queue_name(queue, &self.config.dead_letter_queue_suffix)?;
+    async fn create_queue(&self, queue: &QueueName) -> Result<(), MessagingError> {
+        let queue = queue.as_str();
         let mut names = vec![queue.to_owned()];
         names.extend(self.dead_letters.dead_letter_queue(queue));
         self.run("create_queue", || async {
@@ -352,10 +351,10 @@ impl MessagingService for PgmqMessageService {
 
     async fn send_message<T: QueueMessage>(
         &self,
-        queue: &str,
+        queue: &QueueName,
         message: &T,
     ) -> Result<MessageId, MessagingError> {
-        validate_queue_name(queue)?;
+        let queue = queue.as_str();
         let body = codec::encode(message, self.config.max_message_bytes)?;
         let id: i64 = self
             .run("send_message", || async {
@@ -372,10 +371,10 @@ impl MessagingService for PgmqMessageService {
 
     async fn send_batch<T: QueueMessage>(
         &self,
-        queue: &str,
+        queue: &QueueName,
         messages: &[T],
     ) -> Result<Vec<MessageId>, MessagingError> {
-        validate_queue_name(queue)?;
+        let queue = queue.as_str();
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -402,11 +401,11 @@ impl MessagingService for PgmqMessageService {
 
     async fn receive_messages<T: QueueMessage>(
         &self,
-        queue: &str,
+        queue: &QueueName,
         max_messages: usize,
         visibility_timeout: Duration,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
-        validate_queue_name(queue)?;
+        let queue = queue.as_str();
         lease::check_max_messages(max_messages)?;
         let vt = i32::try_from(lease::lease_secs(visibility_timeout, 1)?)
             .map_err(|_| MessagingError::invalid_argument("visibility timeout too large"))?;
@@ -422,7 +421,7 @@ impl MessagingService for PgmqMessageService {
 
     async fn receive_messages_wait<T: QueueMessage>(
         &self,
-        queue: &str,
+        queue: &QueueName,
         max_messages: usize,
         visibility_timeout: Duration,
         wait: Duration,
@@ -433,9 +432,10 @@ impl MessagingService for PgmqMessageService {
 
     async fn delete_message(
         &self,
-        queue: &str,
+        queue: &QueueName,
         receipt: &ReceiptHandle,
     ) -> Result<(), MessagingError> {
+        let queue = queue.as_str();
         let sql = format!(
             "DELETE FROM pgmq.q_{queue}
              WHERE msg_id = $1 AND read_ct = $2 AND vt > clock_timestamp()"
@@ -446,10 +446,11 @@ impl MessagingService for PgmqMessageService {
 
     async fn change_message_visibility(
         &self,
-        queue: &str,
+        queue: &QueueName,
         receipt: &ReceiptHandle,
         visibility_timeout: Duration,
     ) -> Result<(), MessagingError> {
+        let queue = queue.as_str();
         let secs = i32::try_from(lease::lease_secs(visibility_timeout, 0)?)
             .map_err(|_| MessagingError::invalid_argument("visibility timeout too large"))?;
         let sql = format!(
@@ -466,8 +467,8 @@ impl MessagingService for PgmqMessageService {
         .await
     }
 
-    async fn get_queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError> {
-        validate_queue_name(queue)?;
+    async fn get_queue_stats(&self, queue: &QueueName) -> Result<QueueStats, MessagingError> {
+        let queue = queue.as_str();
         let dlq = self.dead_letters.dead_letter_queue(queue);
         type Row = (i64, i64, Option<i32>, Option<i64>);
         let (ready, total, oldest, dead): Row = self
@@ -495,8 +496,8 @@ impl MessagingService for PgmqMessageService {
         })
     }
 
-    async fn purge_queue(&self, queue: &str) -> Result<u64, MessagingError> {
-        validate_queue_name(queue)?;
+    async fn purge_queue(&self, queue: &QueueName) -> Result<u64, MessagingError> {
+        let queue = queue.as_str();
         let sql = format!("DELETE FROM pgmq.q_{queue} WHERE vt <= clock_timestamp()");
         let done = self
             .run("purge_queue", || async {
@@ -509,8 +510,8 @@ impl MessagingService for PgmqMessageService {
         Ok(done.rows_affected())
     }
 
-    async fn delete_queue(&self, queue: &str) -> Result<(), MessagingError> {
-        validate_queue_name(queue)?;
+    async fn delete_queue(&self, queue: &QueueName) -> Result<(), MessagingError> {
+        let queue = queue.as_str();
         let mut names = vec![queue.to_owned()];
         names.extend(self.dead_letters.dead_letter_queue(queue));
         // The notification wakes waiters in every process: they find the

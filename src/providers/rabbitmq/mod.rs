@@ -77,11 +77,11 @@ use self::{
 };
 use crate::{
     codec, lease,
-    queue_name::{validate_new_queue_name, validate_queue_name},
+    queue_name::QueueName,
     receipt::Receipt,
     resilience::{CircuitBreaker, Resilience},
-    MessageId, MessagingConfig, MessagingError, MessagingService, Provider, QueueMessage,
-    QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
+    MessageId, MessagingConfig, MessagingError, Provider, QueueMessage, QueueStats, QueuedMessage,
+    QueuesConfig, ReceiptHandle,
 };
 
 /// The RabbitMQ provider. Clones share one set of connections and the
@@ -259,7 +259,6 @@ impl RabbitMqMessageService {
         visibility_timeout: Duration,
         until: Option<Instant>,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
-        validate_queue_name(queue)?;
         lease::check_max_messages(max_messages)?;
         let secs = lease::lease_secs(visibility_timeout, 1)?;
         self.inner.check_broker_limit(secs)?;
@@ -304,7 +303,7 @@ impl RabbitMqMessageService {
     }
 }
 
-impl MessagingService for RabbitMqMessageService {
+impl crate::service::provide::Provide for RabbitMqMessageService {
     async fn health_check(&self) -> Result<bool, MessagingError> {
         // Not through the breaker: it reports reachability as it is now.
         let check = async {
@@ -318,8 +317,8 @@ impl MessagingService for RabbitMqMessageService {
         ))
     }
 
-    async fn create_queue(&self, queue: &str) -> Result<(), MessagingError> {
-        validate_new_queue_name(queue, &self.inner.queues.dead_letter_queue_suffix)?;
+    async fn create_queue(&self, queue: &QueueName) -> Result<(), MessagingError> {
+        let queue = queue.as_str();
         let dlq = self.inner.dead_letters.dead_letter_queue(queue);
         // Declarations are idempotent: a retry repeats both.
         self.resilience
@@ -337,10 +336,10 @@ impl MessagingService for RabbitMqMessageService {
 
     async fn send_message<T: QueueMessage>(
         &self,
-        queue: &str,
+        queue: &QueueName,
         message: &T,
     ) -> Result<MessageId, MessagingError> {
-        validate_queue_name(queue)?;
+        let queue = queue.as_str();
         let body = codec::encode(message, self.inner.queues.max_message_bytes)?;
         let outgoing = properties::outgoing(message, body);
         // A retry after a lost confirm may store a second copy (same id), never lose one.
@@ -357,10 +356,10 @@ impl MessagingService for RabbitMqMessageService {
 
     async fn send_batch<T: QueueMessage>(
         &self,
-        queue: &str,
+        queue: &QueueName,
         messages: &[T],
     ) -> Result<Vec<MessageId>, MessagingError> {
-        validate_queue_name(queue)?;
+        let queue = queue.as_str();
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -406,21 +405,23 @@ impl MessagingService for RabbitMqMessageService {
 
     async fn receive_messages<T: QueueMessage>(
         &self,
-        queue: &str,
+        queue: &QueueName,
         max_messages: usize,
         visibility_timeout: Duration,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        let queue = queue.as_str();
         self.receive(queue, max_messages, visibility_timeout, None)
             .await
     }
 
     async fn receive_messages_wait<T: QueueMessage>(
         &self,
-        queue: &str,
+        queue: &QueueName,
         max_messages: usize,
         visibility_timeout: Duration,
         wait: Duration,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        let queue = queue.as_str();
         // No deadline (`Duration::MAX` and the like): a far-off one, re-armed
         // if it is ever reached, so the wait ends only with a message.
         let deadline = crate::wait::deadline(wait);
@@ -439,21 +440,21 @@ impl MessagingService for RabbitMqMessageService {
 
     async fn delete_message(
         &self,
-        queue: &str,
+        queue: &QueueName,
         receipt: &ReceiptHandle,
     ) -> Result<(), MessagingError> {
-        validate_queue_name(queue)?;
+        let queue = queue.as_str();
         self.settle("delete_message", queue, receipt, false).await
     }
 
     async fn change_message_visibility(
         &self,
-        queue: &str,
+        queue: &QueueName,
         receipt: &ReceiptHandle,
         visibility_timeout: Duration,
     ) -> Result<(), MessagingError> {
+        let queue = queue.as_str();
         const OPERATION: &str = "change_message_visibility";
-        validate_queue_name(queue)?;
         let secs = lease::lease_secs(visibility_timeout, 0)?;
         self.inner.check_broker_limit(secs)?;
         if secs == 0 {
@@ -480,23 +481,23 @@ impl MessagingService for RabbitMqMessageService {
         }
     }
 
-    async fn get_queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError> {
-        validate_queue_name(queue)?;
+    async fn get_queue_stats(&self, queue: &QueueName) -> Result<QueueStats, MessagingError> {
+        let queue = queue.as_str();
         self.resilience
             .run("get_queue_stats", || self.queue_stats(queue))
             .await
     }
 
-    async fn purge_queue(&self, queue: &str) -> Result<u64, MessagingError> {
-        validate_queue_name(queue)?;
+    async fn purge_queue(&self, queue: &QueueName) -> Result<u64, MessagingError> {
+        let queue = queue.as_str();
         // queue.purge removes only what no consumer holds: the ready messages.
         self.resilience
             .run("purge_queue", || self.inner.admin.purge(queue))
             .await
     }
 
-    async fn delete_queue(&self, queue: &str) -> Result<(), MessagingError> {
-        validate_queue_name(queue)?;
+    async fn delete_queue(&self, queue: &QueueName) -> Result<(), MessagingError> {
+        let queue = queue.as_str();
         lock(&self.inner.declared).remove(queue);
         // Stop consuming first; dropping the slot closes its channel.
         lock(&self.inner.slots).remove(queue);
