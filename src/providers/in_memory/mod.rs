@@ -1,5 +1,7 @@
 //! The in-process provider: the same contract as the servers, with no server.
 
+// About 450 lines: the unit tests of waits and arrival signals sit at the end.
+
 mod queue;
 
 use std::{
