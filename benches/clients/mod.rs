@@ -262,7 +262,13 @@ impl RawAmqp {
         while let Ok(message) = receiver.try_recv() {
             taken.push(message);
         }
-        for message in &taken {
+        self.decode_and_ack(&taken).await
+    }
+
+    /// Decodes each delivery as the library would, acknowledges it, and
+    /// returns how many there were.
+    async fn decode_and_ack(&self, taken: &[ConsumerMessage]) -> usize {
+        for message in taken {
             let body = message.content.as_deref().expect("body");
             serde_json::from_slice::<SimpleStepMessage>(body).expect("decode");
             let tag = message.deliver.as_ref().expect("deliver").delivery_tag();
@@ -341,16 +347,7 @@ impl RawAmqp {
             }
         }
         drop(deliveries);
-        for message in &taken {
-            let body = message.content.as_deref().expect("body");
-            serde_json::from_slice::<SimpleStepMessage>(body).expect("decode");
-            let tag = message.deliver.as_ref().expect("deliver").delivery_tag();
-            self.consumer
-                .basic_ack(BasicAckArguments::new(tag, false))
-                .await
-                .expect("basic.ack");
-        }
-        taken.len()
+        self.decode_and_ack(&taken).await
     }
 }
 
