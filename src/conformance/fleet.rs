@@ -108,6 +108,23 @@ async fn hand_back(
         .expect("delete");
 }
 
+/// Records `message` as handled by `who`, failing if any receiver handled it
+/// before, then deletes it.
+async fn handle_once(
+    process: &MessageBackend,
+    queue: &str,
+    seen: &Mutex<HashSet<Uuid>>,
+    message: &QueuedMessage<SimpleStepMessage>,
+    who: &str,
+) {
+    let fresh = crate::sync::lock(seen).insert(message.message.step_uuid);
+    assert!(fresh, "{who} handled {:?} a second time", message.message);
+    process
+        .delete_message(queue, message.receipt())
+        .await
+        .expect("delete");
+}
+
 /// C28: `receive_count` counts hand-outs to callers across processes: after A's
 /// lease runs out B sees 2, and messages no caller was handed still show 1,
 /// however A received and deleted around them.
@@ -168,12 +185,7 @@ pub async fn two_processes_share_a_drain(a: &MessageBackend, b: &MessageBackend)
                 for message in got {
                     // The work: a few milliseconds per message.
                     tokio::time::sleep(Duration::from_millis(3)).await;
-                    let fresh = crate::sync::lock(seen).insert(message.message.step_uuid);
-                    assert!(fresh, "{backend} handled {:?} twice", message.message);
-                    process
-                        .delete_message(queue, message.receipt())
-                        .await
-                        .expect("delete");
+                    handle_once(&process, queue, seen, &message, backend).await;
                     handled.fetch_add(1, Ordering::SeqCst);
                     mine += 1;
                 }
@@ -277,12 +289,7 @@ pub async fn a_fleet_keeps_up_with_a_trickle_of_sends(a: &MessageBackend, b: &Me
                 }
                 for message in got {
                     assert_eq!(message.metadata.receive_count, 1);
-                    let fresh = crate::sync::lock(seen).insert(message.message.step_uuid);
-                    assert!(fresh, "{:?} received twice", message.message);
-                    process
-                        .delete_message(queue, message.receipt())
-                        .await
-                        .expect("delete");
+                    handle_once(&process, queue, seen, &message, "a receiver").await;
                 }
             }
         }

@@ -414,7 +414,7 @@ pub(super) async fn supervise(
                         generation = link.generation,
                         "RabbitMQ connection recovered"
                     );
-                    inner.after_reconnect(&link).await;
+                    inner.after_reconnect().await;
                     break;
                 }
                 Err(error) => {

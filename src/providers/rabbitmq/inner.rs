@@ -14,11 +14,7 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::{
-    admin::Admin,
-    connection::{DataConnection, Link},
-    slot::Slot,
-};
+use super::{admin::Admin, connection::DataConnection, slot::Slot};
 use crate::{dead_letter::DeadLetterPolicy, MessagingError, QueuesConfig, RabbitMqConfig};
 
 pub(super) struct Inner {
@@ -97,7 +93,7 @@ impl Inner {
 
     /// A new data connection: declare again what this backend declared. The
     /// queues' channels died with the old one; each opens anew on its next receive.
-    pub(super) async fn after_reconnect(&self, _link: &Arc<Link>) {
+    pub(super) async fn after_reconnect(&self) {
         let declared: Vec<String> = lock(&self.declared).iter().cloned().collect();
         for queue in declared {
             let names =
