@@ -83,7 +83,14 @@ MESSAGES.each do |provider, count|
     calls.times { native.provider }
     no_gvl_times << (now - started)
   end
-  crossing = [median(call_times) / calls, median(rust_call_times) / calls, median(no_gvl_times) / calls]
+  # Ruby-side work per message that Rust does not do: the JSON both ways.
+  json_times = Array.new(ROUNDS) do
+    started = now
+    calls.times { JSON.parse(JSON.generate(step.to_h), symbolize_names: true) }
+    now - started
+  end
+  crossing = [median(call_times) / calls, median(rust_call_times) / calls, median(no_gvl_times) / calls,
+              median(json_times) / calls]
 ensure
   service&.delete_queue(queue) if queue
 end
@@ -91,14 +98,15 @@ end
 us = ->(seconds) { format("%.2f µs", seconds * 1e6) }
 puts "#{ROUNDS} rounds, ruby #{RUBY_VERSION}, batch #{BATCH}; median of rounds (ratio: per-round Ruby/Rust rate)"
 puts
-puts "| provider | messages per block | Rust msg/s | Ruby msg/s | Ruby / Rust (range) | Ruby extra per message |"
+puts "| provider | messages per block | Rust msg/s | Ruby msg/s | Ruby / Rust (range) | Ruby minus Rust per message |"
 puts "| --- | ---: | ---: | ---: | ---: | ---: |"
 rows.each do |provider, count, rust, ruby, ratio, (low, high), extra|
   puts format("| %s | %d | %.0f | %.0f | %.2fx (%.2f-%.2f) | %s |", provider, count, rust, ruby, ratio, low, high,
               us.(extra))
 end
+puts "(the last column is meaningful where the run is not server-bound: in-memory)"
 if crossing
-  call, rust_call, plain = crossing
+  call, rust_call, plain, json = crossing
   puts
   puts "| in-memory call | time per call |"
   puts "| --- | ---: |"
@@ -106,4 +114,5 @@ if crossing
   puts "| `health_check` in Rust (same backend, no crossing) | #{us.(rust_call)} |"
   puts "| the crossing: Ruby minus Rust | #{us.(call - rust_call)} |"
   puts "| `provider` from Ruby (a method call that keeps the GVL) | #{us.(plain)} |"
+  puts "| Ruby JSON for one step, `to_h` + generate + parse (no call) | #{us.(json)} |"
 end
