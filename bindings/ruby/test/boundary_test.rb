@@ -53,6 +53,32 @@ class BoundaryTest < Minitest::Test
     end
   end
 
+  # A lone main thread takes Ruby's async-signal-safe unblocking path.
+  def test_ctrl_c_ends_a_waiting_call_on_a_lone_main_thread
+    script = <<~RUBY
+      $LOAD_PATH.unshift #{File.expand_path("../lib", __dir__).inspect}
+      require "tasker_core"
+      service = TaskerCore::Services::MessageServiceFactory.create(provider: :in_memory)
+      service.create_queue("lonely")
+      $stdout.puts "waiting"; $stdout.flush
+      begin
+        service.receive_messages_wait("lonely", wait: 30)
+        puts "returned"
+      rescue Interrupt
+        puts "interrupted"
+      end
+    RUBY
+    IO.popen([RbConfig.ruby, "-e", script], err: File::NULL) do |child|
+      assert_equal "waiting\n", child.gets
+      sleep 0.2
+      took = TestSupport.elapsed do
+        Process.kill(:INT, child.pid)
+        assert_equal "interrupted\n", child.gets
+      end
+      assert_operator took, :<, 3
+    end
+  end
+
   def test_rust_panics_arrive_as_internal_error
     [false, true].each do |without_gvl|
       error = assert_raises(Services::InternalError) { TaskerCore::Native.panic_probe(without_gvl) }
