@@ -60,13 +60,24 @@ ensure_rabbitmq() {
   as_root rabbitmqctl await_startup >/dev/null 2>&1 || true
 }
 
+# The Ruby extension's build (magnus/rb-sys: ruby headers, libclang) and suite.
+ensure_ruby() {
+  local pkg missing=()
+  for pkg in ruby ruby-dev libclang-dev ruby-minitest; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then apt_install "${missing[@]}"; else log "Ruby toolchain present"; fi
+}
+
 ensure_postgres
 ensure_rabbitmq
+ensure_ruby
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets -- -D warnings
+cargo clippy -p tasker-messaging-ruby --all-targets -- -D warnings
 log "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet --features conformance
@@ -74,3 +85,9 @@ log "cargo test"
 # The live suites are I/O-bound: run more cases at once than there are cores.
 RUST_TEST_THREADS=${RUST_TEST_THREADS:-8} cargo test --all-targets
 cargo test --doc
+log "Ruby suite (bindings/ruby/test)"
+bash scripts/build-ruby-ext.sh
+ruby_suite() { (cd bindings/ruby && MT_CPU=${MT_CPU:-6} ruby -Itest -e 'ARGV.each { |f| require File.expand_path(f) }' "$@"); }
+ruby_suite test/contract_test.rb test/boundary_test.rb test/fork_test.rb test/types_test.rb
+ruby_suite test/config_test.rb   # changes ENV: a process of its own
+ruby_suite test/threads_test.rb  # timed: alone

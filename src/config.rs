@@ -278,25 +278,32 @@ impl MessagingConfig {
     /// `config/messaging.toml` if present, then applies `TASKER_MESSAGING_*`
     /// environment variables, then validates.
     pub fn load() -> Result<Self, MessagingError> {
-        match std::env::var_os(Self::PATH_ENV) {
-            Some(path) => Self::from_file(PathBuf::from(path)),
-            None => {
-                let default = Path::new(Self::DEFAULT_PATH);
-                Self::from_figment(Self::figment(default.is_file().then_some(default)))
-            }
-        }
+        Self::from_figment(Self::layered(None)?)
     }
 
     /// Loads `path` (which must exist), then the environment, then validates.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, MessagingError> {
-        let path = path.as_ref();
-        if !path.is_file() {
-            return Err(MessagingError::Config(format!(
-                "config file {} does not exist",
-                path.display()
-            )));
-        }
-        Self::from_figment(Self::figment(Some(path)))
+        Self::from_figment(Self::layered(Some(path.as_ref()))?)
+    }
+
+    /// The figment [`load`](Self::load) (`file: None`) or
+    /// [`from_file`](Self::from_file) extracts, before validation: `file`
+    /// (which must exist), else the file named by `TASKER_MESSAGING_CONFIG`
+    /// (which must exist), else `config/messaging.toml` if present; then
+    /// `TASKER_MESSAGING_*`. Bindings merge their overrides into it.
+    pub fn layered(file: Option<&Path>) -> Result<Figment, MessagingError> {
+        let env_path = std::env::var_os(Self::PATH_ENV).map(PathBuf::from);
+        let file = match file.or(env_path.as_deref()) {
+            Some(path) if !path.is_file() => {
+                return Err(MessagingError::Config(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )))
+            }
+            Some(path) => Some(path),
+            None => Some(Path::new(Self::DEFAULT_PATH)).filter(|p| p.is_file()),
+        };
+        Ok(Self::figment(file))
     }
 
     /// The layered figment: defaults, then `file` if present, then

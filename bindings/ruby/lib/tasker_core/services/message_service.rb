@@ -1,0 +1,143 @@
+# frozen_string_literal: true
+
+module TaskerCore
+  module Services
+    # The queue operations of one provider, chosen by configuration. Make one
+    # with MessageServiceFactory.create; share it between threads (every call
+    # releases the GVL while it waits). Each method is one call of the Rust
+    # MessagingService: same contract (docs/CONTRACT.md), same errors (as the
+    # classes in errors.rb).
+    #
+    # Messages are Hashes (or SimpleStepMessage, or anything with #to_h) sent
+    # as JSON; received ones come back as Hashes with symbol keys:
+    #   { receipt_handle:, message:,
+    #     metadata: { message_id:, enqueued_at:, receive_count:, visibility_timeout_expires: } }
+    class MessageService
+      attr_reader :router
+
+      def initialize(native)
+        @native = native
+        pattern, @namespaces, @default_visibility_timeout, @max_receive_count = native.queues_config
+        @router = NamespaceQueueRouter.new(pattern)
+      end
+
+      # :pgmq, :rabbitmq or :in_memory.
+      def provider
+        @native.provider.to_sym
+      end
+
+      # [queues] namespaces, default_visibility_timeout_secs and max_receive_count.
+      attr_reader :namespaces, :default_visibility_timeout, :max_receive_count
+
+      # Creates the queue (and dead-letter queue) of every configured
+      # namespace; idempotent. Returns the queue names.
+      def initialize_service
+        @namespaces.map { |namespace| @router.route_to_queue(namespace).tap { |q| create_queue(q) } }
+      end
+
+      # true when the server answers; false when it does not in time. Never hangs.
+      def healthy?
+        @native.health_check
+      end
+
+      # Creates the queue and its dead-letter queue; idempotent.
+      def create_queue(queue_name)
+        @native.create_queue(queue_name.to_s)
+      end
+
+      # Sends one message; returns its id once it is durable.
+      def send_message(queue_name, message)
+        @native.send_message(queue_name.to_s, encode(message))
+      end
+
+      # Sends messages in order; returns their ids once all are durable.
+      def send_batch(queue_name, messages)
+        @native.send_batch(queue_name.to_s, messages.map { |m| encode(m) })
+      end
+
+      # Up to max_messages messages ready now (returns at once), each leased
+      # for visibility_timeout seconds (whole seconds, rounded up).
+      def receive_messages(queue_name, max_messages: 10, visibility_timeout: @default_visibility_timeout)
+        decode(@native.receive(queue_name.to_s, count(max_messages), Float(visibility_timeout), nil))
+      end
+
+      # Like receive_messages, but waits up to wait seconds for a first message.
+      def receive_messages_wait(queue_name, max_messages: 10, visibility_timeout: @default_visibility_timeout,
+                                wait: 5)
+        decode(@native.receive(queue_name.to_s, count(max_messages), Float(visibility_timeout), Float(wait)))
+      end
+
+      # Removes a received message for good. LeaseExpired once its lease ended.
+      def delete_message(queue_name, receipt_handle)
+        @native.delete_message(queue_name.to_s, receipt_handle.to_s)
+      end
+
+      # Moves the lease's end to now + visibility_timeout; 0 releases it at once.
+      def change_message_visibility(queue_name, receipt_handle, visibility_timeout)
+        @native.change_message_visibility(queue_name.to_s, receipt_handle.to_s, Float(visibility_timeout))
+      end
+
+      # { queue_name:, message_count:, in_flight_count:, oldest_message_age_seconds:,
+      #   dead_letter_count: }; nil where the provider cannot know.
+      def queue_stats(queue_name)
+        @native.queue_stats(queue_name.to_s)
+      end
+
+      # Removes every ready message (leased ones stay); returns how many.
+      def purge_queue(queue_name)
+        @native.purge_queue(queue_name.to_s)
+      end
+
+      # Deletes the queue and its dead-letter queue; idempotent.
+      def delete_queue(queue_name)
+        @native.delete_queue(queue_name.to_s)
+      end
+
+      # What this provider guarantees beyond the contract (Hash of booleans).
+      def capabilities
+        @native.capabilities
+      end
+
+      # The extension object (for the benchmark's Rust baseline).
+      attr_reader :native
+
+      private
+
+      def encode(message)
+        body =
+          case message
+          when Hash then message
+          when TaskerCore::Types::SimpleStepMessage then message.to_h
+          else
+            raise InvalidArgument, "a message must be a Hash or respond to #to_h" unless message.respond_to?(:to_h)
+
+            message.to_h
+          end
+        JSON.generate(body)
+      rescue JSON::GeneratorError, Encoding::UndefinedConversionError => e
+        raise SerializationError, "message is not JSON-encodable: #{e.message}"
+      end
+
+      # A negative count is sent as 0, which the library refuses as
+      # InvalidArgument like any other count below 1.
+      def count(max_messages)
+        [Integer(max_messages), 0].max
+      end
+
+      def decode(rows)
+        rows.map do |id, receipt, enqueued_at, receive_count, expires, body|
+          {
+            receipt_handle: receipt,
+            message: JSON.parse(body, symbolize_names: true),
+            metadata: {
+              message_id: id,
+              enqueued_at: enqueued_at,
+              receive_count: receive_count,
+              visibility_timeout_expires: expires
+            }
+          }
+        end
+      end
+    end
+  end
+end

@@ -1,0 +1,202 @@
+# frozen_string_literal: true
+
+# The contract's core cases (docs/CONTRACT.md) through the Ruby API, on every
+# provider: the same behaviour the Rust conformance suite checks, seen from Ruby.
+require_relative "test_helper"
+
+module ContractCases
+  Services = TaskerCore::Services
+  Step = TaskerCore::Types::SimpleStepMessage
+
+  def service
+    TestSupport.service(self.class::PROVIDER)
+  end
+
+  def with_queue(tag)
+    queue = TestSupport.unique_queue(tag)
+    service.create_queue(queue)
+    yield queue
+  ensure
+    service.delete_queue(queue) if queue
+  end
+
+  # Receives exactly one message, waiting a little for it (a RabbitMQ release
+  # reaches the queue asynchronously).
+  def receive_one(queue, visibility_timeout: 30)
+    got = service.receive_messages_wait(queue, max_messages: 1, visibility_timeout: visibility_timeout, wait: 5)
+    assert_equal 1, got.size, "expected a message on #{queue}"
+    got.first
+  end
+
+  def test_create_send_receive_delete
+    with_queue("basic") do |queue|
+      assert service.create_queue(queue), "create_queue is idempotent"
+      step = TestSupport.step
+      id = service.send_message(queue, step)
+      assert_kind_of String, id
+
+      got = service.receive_messages(queue, max_messages: 10, visibility_timeout: 30)
+      assert_equal 1, got.size
+      msg = got.first
+      assert_equal %i[receipt_handle message metadata], msg.keys
+      assert_equal step, Step.from_hash(msg[:message])
+      meta = msg[:metadata]
+      assert_equal %i[message_id enqueued_at receive_count visibility_timeout_expires], meta.keys
+      assert_equal id, meta[:message_id]
+      assert_equal 1, meta[:receive_count]
+      assert_kind_of Time, meta[:enqueued_at]
+      assert_in_delta Time.now + 30, meta[:visibility_timeout_expires], 5
+      assert_equal true, service.delete_message(queue, msg[:receipt_handle])
+      assert_empty service.receive_messages(queue)
+      assert_equal 0, service.queue_stats(queue)[:message_count]
+    end
+  end
+
+  def test_hash_messages_round_trip
+    with_queue("hash") do |queue|
+      sent = { "kind" => "note", "n" => 7, "tags" => ["a", nil, 1.5], "nested" => { "ok" => true } }
+      service.send_message(queue, sent)
+      msg = receive_one(queue)
+      assert_equal({ kind: "note", n: 7, tags: ["a", nil, 1.5], nested: { ok: true } }, msg[:message])
+      service.delete_message(queue, msg[:receipt_handle])
+    end
+  end
+
+  def test_batch_keeps_order
+    with_queue("batch") do |queue|
+      assert_equal [], service.send_batch(queue, [])
+      ids = service.send_batch(queue, (0...5).map { |n| { n: n } })
+      assert_equal 5, ids.uniq.size
+      got = []
+      got.concat(service.receive_messages_wait(queue, max_messages: 10, wait: 2)) while got.size < 5
+      assert_equal (0...5).to_a, got.map { |m| m[:message][:n] }
+      assert_equal ids, got.map { |m| m[:metadata][:message_id] }
+      got.each { |m| service.delete_message(queue, m[:receipt_handle]) }
+    end
+  end
+
+  def test_lease_expiry_redelivers_and_stale_receipt_is_lease_expired
+    with_queue("lease") do |queue|
+      service.send_message(queue, TestSupport.step)
+      first = receive_one(queue, visibility_timeout: 1)
+      assert_empty service.receive_messages(queue), "a leased message is hidden"
+      second = receive_one(queue, visibility_timeout: 30) # waits for the lease to end
+      assert_equal first[:metadata][:message_id], second[:metadata][:message_id]
+      assert_equal 2, second[:metadata][:receive_count]
+
+      error = assert_raises(Services::LeaseExpired) { service.delete_message(queue, first[:receipt_handle]) }
+      refute error.transient?
+      assert_kind_of Services::MessagingError, error
+      assert_raises(Services::LeaseExpired) { service.change_message_visibility(queue, first[:receipt_handle], 0) }
+      assert service.delete_message(queue, second[:receipt_handle]), "the live lease is untouched"
+      assert_raises(Services::LeaseExpired) { service.delete_message(queue, second[:receipt_handle]) }
+    end
+  end
+
+  def test_visibility_zero_releases_at_once
+    with_queue("release") do |queue|
+      service.send_message(queue, TestSupport.step)
+      first = receive_one(queue)
+      assert service.change_message_visibility(queue, first[:receipt_handle], 0)
+      again = receive_one(queue)
+      assert_equal first[:metadata][:message_id], again[:metadata][:message_id]
+      assert_equal 2, again[:metadata][:receive_count]
+      service.delete_message(queue, again[:receipt_handle])
+    end
+  end
+
+  def test_dead_letter_after_max_receive_count
+    with_queue("dead") do |queue|
+      doomed = TestSupport.step
+      service.send_message(queue, doomed)
+      max = service.max_receive_count
+      (1..max).each do |attempt|
+        msg = receive_one(queue)
+        assert_equal attempt, msg[:metadata][:receive_count]
+        service.change_message_visibility(queue, msg[:receipt_handle], 0)
+      end
+      healthy = TestSupport.step
+      service.send_message(queue, healthy)
+      nxt = receive_one(queue)
+      assert_equal healthy, Step.from_hash(nxt[:message]), "the exhausted message is not returned"
+      assert_empty service.receive_messages_wait(queue, wait: 0.5)
+      service.delete_message(queue, nxt[:receipt_handle])
+
+      assert_equal 1, service.queue_stats(queue)[:dead_letter_count]
+      dead = receive_one("#{queue}_dlq")
+      assert_equal doomed, Step.from_hash(dead[:message]), "the dead letter keeps its body"
+      service.delete_message("#{queue}_dlq", dead[:receipt_handle])
+    end
+  end
+
+  def test_stats_and_purge
+    with_queue("stats") do |queue|
+      service.send_batch(queue, Array.new(3) { TestSupport.step })
+      leased = receive_one(queue)
+      stats = service.queue_stats(queue)
+      assert_equal queue, stats[:queue_name]
+      assert_equal 2, stats[:message_count]
+      if service.capabilities[:exact_in_flight]
+        assert_equal 1, stats[:in_flight_count]
+      else
+        assert_nil stats[:in_flight_count]
+      end
+      assert_equal 2, service.purge_queue(queue)
+      assert_equal 0, service.queue_stats(queue)[:message_count]
+      assert service.delete_message(queue, leased[:receipt_handle]), "purge leaves leased messages"
+    end
+  end
+
+  def test_bad_queue_name_and_missing_queue_raise_their_own_errors
+    error = assert_raises(Services::InvalidQueueName) { service.send_message("Not-Valid", { a: 1 }) }
+    refute error.transient?
+    assert_raises(Services::InvalidQueueName) { service.create_queue("") }
+    missing = TestSupport.unique_queue("never_made")
+    error = assert_raises(Services::QueueNotFound) { service.send_message(missing, { a: 1 }) }
+    refute error.transient?
+    assert_includes error.message, missing
+    assert_raises(Services::QueueNotFound) { service.receive_messages(missing) }
+    assert_raises(Services::QueueNotFound) { service.queue_stats(missing) }
+  end
+
+  def test_argument_and_receipt_errors
+    with_queue("args") do |queue|
+      assert_raises(Services::InvalidArgument) { service.receive_messages(queue, max_messages: 0) }
+      assert_raises(Services::InvalidArgument) { service.receive_messages(queue, visibility_timeout: -1) }
+      assert_raises(Services::InvalidReceipt) { service.delete_message(queue, "not-a-receipt") }
+      assert_raises(Services::MessageTooLarge) { service.send_message(queue, { big: "x" * 5000 }) }
+      assert_raises(Services::SerializationError) { service.send_message(queue, { bad: Float::NAN }) }
+      assert_equal 0, service.queue_stats(queue)[:message_count], "nothing was sent"
+    end
+  end
+
+  def test_waiting_receive_wakes_on_send
+    with_queue("wait") do |queue|
+      assert_empty service.receive_messages_wait(queue, wait: 0.3), "an empty wait returns empty"
+      waiter = Thread.new do
+        TestSupport.elapsed { Thread.current[:got] = service.receive_messages_wait(queue, wait: 10) }
+      end
+      sleep 0.3
+      service.send_message(queue, TestSupport.step)
+      took = waiter.value
+      assert_equal 1, waiter[:got].size
+      assert_operator took, :<, 3, "the wait ends on the send, not after 10 s"
+      service.delete_message(queue, waiter[:got].first[:receipt_handle])
+    end
+  end
+
+  def test_healthy_and_provider
+    assert_equal true, service.healthy?
+    assert_equal self.class::PROVIDER, service.provider
+  end
+end
+
+TestSupport::PROVIDERS.each do |provider|
+  klass = Class.new(Minitest::Test) do
+    const_set(:PROVIDER, provider)
+    include ContractCases
+    parallelize_me!
+  end
+  name = provider.to_s.split("_").map(&:capitalize).join
+  Object.const_set("#{name}ContractTest", klass)
+end
