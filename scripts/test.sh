@@ -86,7 +86,8 @@ log "cargo test"
 RUST_TEST_THREADS=${RUST_TEST_THREADS:-8} cargo test --all-targets
 cargo test --doc
 log "Ruby suite (bindings/ruby/test)"
-bash scripts/build-ruby-ext.sh
+# A debug build shares the test build's dependencies (no release tree to build).
+bash scripts/build-ruby-ext.sh --debug
 ruby_suite() { (cd bindings/ruby && MT_CPU=${MT_CPU:-6} ruby -Itest -e 'ARGV.each { |f| require File.expand_path(f) }' "$@"); }
 ruby_suite test/contract_test.rb test/boundary_test.rb test/fork_test.rb test/types_test.rb
 ruby_suite test/config_test.rb   # changes ENV: a process of its own
