@@ -57,6 +57,7 @@
 mod service;
 
 mod backend;
+mod migration;
 
 mod capabilities;
 mod codec;
@@ -80,7 +81,8 @@ mod wait;
 pub use backend::MessageBackend;
 pub use capabilities::Capabilities;
 pub use config::{
-    MessagingConfig, PgmqConfig, Provider, QueuesConfig, RabbitMqConfig, MAX_RECEIVE_COUNT,
+    MessagingConfig, MigrationConfig, PgmqConfig, Provider, QueuesConfig, RabbitMqConfig,
+    MAX_RECEIVE_COUNT,
 };
 pub use error::{BoxError, MessagingError};
 pub use lease::MAX_VISIBILITY_TIMEOUT;
@@ -88,6 +90,7 @@ pub use message::{
     MessageId, QueueMessage, QueueStats, QueuedMessage, QueuedMessageMetadata, ReceiptHandle,
     SimpleStepMessage,
 };
+pub use migration::{MigratingMessageService, MigrationSide, MigrationStats};
 pub use providers::{InMemoryMessageService, PgmqMessageService, RabbitMqMessageService};
 pub use queue_name::{validate_queue_name, MAX_QUEUE_NAME_BYTES};
 pub use resilience::{CircuitBreaker, CircuitBreakerConfig, CircuitState, RetryPolicy};
