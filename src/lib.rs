@@ -76,6 +76,7 @@ mod resilience;
 mod router;
 mod secret;
 mod sync;
+mod transfer;
 mod wait;
 
 pub use backend::MessageBackend;
@@ -97,6 +98,10 @@ pub use resilience::{CircuitBreaker, CircuitBreakerConfig, CircuitState, RetryPo
 pub use router::{MessageRouter, NamespaceQueueRouter};
 pub use secret::SecretUrl;
 pub use service::MessagingService;
+pub use transfer::{
+    move_messages, move_messages_with_progress, redrive_dead_letters, MoveError, MoveReport,
+    RawMessage,
+};
 
 /// The README's examples, compiled as doctests so they keep working when copied.
 #[doc = include_str!("../README.md")]
