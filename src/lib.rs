@@ -49,6 +49,16 @@
 //! - transient failures are retried with backoff and counted by a circuit
 //!   breaker ([`RetryPolicy`], [`CircuitBreakerConfig`]), the same way for
 //!   every server provider.
+//!
+//! ## Migrating between providers, and operating queues
+//!
+//! A `[migration]` section makes [`MessageBackend::connect`] return
+//! [`MessageBackend::Migrating`] ([`MigratingMessageService`]): sends go to
+//! the new provider, receives drain the old one first, receipts reach the
+//! provider that issued them. [`move_messages`] moves messages between any
+//! two queues at-least-once; [`redrive_dead_letters`] is built on it. The
+//! `tasker-messaging` binary (feature `cli`) offers `health`, `stats`,
+//! `peek`, `purge`, `dlq redrive` and `migrate` from a shell.
 #![deny(missing_docs)]
 
 // enum_dispatch expands the enum's impl where it meets the second of the

@@ -113,7 +113,7 @@ impl MigratingMessageService {
     /// keeps serving). A source found with nothing ready is looked at again
     /// only after `queues.wait_poll_interval_ms`: once it is drained, a
     /// receive costs one round trip to the target, as on a plain backend.
-    async fn from_source<T: QueueMessage>(
+    async fn take_from_source<T: QueueMessage>(
         &self,
         queue: &QueueName,
         max: usize,
@@ -225,7 +225,7 @@ impl Provide for MigratingMessageService {
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
         lease::check_max_messages(max_messages)?;
         let got = self
-            .from_source(queue, max_messages, visibility_timeout)
+            .take_from_source(queue, max_messages, visibility_timeout)
             .await?;
         self.fill_from_target(queue, got, max_messages, visibility_timeout)
             .await
@@ -240,7 +240,7 @@ impl Provide for MigratingMessageService {
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
         lease::check_max_messages(max_messages)?;
         let got = self
-            .from_source(queue, max_messages, visibility_timeout)
+            .take_from_source(queue, max_messages, visibility_timeout)
             .await?;
         if !got.is_empty() {
             return self
