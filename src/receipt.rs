@@ -60,6 +60,20 @@ impl Receipt {
             _ => Err(invalid("malformed receipt numbers")),
         }
     }
+
+    /// [`decode`](Self::decode) for each receipt of a batch, in order. A
+    /// batch with no receipt that decodes needs no I/O: every outcome is
+    /// already known (and an empty batch is the empty list).
+    pub(crate) fn decode_all(
+        handles: &[ReceiptHandle],
+        provider: Provider,
+        queue: &str,
+    ) -> Vec<Result<Self, MessagingError>> {
+        handles
+            .iter()
+            .map(|handle| Self::decode(handle, provider, queue))
+            .collect()
+    }
 }
 
 #[cfg(test)]

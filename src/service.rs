@@ -95,6 +95,26 @@ pub trait MessagingService {
         receipt: &ReceiptHandle,
     ) -> Result<(), MessagingError>;
 
+    /// Deletes many leased messages in one call, for a worker settling the
+    /// batch it received: one outcome per receipt, in order, each what
+    /// [`delete_message`](Self::delete_message) would return for that
+    /// receipt were it called for each in turn (a live lease is deleted, a
+    /// dead one is `LeaseExpired`, a malformed or foreign one
+    /// `InvalidReceipt`; a receipt given twice is `LeaseExpired` the second
+    /// time). PGMQ runs one statement, RabbitMQ sends the acks back to back
+    /// and the in-memory queue takes its lock once. An empty batch is
+    /// `Ok(vec![])` with no I/O (C32).
+    ///
+    /// The outer `Err` is for the call as a whole (the queue is missing, the
+    /// server cannot be reached) and then no receipt was settled, except
+    /// that, as for `delete_message`, a lost reply can hide deletes that did
+    /// happen (C4, C32).
+    async fn delete_messages(
+        &self,
+        queue: &str,
+        receipts: &[ReceiptHandle],
+    ) -> Result<Vec<Result<(), MessagingError>>, MessagingError>;
+
     /// Moves a live lease's deadline to now + `visibility_timeout`; zero
     /// releases the message at once (C17). Dead and foreign receipts fail as
     /// in [`delete_message`](Self::delete_message) (C14, C15).
@@ -187,6 +207,12 @@ pub(crate) mod provide {
             receipt: &ReceiptHandle,
         ) -> Result<(), MessagingError>;
 
+        async fn delete_messages(
+            &self,
+            queue: &QueueName,
+            receipts: &[ReceiptHandle],
+        ) -> Result<Vec<Result<(), MessagingError>>, MessagingError>;
+
         async fn change_message_visibility(
             &self,
             queue: &QueueName,
@@ -267,6 +293,14 @@ impl<P: provide::Provide> MessagingService for P {
         receipt: &ReceiptHandle,
     ) -> Result<(), MessagingError> {
         provide::Provide::delete_message(self, QueueName::new(queue)?, receipt).await
+    }
+
+    async fn delete_messages(
+        &self,
+        queue: &str,
+        receipts: &[ReceiptHandle],
+    ) -> Result<Vec<Result<(), MessagingError>>, MessagingError> {
+        provide::Provide::delete_messages(self, QueueName::new(queue)?, receipts).await
     }
 
     async fn change_message_visibility(

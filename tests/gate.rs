@@ -165,6 +165,13 @@ async fn every_operation_refuses_a_bad_name_before_io() {
             );
             check(
                 backend
+                    .delete_messages(name, std::slice::from_ref(&receipt))
+                    .await
+                    .map(drop),
+                "delete_messages",
+            );
+            check(
+                backend
                     .change_message_visibility(name, &receipt, Duration::ZERO)
                     .await,
                 "change_message_visibility",

@@ -25,6 +25,9 @@ fn every_backend_future_is_send(backend: Arc<MessageBackend>) {
     ));
     drop(assert_send(b.delete_message("q", &receipt)));
     drop(assert_send(
+        b.delete_messages("q", std::slice::from_ref(&receipt)),
+    ));
+    drop(assert_send(
         b.change_message_visibility("q", &receipt, lease),
     ));
     drop(assert_send(b.get_queue_stats("q")));

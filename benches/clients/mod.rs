@@ -28,7 +28,7 @@ use amqprs::{
 use pgmq::PGMQueueExt;
 use tasker_messaging::{
     conformance::{step, unique_queue},
-    MessageBackend, MessagingService, Provider, SimpleStepMessage,
+    MessageBackend, MessagingConfig, MessagingService, Provider, RabbitMqConfig, SimpleStepMessage,
 };
 use tokio::{runtime::Runtime, sync::mpsc};
 
@@ -380,7 +380,7 @@ pub fn setup() -> Setup {
     let providers = rt.block_on(async {
         let mut providers = Vec::new();
         for provider in [Provider::InMemory, Provider::Pgmq, Provider::RabbitMq] {
-            let backend = Arc::new(common::backend(provider).await);
+            let backend = Arc::new(library(provider).await);
             let new_queue = || async {
                 let queue = unique_queue("bench");
                 backend.create_queue(&queue).await.expect("create_queue");
@@ -397,10 +397,8 @@ pub fn setup() -> Setup {
                     clients.push((Client::RawPgmq(Arc::new(raw)), queue));
                 }
                 MessageBackend::RabbitMq(_) => {
-                    // The prefetch the library's consumer uses.
-                    let prefetch = common::config(provider)
-                        .rabbitmq
-                        .map_or(200, |r| r.prefetch_count);
+                    // The library's cap on one receive, as the raw consumer's window.
+                    let prefetch = config(provider).rabbitmq.map_or(200, |r| r.prefetch_count);
                     for (tasker_wire, ahead) in [(false, true), (true, true), (false, false)] {
                         let queue = new_queue().await;
                         let raw = RawAmqp::connect(&queue, prefetch, tasker_wire, ahead).await;
@@ -415,6 +413,23 @@ pub fn setup() -> Setup {
         providers
     });
     Setup { rt, providers }
+}
+
+/// The library as a user configures it: the tests' settings, but the
+/// default cap on one receive (the tests lower it to reach it quickly).
+fn config(provider: Provider) -> MessagingConfig {
+    let mut config = common::config(provider);
+    if let Some(rabbitmq) = config.rabbitmq.as_mut() {
+        rabbitmq.prefetch_count = RabbitMqConfig::new(rabbitmq.url.clone()).prefetch_count;
+    }
+    config
+}
+
+/// A backend connected with [`config`].
+async fn library(provider: Provider) -> MessageBackend {
+    MessageBackend::connect(&config(provider))
+        .await
+        .unwrap_or_else(|e| panic!("{provider} for the benches: {e}"))
 }
 
 /// A consumer task: receives up to 10 and deletes each until `done` reaches
@@ -467,9 +482,9 @@ pub async fn end_to_end(client: &Client, queue: &str) {
 /// has no processes to speak of (in-memory) or for the raw PGMQ client.
 pub async fn peer(client: &Client, queue: &str) -> Option<Client> {
     match client {
-        Client::Tasker(backend) if backend.provider() != Provider::InMemory => Some(
-            Client::Tasker(Arc::new(common::backend(backend.provider()).await)),
-        ),
+        Client::Tasker(backend) if backend.provider() != Provider::InMemory => {
+            Some(Client::Tasker(Arc::new(library(backend.provider()).await)))
+        }
         Client::RawAmqp(raw) => Some(Client::RawAmqp(Arc::new(
             RawAmqp::connect(queue, raw.prefetch, raw.tasker_wire, raw.ahead).await,
         ))),

@@ -16,7 +16,10 @@ use uuid::Uuid;
 use super::{
     cleanup, fresh_queue, receive, receive_n, receive_one, send, step, LEASE, LONG_LEASE, SLACK,
 };
-use crate::{MessageBackend, MessagingService, QueuedMessage, SimpleStepMessage};
+use crate::{
+    MessageBackend, MessagingError, MessagingService, QueuedMessage, ReceiptHandle,
+    SimpleStepMessage,
+};
 
 /// Leases one process holds at once in [`one_process_holds_many_leases`]:
 /// three times the RabbitMQ `prefetch_count` the project's suite configures.
@@ -259,6 +262,54 @@ pub async fn purge_spares_other_processes_leases(a: &MessageBackend, b: &Message
             .await
             .expect("leases survive another process's purge");
     }
+    cleanup(a, &queue).await;
+}
+
+/// C14, C32: a batch settle in one process never touches what another holds:
+/// A's receipts whose leases ran out, their messages now held by B, are
+/// `LeaseExpired` while A's live one in the same batch is deleted, and B's
+/// leases all settle afterwards.
+pub async fn batch_settle_spares_other_processes_leases(a: &MessageBackend, b: &MessageBackend) {
+    let queue = fresh_queue(a, "fleet_batch_settle").await;
+    let sent: Vec<SimpleStepMessage> = (0..6).map(|_| step()).collect();
+    a.send_batch(&queue, &sent).await.expect("send_batch");
+    let lapsed = receive_n(a, &queue, 3, LEASE, Duration::from_secs(5)).await;
+    assert_eq!(lapsed.len(), 3);
+    tokio::time::sleep(LEASE + SLACK).await;
+    let held = receive_n(b, &queue, 5, LONG_LEASE, Duration::from_secs(5)).await;
+    assert_eq!(held.len(), 5, "B holds the lapsed three and two more");
+    let live = receive_one(a, &queue, LONG_LEASE).await;
+
+    let batch: Vec<ReceiptHandle> = lapsed
+        .iter()
+        .chain([&live])
+        .map(|m| m.receipt().clone())
+        .collect();
+    let outcomes = a
+        .delete_messages(&queue, &batch)
+        .await
+        .expect("delete_messages");
+    assert!(
+        matches!(
+            outcomes.as_slice(),
+            [
+                Err(MessagingError::LeaseExpired { .. }),
+                Err(MessagingError::LeaseExpired { .. }),
+                Err(MessagingError::LeaseExpired { .. }),
+                Ok(()),
+            ]
+        ),
+        "A's lapsed receipts, then its live one: {outcomes:?}"
+    );
+    let batch: Vec<ReceiptHandle> = held.iter().map(|m| m.receipt().clone()).collect();
+    for outcome in b
+        .delete_messages(&queue, &batch)
+        .await
+        .expect("delete_messages")
+    {
+        outcome.expect("B's leases survive A's stale batch");
+    }
+    assert!(receive(a, &queue, 10, LONG_LEASE).await.is_empty());
     cleanup(a, &queue).await;
 }
 

@@ -31,6 +31,7 @@ pub mod fleet;
 mod leases;
 mod queues;
 mod send;
+mod settle;
 mod stats;
 mod wait;
 
@@ -38,6 +39,7 @@ pub use dead_letters::*;
 pub use leases::*;
 pub use queues::*;
 pub use send::*;
+pub use settle::*;
 pub use stats::*;
 pub use wait::*;
 
@@ -79,6 +81,7 @@ macro_rules! conformance_tests {
             waiting_receive_wakes_on_another_process_send,
             one_process_holds_many_leases,
             purge_spares_other_processes_leases,
+            batch_settle_spares_other_processes_leases,
             a_fleet_keeps_up_with_a_trickle_of_sends,
         );
         $crate::__conformance_cases!($backend;
@@ -97,6 +100,7 @@ macro_rules! conformance_tests {
             foreign_and_malformed_receipts_are_invalid,
             receipt_round_trips_through_text,
             change_visibility_extends_and_releases_leases,
+            delete_messages_settles_each_receipt_on_its_own,
             max_receive_count_moves_message_to_dead_letter_queue,
             message_of_another_shape_is_released_then_dead_lettered,
             concurrent_receivers_never_share_a_message,

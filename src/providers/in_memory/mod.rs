@@ -236,6 +236,30 @@ impl crate::service::provide::Provide for InMemoryMessageService {
         })
     }
 
+    async fn delete_messages(
+        &self,
+        queue: &QueueName,
+        receipts: &[ReceiptHandle],
+    ) -> Result<Vec<Result<(), MessagingError>>, MessagingError> {
+        let queue = queue.as_str();
+        let leases = Receipt::decode_all(receipts, Provider::InMemory, queue);
+        if !leases.iter().any(Result::is_ok) {
+            return Ok(leases.into_iter().map(|lease| lease.map(drop)).collect());
+        }
+        // One lock for the batch; each receipt in turn, as delete_message would.
+        self.with_queue(queue, |q| {
+            Ok(leases
+                .into_iter()
+                .zip(receipts)
+                .map(|(lease, receipt)| {
+                    q.delete_leased(lease?)
+                        .then_some(())
+                        .ok_or_else(|| Self::lease_expired(queue, receipt))
+                })
+                .collect())
+        })
+    }
+
     async fn change_message_visibility(
         &self,
         queue: &QueueName,

@@ -12,7 +12,7 @@ mod install;
 mod listener;
 mod outage;
 
-use std::{future::Future, str::FromStr, sync::Arc, time::Duration};
+use std::{collections::HashSet, future::Future, str::FromStr, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use sqlx::{
@@ -162,8 +162,26 @@ impl PgmqMessageService {
         &self.pool
     }
 
-    fn receipt(&self, queue: &str, receipt: &ReceiptHandle) -> Result<Receipt, MessagingError> {
-        Receipt::decode(receipt, Provider::Pgmq, queue)
+    /// A receipt's lease as the queue table's (`msg_id`, `read_ct`).
+    fn lease_key(
+        lease: Result<Receipt, MessagingError>,
+        receipt: &ReceiptHandle,
+    ) -> Result<(i64, i32), MessagingError> {
+        let lease = lease?;
+        match (i64::try_from(lease.id), i32::try_from(lease.lease)) {
+            (Ok(msg_id), Ok(read_ct)) => Ok((msg_id, read_ct)),
+            _ => Err(MessagingError::InvalidReceipt {
+                receipt: receipt.to_string(),
+                reason: "receipt numbers out of range",
+            }),
+        }
+    }
+
+    fn lease_expired(queue: &str, receipt: &ReceiptHandle) -> MessagingError {
+        MessagingError::LeaseExpired {
+            queue: queue.to_owned(),
+            receipt: receipt.to_string(),
+        }
     }
 
     /// Runs a lease-guarded statement (`$1` msg_id, `$2` read_ct, then `extra`);
@@ -176,14 +194,8 @@ impl PgmqMessageService {
         receipt: &ReceiptHandle,
         extra: Option<i32>,
     ) -> Result<(), MessagingError> {
-        let lease = self.receipt(queue, receipt)?;
-        let (Ok(msg_id), Ok(read_ct)) = (i64::try_from(lease.id), i32::try_from(lease.lease))
-        else {
-            return Err(MessagingError::InvalidReceipt {
-                receipt: receipt.to_string(),
-                reason: "receipt numbers out of range",
-            });
-        };
+        let lease = Receipt::decode(receipt, Provider::Pgmq, queue);
+        let (msg_id, read_ct) = Self::lease_key(lease, receipt)?;
         let done = self
             .run(operation, || async {
                 let mut query = sqlx::query(sql).bind(msg_id).bind(read_ct);
@@ -197,10 +209,7 @@ impl PgmqMessageService {
             })
             .await?;
         if done.rows_affected() == 0 {
-            return Err(MessagingError::LeaseExpired {
-                queue: queue.to_owned(),
-                receipt: receipt.to_string(),
-            });
+            return Err(Self::lease_expired(queue, receipt));
         }
         Ok(())
     }
@@ -442,6 +451,53 @@ impl crate::service::provide::Provide for PgmqMessageService {
         );
         self.on_live_lease("delete_message", &sql, queue, receipt, None)
             .await
+    }
+
+    async fn delete_messages(
+        &self,
+        queue: &QueueName,
+        receipts: &[ReceiptHandle],
+    ) -> Result<Vec<Result<(), MessagingError>>, MessagingError> {
+        let queue = queue.as_str();
+        let keys: Vec<_> = Receipt::decode_all(receipts, Provider::Pgmq, queue)
+            .into_iter()
+            .zip(receipts)
+            .map(|(lease, receipt)| Self::lease_key(lease, receipt))
+            .collect();
+        let (ids, read_cts): (Vec<i64>, Vec<i32>) = keys.iter().flatten().copied().unzip();
+        let mut deleted = HashSet::new();
+        if !ids.is_empty() {
+            // The guard of delete_message, for every (msg_id, read_ct) at once.
+            let sql = format!(
+                "DELETE FROM pgmq.q_{queue} AS q
+                 USING unnest($1::bigint[], $2::int[]) AS r(msg_id, read_ct)
+                 WHERE q.msg_id = r.msg_id AND q.read_ct = r.read_ct
+                   AND q.vt > clock_timestamp()
+                 RETURNING q.msg_id, q.read_ct"
+            );
+            let rows: Vec<(i64, i32)> = self
+                .run("delete_messages", || async {
+                    sqlx::query_as(&sql)
+                        .bind(&ids)
+                        .bind(&read_cts)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|e| db_error("delete_messages", e, Some(queue)))
+                })
+                .await?;
+            deleted.extend(rows);
+        }
+        // A receipt given twice deletes once: the second is LeaseExpired.
+        Ok(keys
+            .into_iter()
+            .zip(receipts)
+            .map(|(key, receipt)| {
+                deleted
+                    .remove(&key?)
+                    .then_some(())
+                    .ok_or_else(|| Self::lease_expired(queue, receipt))
+            })
+            .collect())
     }
 
     async fn change_message_visibility(

@@ -254,24 +254,45 @@ impl TrackedChannel {
     }
 
     /// Acknowledges (`requeue == false`) or requeues a delivery.
-    ///
-    /// Sent inline: the frame is one cancel-safe send to amqprs' writer, so
-    /// it is either queued or not. Should the caller drop this future before
-    /// it is queued, a task sends it instead, so a delivery its lease no
-    /// longer tracks is never left unsettled.
     pub(super) async fn settle(
         self: &Arc<Self>,
         delivery_tag: u64,
         requeue: bool,
     ) -> Result<(), CallError> {
-        let unsent = Unsettled {
+        self.settle_many(&[delivery_tag], requeue)
+            .await
+            .map_err(|(_, error)| error)
+    }
+
+    /// Settles `tags` in order, back to back: each frame is one cancel-safe
+    /// send to amqprs' writer, and none waits for the broker. A failure means
+    /// the channel is gone, and the broker requeued the rest with it:
+    /// `Err((settled, error))`, `settled` counting those sent before.
+    ///
+    /// Should the caller drop this future before every frame is queued, a
+    /// task sends the rest, so a delivery its lease no longer tracks is never
+    /// left unsettled.
+    pub(super) async fn settle_many(
+        self: &Arc<Self>,
+        tags: &[u64],
+        requeue: bool,
+    ) -> Result<(), (usize, CallError)> {
+        let mut unsent = Unsettled {
             channel: self,
-            delivery_tag,
+            tags,
+            sent: 0,
             requeue,
         };
-        let sent = self.send_settle(delivery_tag, requeue).await;
+        while let Some(&tag) = tags.get(unsent.sent) {
+            if let Err(error) = self.send_settle(tag, requeue).await {
+                let sent = unsent.sent;
+                std::mem::forget(unsent);
+                return Err((sent, error));
+            }
+            unsent.sent += 1;
+        }
         std::mem::forget(unsent);
-        sent
+        Ok(())
     }
 
     async fn send_settle(&self, delivery_tag: u64, requeue: bool) -> Result<(), CallError> {
@@ -299,25 +320,30 @@ impl TrackedChannel {
     }
 }
 
-/// A settlement whose caller went away before it was sent; dropping it sends
-/// it from a task. Defused with `mem::forget` once sent.
+/// Settlements whose caller went away before all were sent; dropping it
+/// sends the rest from a task. Defused with `mem::forget` once all are sent.
 struct Unsettled<'a> {
     channel: &'a Arc<TrackedChannel>,
-    delivery_tag: u64,
+    tags: &'a [u64],
+    sent: usize,
     requeue: bool,
 }
 
 impl Drop for Unsettled<'_> {
     fn drop(&mut self) {
-        let (channel, tag, requeue) = (Arc::clone(self.channel), self.delivery_tag, self.requeue);
-        // Outside a runtime the connection, and with it the delivery, is gone.
+        let channel = Arc::clone(self.channel);
+        let (rest, requeue) = (self.tags[self.sent..].to_vec(), self.requeue);
+        // Outside a runtime the connection, and with it the deliveries, is gone.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(error) = channel.send_settle(tag, requeue).await {
-                    tracing::debug!(
-                        ?error,
-                        "could not settle a delivery; the broker requeues it with its channel"
-                    );
+                for tag in rest {
+                    if let Err(error) = channel.send_settle(tag, requeue).await {
+                        tracing::debug!(
+                            ?error,
+                            "could not settle a delivery; the broker requeues it with its channel"
+                        );
+                        return;
+                    }
                 }
             });
         }

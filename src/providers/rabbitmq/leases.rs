@@ -109,13 +109,42 @@ impl Leases {
 
     /// Ends a live lease, returning the channel to settle its tag on.
     pub(super) fn take(&self, epoch: u64, tag: u64) -> Option<Arc<TrackedChannel>> {
+        let (channel, live) = self.take_many([Some((epoch, tag))]);
+        channel.filter(|_| live[0])
+    }
+
+    /// Whether every `(epoch, tag)` names a live lease.
+    pub(super) fn all_live(&self, leases: impl IntoIterator<Item = (u64, u64)>) -> bool {
+        let table = self.lock();
+        leases.into_iter().all(|(epoch, tag)| {
+            epoch != 0 && table.epoch == epoch && table.by_tag.contains_key(&tag)
+        })
+    }
+
+    /// [`take`](Self::take) for many leases under one lock: which of them
+    /// were live (in order; a lease named twice is live once), and the
+    /// channel to settle those on.
+    pub(super) fn take_many(
+        &self,
+        leases: impl IntoIterator<Item = Option<(u64, u64)>>,
+    ) -> (Option<Arc<TrackedChannel>>, Vec<bool>) {
         let mut table = self.lock();
-        if table.epoch != epoch || epoch == 0 {
-            return None;
-        }
-        let lease = table.by_tag.remove(&tag)?;
-        table.by_deadline.remove(&(lease.deadline, tag));
-        table.channel.clone()
+        let live = leases
+            .into_iter()
+            .map(|lease| {
+                let Some((epoch, tag)) = lease else {
+                    return false;
+                };
+                if table.epoch != epoch || epoch == 0 {
+                    return false;
+                }
+                match table.by_tag.remove(&tag) {
+                    Some(lease) => table.by_deadline.remove(&(lease.deadline, tag)),
+                    None => false,
+                }
+            })
+            .collect();
+        (table.channel.clone(), live)
     }
 
     /// Moves a live lease's deadline to `deadline`, refusing one the broker

@@ -161,6 +161,25 @@ impl RabbitMqMessageService {
         }
     }
 
+    /// `QueueNotFound` when `queue` is gone: what a receipt with no live
+    /// lease needs to know to be `LeaseExpired` instead.
+    async fn ensure_exists(
+        &self,
+        operation: &'static str,
+        queue: &str,
+    ) -> Result<(), MessagingError> {
+        let exists = self
+            .resilience
+            .run(operation, || self.inner.admin.exists(operation, queue))
+            .await?;
+        match exists {
+            true => Ok(()),
+            false => Err(MessagingError::QueueNotFound {
+                queue: queue.to_owned(),
+            }),
+        }
+    }
+
     /// The error for a receipt with no live lease: `QueueNotFound` when the
     /// queue is gone, `LeaseExpired` otherwise.
     async fn no_lease(
@@ -169,15 +188,8 @@ impl RabbitMqMessageService {
         queue: &str,
         receipt: &ReceiptHandle,
     ) -> MessagingError {
-        let exists = self
-            .resilience
-            .run(operation, || self.inner.admin.exists(operation, queue))
-            .await;
-        match exists {
-            Ok(true) => Self::lease_expired(queue, receipt),
-            Ok(false) => MessagingError::QueueNotFound {
-                queue: queue.to_owned(),
-            },
+        match self.ensure_exists(operation, queue).await {
+            Ok(()) => Self::lease_expired(queue, receipt),
             Err(error) => error,
         }
     }
@@ -446,6 +458,64 @@ impl crate::service::provide::Provide for RabbitMqMessageService {
     ) -> Result<(), MessagingError> {
         let queue = queue.as_str();
         self.settle("delete_message", queue, receipt, false).await
+    }
+
+    async fn delete_messages(
+        &self,
+        queue: &QueueName,
+        receipts: &[ReceiptHandle],
+    ) -> Result<Vec<Result<(), MessagingError>>, MessagingError> {
+        let queue = queue.as_str();
+        let leases = Receipt::decode_all(receipts, Provider::RabbitMq, queue);
+        let keys: Vec<Option<(u64, u64)>> = leases
+            .iter()
+            .map(|lease| lease.as_ref().ok().map(|lease| (lease.lease, lease.id)))
+            .collect();
+        if keys.iter().all(Option::is_none) {
+            return Ok(leases.into_iter().map(|lease| lease.map(drop)).collect());
+        }
+        let slot = self.inner.existing_slot(queue);
+        // A dead receipt is LeaseExpired only on a queue that exists, as in
+        // delete_message. Asked before anything is settled, so that an Err
+        // means nothing was.
+        let all_live = slot
+            .as_ref()
+            .is_some_and(|slot| slot.leases.all_live(keys.iter().flatten().copied()));
+        if !all_live {
+            self.ensure_exists("delete_messages", queue).await?;
+        }
+        let (channel, live) = match &slot {
+            Some(slot) => slot.leases.take_many(keys.iter().copied()),
+            None => (None, vec![false; keys.len()]),
+        };
+        let tags: Vec<u64> = keys
+            .iter()
+            .zip(&live)
+            .filter_map(|(key, &live)| key.filter(|_| live).map(|(_, tag)| tag))
+            .collect();
+        // Acks back to back, never retried (see `settle`); those after a
+        // failure went back with their channel.
+        let mut acked = match channel {
+            Some(channel) => match channel.settle_many(&tags, false).await {
+                Ok(()) => tags.len(),
+                Err((sent, _)) => sent,
+            },
+            None => 0,
+        };
+        Ok(leases
+            .into_iter()
+            .zip(live)
+            .zip(receipts)
+            .map(|((lease, live), receipt)| {
+                lease?;
+                if live && acked > 0 {
+                    acked -= 1;
+                    Ok(())
+                } else {
+                    Err(Self::lease_expired(queue, receipt))
+                }
+            })
+            .collect())
     }
 
     async fn change_message_visibility(
