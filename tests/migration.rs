@@ -147,3 +147,88 @@ async fn pgmq_to_rabbitmq_under_load() {
 async fn rabbitmq_to_pgmq_under_load() {
     migrate_under_load(Provider::RabbitMq, Provider::Pgmq).await;
 }
+
+/// A receipt a plain backend issued before the switch still works through a
+/// migrating one built on it, alone or in a batch with the target's
+/// receipts; a receipt of neither provider is `InvalidReceipt` in the batch.
+async fn receipts_from_before_the_switch_keep_working(from: Provider, to: Provider) {
+    use tasker_messaging::{conformance::unique_queue, MessagingError, SimpleStepMessage};
+    use tasker_messaging::{MessageBackend, MigratingMessageService};
+    let old = common::backend(from).await;
+    // Switched in place: the old backend's connection is kept, so even a
+    // RabbitMQ lease taken before the switch can be settled after it.
+    let migrating: MessageBackend =
+        MigratingMessageService::from_backends(old.clone(), common::backend(to).await)
+            .expect("two providers")
+            .into();
+    let queue = unique_queue("pre_switch");
+    migrating.create_queue(&queue).await.unwrap();
+    let step = || SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    old.send_batch(&queue, &[step(), step(), step()])
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(30);
+    let before = old
+        .receive_messages::<SimpleStepMessage>(&queue, 3, lease)
+        .await
+        .unwrap();
+    assert_eq!(before.len(), 3);
+    migrating.send_message(&queue, &step()).await.unwrap();
+    let after = migrating
+        .receive_messages::<SimpleStepMessage>(&queue, 10, lease)
+        .await
+        .unwrap();
+    assert_eq!(
+        after.len(),
+        1,
+        "the source's messages are leased by the old process"
+    );
+    assert!(after[0].receipt().as_str().starts_with(to.tag()));
+
+    migrating
+        .delete_message(&queue, before[0].receipt())
+        .await
+        .expect("a pre-switch receipt deletes on the source");
+    migrating
+        .change_message_visibility(&queue, before[1].receipt(), Duration::from_secs(60))
+        .await
+        .expect("and extends its lease");
+    let foreign: tasker_messaging::ReceiptHandle =
+        format!("in_memory:{queue}:1:1").parse().unwrap();
+    let outcomes = migrating
+        .delete_messages(
+            &queue,
+            &[
+                before[1].receipt().clone(),
+                after[0].receipt().clone(),
+                foreign,
+                before[2].receipt().clone(),
+            ],
+        )
+        .await
+        .expect("delete_messages");
+    assert!(
+        outcomes[0].is_ok() && outcomes[1].is_ok() && outcomes[3].is_ok(),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(outcomes[2], Err(MessagingError::InvalidReceipt { .. })),
+        "{outcomes:?}"
+    );
+    let stats = migrating.get_queue_stats(&queue).await.unwrap();
+    assert_eq!(stats.message_count, 0, "{stats:?}");
+    let sides = stats.migration.expect("both sides reported");
+    assert_eq!((sides.source, sides.target), (from, to));
+    assert_eq!(sides.source_stats.map(|s| s.message_count), Some(0));
+    migrating.delete_queue(&queue).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_switch_receipts_pgmq_to_rabbitmq() {
+    receipts_from_before_the_switch_keep_working(Provider::Pgmq, Provider::RabbitMq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_switch_receipts_rabbitmq_to_pgmq() {
+    receipts_from_before_the_switch_keep_working(Provider::RabbitMq, Provider::Pgmq).await;
+}

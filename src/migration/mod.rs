@@ -21,8 +21,8 @@ use std::{
 
 use crate::{
     lease, queue_name::QueueName, receipt, service::provide::Provide, sync::lock, Capabilities,
-    CircuitBreaker, MessageId, MessagingConfig, MessagingError, Provider, QueueMessage, QueueStats,
-    QueuedMessage, QueuesConfig, ReceiptHandle,
+    CircuitBreaker, MessageBackend, MessageId, MessagingConfig, MessagingError, Provider,
+    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
 };
 
 /// A [`MessageBackend::Migrating`](crate::MessageBackend::Migrating): the
@@ -82,6 +82,39 @@ impl MigratingMessageService {
         Ok(Self {
             source: source?,
             target: target?,
+            source_idle: Arc::default(),
+        })
+    }
+
+    /// A migration between two backends already connected, sharing their
+    /// connections: a process that switches in place this way keeps the
+    /// leases it holds usable. That matters for RabbitMQ, where a delivery
+    /// can only be acknowledged on the connection that received it (a
+    /// RabbitMQ receipt is `LeaseExpired` in any other process, migrating or
+    /// not); PGMQ receipts work in every process. Both must be PGMQ or
+    /// RabbitMQ backends of different providers, else `Config`.
+    pub fn from_backends(
+        source: MessageBackend,
+        target: MessageBackend,
+    ) -> Result<Self, MessagingError> {
+        let side = |backend: MessageBackend| match backend {
+            MessageBackend::Pgmq(pgmq) => Ok(MigrationSide::Pgmq(pgmq)),
+            MessageBackend::RabbitMq(rabbitmq) => Ok(MigrationSide::RabbitMq(rabbitmq)),
+            other => Err(MessagingError::Config(format!(
+                "a migration is between a pgmq and a rabbitmq backend, not {}",
+                crate::MessagingService::provider(&other)
+            ))),
+        };
+        let (source, target) = (side(source)?, side(target)?);
+        if source.provider() == target.provider() {
+            return Err(MessagingError::Config(format!(
+                "a migration needs two providers (both are {})",
+                source.provider()
+            )));
+        }
+        Ok(Self {
+            source,
+            target,
             source_idle: Arc::default(),
         })
     }
@@ -190,6 +223,25 @@ impl MigratingMessageService {
     }
 }
 
+/// `error`, for one receipt of a side whose batch failed as a whole (the
+/// error type is not `Clone`): a missing queue stays `QueueNotFound`, and
+/// anything else becomes a `Provider` error of that side (`provider`) with
+/// the same text and the same answer to whether a retry can help.
+fn each(error: &MessagingError, provider: Provider) -> MessagingError {
+    match error {
+        MessagingError::QueueNotFound { queue } => MessagingError::QueueNotFound {
+            queue: queue.clone(),
+        },
+        other => MessagingError::Provider {
+            provider,
+            operation: "delete_messages",
+            message: other.to_string(),
+            transient: other.is_transient(),
+            source: None,
+        },
+    }
+}
+
 impl Provide for MigratingMessageService {
     async fn health_check(&self) -> Result<bool, MessagingError> {
         let (source, target) = tokio::join!(self.source.health_check(), self.target.health_check());
@@ -262,6 +314,48 @@ impl Provide for MigratingMessageService {
         receipt: &ReceiptHandle,
     ) -> Result<(), MessagingError> {
         self.issuer(receipt)?.delete_message(queue, receipt).await
+    }
+
+    async fn delete_messages(
+        &self,
+        queue: &QueueName,
+        receipts: &[ReceiptHandle],
+    ) -> Result<Vec<Result<(), MessagingError>>, MessagingError> {
+        // Each side settles the receipts it issued, in one call; a receipt
+        // neither issued is `InvalidReceipt` without I/O.
+        let mut outcomes: Vec<Option<Result<(), MessagingError>>> =
+            receipts.iter().map(|_| None).collect();
+        let mut settled_any = false;
+        for side in [&self.source, &self.target] {
+            let mine: Vec<usize> = (0..receipts.len())
+                .filter(|&i| matches!(self.issuer(&receipts[i]), Ok(s) if std::ptr::eq(s, side)))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let batch: Vec<ReceiptHandle> = mine.iter().map(|&i| receipts[i].clone()).collect();
+            match side.delete_messages(queue, &batch).await {
+                Ok(results) => {
+                    for (i, result) in mine.into_iter().zip(results) {
+                        outcomes[i] = Some(result);
+                    }
+                    settled_any = true;
+                }
+                // Nothing settled yet: the whole call failed, as on one provider.
+                Err(error) if !settled_any => return Err(error),
+                // The other side settled its receipts: this side's each fail.
+                Err(error) => {
+                    for i in mine {
+                        outcomes[i] = Some(Err(each(&error, side.provider())));
+                    }
+                }
+            }
+        }
+        Ok(receipts
+            .iter()
+            .zip(outcomes)
+            .map(|(receipt, outcome)| outcome.unwrap_or_else(|| self.issuer(receipt).map(|_| ())))
+            .collect())
     }
 
     async fn change_message_visibility(
