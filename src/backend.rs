@@ -7,6 +7,7 @@ use enum_dispatch::enum_dispatch;
 // The generated `impl Provide for MessageBackend` names these types;
 // `MessagingService` comes with it, through the gate in service.rs.
 use crate::{
+    migration::MigratingMessageService,
     providers::{InMemoryMessageService, PgmqMessageService, RabbitMqMessageService},
     queue_name::QueueName,
     service::provide::Provide,
@@ -30,13 +31,21 @@ pub enum MessageBackend {
     RabbitMq(RabbitMqMessageService),
     /// The in-process queue.
     InMemory(InMemoryMessageService),
+    /// Two providers while a fleet migrates from one to the other
+    /// (`[migration]` in the configuration): sends go to the target,
+    /// receives take from the source first.
+    Migrating(MigratingMessageService),
 }
 
 impl MessageBackend {
     /// Builds the provider `config.provider` names, connecting (and, for PGMQ,
-    /// installing the extension's SQL) as needed.
+    /// installing the extension's SQL) as needed; with a `[migration]`
+    /// section, a [`Migrating`](Self::Migrating) backend over both providers.
     pub async fn connect(config: &MessagingConfig) -> Result<Self, MessagingError> {
         config.validate()?;
+        if config.migration.is_some() {
+            return Ok(MigratingMessageService::connect(config).await?.into());
+        }
         Ok(match config.provider {
             Provider::Pgmq => PgmqMessageService::connect(config).await?.into(),
             Provider::InMemory => InMemoryMessageService::new(config.queues.clone())?.into(),
@@ -47,5 +56,13 @@ impl MessageBackend {
     /// Loads the configuration ([`MessagingConfig::load`]) and connects.
     pub async fn from_env() -> Result<Self, MessagingError> {
         Self::connect(&MessagingConfig::load()?).await
+    }
+
+    /// The two sides of a migrating backend; `None` for a plain one.
+    pub fn migration(&self) -> Option<&MigratingMessageService> {
+        match self {
+            Self::Migrating(migrating) => Some(migrating),
+            _ => None,
+        }
     }
 }

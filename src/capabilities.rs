@@ -49,4 +49,16 @@ impl Capabilities {
         broker_confirmed_delete: true,
         durable: false,
     };
+
+    /// What both `self` and `other` guarantee: a migrating backend's, whose
+    /// calls may reach either side.
+    pub(crate) fn weakest(self, other: Self) -> Self {
+        Self {
+            atomic_batch: self.atomic_batch && other.atomic_batch,
+            exact_in_flight: self.exact_in_flight && other.exact_in_flight,
+            message_ages_known: self.message_ages_known && other.message_ages_known,
+            broker_confirmed_delete: self.broker_confirmed_delete && other.broker_confirmed_delete,
+            durable: self.durable && other.durable,
+        }
+    }
 }

@@ -11,7 +11,7 @@ use figment::{
     providers::{Env, Format, Toml},
     Figment,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     lease::MAX_VISIBILITY_TIMEOUT, queue_name, CircuitBreakerConfig, MessagingError, RetryPolicy,
@@ -20,7 +20,7 @@ use crate::{
 
 /// Which queue provider a [`MessageBackend`](crate::MessageBackend) talks to.
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
 pub enum Provider {
     /// PGMQ on PostgreSQL (`provider = "pgmq"`).
     #[serde(rename = "pgmq")]
@@ -65,10 +65,41 @@ pub struct MessagingConfig {
     pub pgmq: Option<PgmqConfig>,
     /// RabbitMQ settings; required when `provider = "rabbitmq"`.
     pub rabbitmq: Option<RabbitMqConfig>,
+    /// A migration from `provider` to another provider, in progress: with
+    /// this section `MessageBackend::connect` builds a
+    /// [`MessageBackend::Migrating`](crate::MessageBackend::Migrating) that
+    /// sends to the target and receives from both.
+    pub migration: Option<MigrationConfig>,
     /// Retries of transient failures, for every provider.
     pub retry_policy: RetryPolicy,
     /// The circuit breaker guarding each provider's server.
     pub circuit_breaker: CircuitBreakerConfig,
+}
+
+/// The `[migration]` section: move from `provider` to `to` without stopping.
+///
+/// ```toml
+/// provider = "pgmq"          # where the messages are now (the source)
+///
+/// [migration]
+/// to = "rabbitmq"            # where they go (the target); needs its [rabbitmq] section
+/// ```
+///
+/// The two providers must differ, and neither may be `in_memory` (its queues
+/// live in one process: there is nothing another process could take over).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationConfig {
+    /// The provider being migrated to.
+    pub to: Provider,
+}
+
+impl MigrationConfig {
+    /// A migration to `to`.
+    pub fn new(to: Provider) -> Self {
+        Self { to }
+    }
 }
 
 /// Highest `queues.max_receive_count` accepted. RabbitMQ queues are declared
@@ -359,22 +390,57 @@ impl MessagingConfig {
                 );
             }
         }
+        if let Some(migration) = &self.migration {
+            self.validate_migration(migration.to)?;
+        }
         self.retry_policy
             .validate()
             .map_err(MessagingError::Config)?;
         self.circuit_breaker
             .validate()
             .map_err(MessagingError::Config)?;
-        match self.provider {
-            Provider::Pgmq if self.pgmq.is_none() => bad(
-                "pgmq.database_url",
-                "is required when provider = \"pgmq\"".into(),
-            ),
-            Provider::RabbitMq if self.rabbitmq.is_none() => bad(
-                "rabbitmq.url",
-                "is required when provider = \"rabbitmq\"".into(),
-            ),
-            _ => Ok(()),
+        self.require_section(self.provider, "provider")
+    }
+
+    /// The migration rules: two different server providers, the target's
+    /// section present.
+    fn validate_migration(&self, to: Provider) -> Result<(), MessagingError> {
+        let bad = |why: String| Err(MessagingError::Config(format!("migration.to {why}")));
+        if to == self.provider {
+            return bad(format!(
+                "must name another provider than `provider` (both are \"{to}\")"
+            ));
+        }
+        if [to, self.provider].contains(&Provider::InMemory) {
+            return bad(
+                "cannot involve the in_memory provider: its queues live in one process, \
+                 so there is nothing to migrate"
+                    .into(),
+            );
+        }
+        self.require_section(to, "migration.to")
+    }
+
+    /// Fails unless the section `provider` needs is present; `key` is the
+    /// setting that selected it.
+    fn require_section(&self, provider: Provider, key: &str) -> Result<(), MessagingError> {
+        let missing = match provider {
+            Provider::Pgmq if self.pgmq.is_none() => "pgmq.database_url",
+            Provider::RabbitMq if self.rabbitmq.is_none() => "rabbitmq.url",
+            _ => return Ok(()),
+        };
+        Err(MessagingError::Config(format!(
+            "{missing} is required when {key} = \"{provider}\""
+        )))
+    }
+
+    /// This configuration for `provider` alone: `provider` set to it and no
+    /// migration. The CLI uses it to reach each side of a migration.
+    pub fn for_provider(&self, provider: Provider) -> Self {
+        Self {
+            provider,
+            migration: None,
+            ..self.clone()
         }
     }
 }

@@ -49,6 +49,16 @@
 //! - transient failures are retried with backoff and counted by a circuit
 //!   breaker ([`RetryPolicy`], [`CircuitBreakerConfig`]), the same way for
 //!   every server provider.
+//!
+//! ## Migrating between providers, and operating queues
+//!
+//! A `[migration]` section makes [`MessageBackend::connect`] return
+//! [`MessageBackend::Migrating`] ([`MigratingMessageService`]): sends go to
+//! the new provider, receives drain the old one first, receipts reach the
+//! provider that issued them. [`move_messages`] moves messages between any
+//! two queues at-least-once; [`redrive_dead_letters`] is built on it. The
+//! `tasker-messaging` binary (feature `cli`) offers `health`, `stats`,
+//! `peek`, `purge`, `dlq redrive` and `migrate` from a shell.
 #![deny(missing_docs)]
 
 // enum_dispatch expands the enum's impl where it meets the second of the
@@ -57,6 +67,7 @@
 mod service;
 
 mod backend;
+mod migration;
 
 mod capabilities;
 mod codec;
@@ -75,12 +86,14 @@ mod resilience;
 mod router;
 mod secret;
 mod sync;
+mod transfer;
 mod wait;
 
 pub use backend::MessageBackend;
 pub use capabilities::Capabilities;
 pub use config::{
-    MessagingConfig, PgmqConfig, Provider, QueuesConfig, RabbitMqConfig, MAX_RECEIVE_COUNT,
+    MessagingConfig, MigrationConfig, PgmqConfig, Provider, QueuesConfig, RabbitMqConfig,
+    MAX_RECEIVE_COUNT,
 };
 pub use error::{BoxError, MessagingError};
 pub use lease::MAX_VISIBILITY_TIMEOUT;
@@ -88,12 +101,17 @@ pub use message::{
     MessageId, QueueMessage, QueueStats, QueuedMessage, QueuedMessageMetadata, ReceiptHandle,
     SimpleStepMessage,
 };
+pub use migration::{MigratingMessageService, MigrationSide, MigrationStats};
 pub use providers::{InMemoryMessageService, PgmqMessageService, RabbitMqMessageService};
 pub use queue_name::{validate_queue_name, MAX_QUEUE_NAME_BYTES};
 pub use resilience::{CircuitBreaker, CircuitBreakerConfig, CircuitState, RetryPolicy};
 pub use router::{MessageRouter, NamespaceQueueRouter};
 pub use secret::SecretUrl;
 pub use service::MessagingService;
+pub use transfer::{
+    move_messages, move_messages_with_progress, redrive_dead_letters, MoveError, MoveReport,
+    RawMessage,
+};
 
 /// The README's examples, compiled as doctests so they keep working when copied.
 #[doc = include_str!("../README.md")]

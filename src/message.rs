@@ -174,6 +174,11 @@ pub struct QueueStats {
     pub oldest_message_age_seconds: Option<i64>,
     /// Messages in the queue's dead-letter queue.
     pub dead_letter_count: Option<u64>,
+    /// Set by a [`MessageBackend::Migrating`](crate::MessageBackend::Migrating)
+    /// only: the same counts on each side of the migration. The fields above
+    /// are then their sums (`None` where either side's is `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<Box<crate::MigrationStats>>,
 }
 
 #[cfg(test)]

@@ -13,6 +13,12 @@ pub(crate) struct Receipt {
     pub lease: u64,
 }
 
+/// The tag of the provider that issued `handle` (its first field), unchecked:
+/// a migrating backend routes a receipt to the side that issued it by this.
+pub(crate) fn issuer(handle: &ReceiptHandle) -> &str {
+    handle.as_str().split(':').next().unwrap_or_default()
+}
+
 impl Receipt {
     pub(crate) fn encode(self, provider: Provider, queue: &str) -> ReceiptHandle {
         use std::fmt::Write;

@@ -235,3 +235,67 @@ url = "amqp://app:hunter2@mq.internal:5672/%2f"
         Ok(())
     });
 }
+
+#[test]
+fn a_migration_is_configured_by_its_section_or_the_environment() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file(
+            FILE,
+            "provider = \"pgmq\"\n[pgmq]\ndatabase_url = \"postgres://u:secret@db/app\"\n\
+             [rabbitmq]\nurl = \"amqp://g:secret@mq/%2f\"\n",
+        )?;
+        assert!(MessagingConfig::load()
+            .expect("no migration")
+            .migration
+            .is_none());
+        jail.set_env("TASKER_MESSAGING_MIGRATION__TO", "rabbitmq");
+        let config = MessagingConfig::load().expect("a migration from the environment");
+        assert_eq!(config.migration.map(|m| m.to), Some(Provider::RabbitMq));
+        Ok(())
+    });
+}
+
+#[test]
+fn bad_migrations_are_errors_that_name_the_key() {
+    let cases = [
+        // The same provider on both sides.
+        (
+            "provider = \"pgmq\"\n[migration]\nto = \"pgmq\"\n",
+            "migration.to must name another provider",
+        ),
+        // The in-memory provider cannot take part.
+        (
+            "provider = \"in_memory\"\n[migration]\nto = \"pgmq\"\n",
+            "in_memory",
+        ),
+        (
+            "provider = \"pgmq\"\n[migration]\nto = \"in_memory\"\n",
+            "in_memory",
+        ),
+        // The target's section is missing.
+        (
+            "provider = \"pgmq\"\n[migration]\nto = \"rabbitmq\"\n",
+            "rabbitmq.url is required when migration.to = \"rabbitmq\"",
+        ),
+        // Unknown keys and providers.
+        (
+            "provider = \"pgmq\"\n[migration]\nto = \"rabbitmq\"\nspeed = 1\n",
+            "speed",
+        ),
+        (
+            "provider = \"pgmq\"\n[migration]\nto = \"kafka\"\n",
+            "kafka",
+        ),
+    ];
+    for (text, expected) in cases {
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            let pgmq = "[pgmq]\ndatabase_url = \"postgres://u@db/app\"\n";
+            jail.create_file(FILE, &format!("{text}{pgmq}"))?;
+            let message = config_error(load(jail));
+            assert!(message.contains(expected), "{text}: {message}");
+            Ok(())
+        });
+    }
+}

@@ -24,3 +24,19 @@ mod in_memory {
         |a: &tasker_messaging::MessageBackend| std::future::ready(a.clone())
     );
 }
+
+// A migrating backend in each direction: sends to the target, receives from
+// both; its "other process" is a second migrating backend.
+mod pgmq_to_rabbitmq {
+    use tasker_messaging::Provider::{Pgmq, RabbitMq};
+    tasker_messaging::conformance_tests!(crate::common::migrating(Pgmq, RabbitMq), |_| {
+        crate::common::migrating(Pgmq, RabbitMq)
+    });
+}
+
+mod rabbitmq_to_pgmq {
+    use tasker_messaging::Provider::{Pgmq, RabbitMq};
+    tasker_messaging::conformance_tests!(crate::common::migrating(RabbitMq, Pgmq), |_| {
+        crate::common::migrating(RabbitMq, Pgmq)
+    });
+}

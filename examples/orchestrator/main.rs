@@ -16,7 +16,10 @@
 //! or `config/messaging.toml`, then `TASKER_MESSAGING_*`), `--messages N`
 //! (10000), `--workers K` per namespace (4), `--work-ms MS` per step (1),
 //! `--fail-rate P` (0), `--quiet` (no progress line), `--measure-wake-up`
-//! (time `receive_messages_wait` wake-ups instead of a run).
+//! (time `receive_messages_wait` wake-ups instead of a run), `--switch-to FILE`
+//! with `--switch-after N` (once N steps are processed, roll the run over to
+//! the configuration in FILE: new workers on it, then the old ones stopped;
+//! with a `[migration]` section in FILE, a live provider migration).
 //!
 //! Failing steps (picked from the step uuid, so every run agrees) are never
 //! deleted: they come back when their lease ends until `max_receive_count`
@@ -51,12 +54,15 @@ use tasker_messaging::{
 };
 
 const USAGE: &str = "usage: orchestrator [--config FILE] [--messages N] [--workers K] \
-                     [--work-ms MS] [--fail-rate P] [--quiet] [--measure-wake-up]";
+                     [--work-ms MS] [--fail-rate P] [--quiet] [--measure-wake-up] \
+                     [--switch-to FILE --switch-after N]";
 
 struct Args {
     config: Option<PathBuf>,
     settings: Settings,
     measure_wake_up: bool,
+    switch_to: Option<PathBuf>,
+    switch_after: u64,
 }
 
 fn parse_args() -> Result<Args, lexopt::Error> {
@@ -66,6 +72,8 @@ fn parse_args() -> Result<Args, lexopt::Error> {
         config: None,
         settings: Settings::default(),
         measure_wake_up: false,
+        switch_to: None,
+        switch_after: 0,
     };
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
@@ -85,6 +93,8 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             }
             Long("quiet") => args.settings.progress = None,
             Long("measure-wake-up") => args.measure_wake_up = true,
+            Long("switch-to") => args.switch_to = Some(parser.value()?.into()),
+            Long("switch-after") => args.switch_after = parser.value()?.parse()?,
             Short('h') | Long("help") => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -155,6 +165,26 @@ async fn run(args: Args) -> Result<ExitCode, MessagingError> {
         orchestrator.lease().as_secs(),
     );
     tokio::spawn(stop_on_signal(orchestrator.handle()));
+    if let Some(path) = &args.switch_to {
+        // Connected up front, so a bad file fails before the run starts.
+        let next = Arc::new(MessageBackend::connect(&MessagingConfig::from_file(path)?).await?);
+        let (handle, after, path) = (orchestrator.handle(), args.switch_after, path.display());
+        let path = path.to_string();
+        tokio::spawn(async move {
+            while handle.processed() < after {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            eprintln!(
+                "switching to {path} after {} steps, {} in flight",
+                handle.processed(),
+                handle.in_flight()
+            );
+            match handle.switch_to(next).await {
+                Ok(()) => eprintln!("switched: the previous workers have stopped"),
+                Err(error) => eprintln!("error: switching to {path}: {error}"),
+            }
+        });
+    }
     let summary = orchestrator.run().await?;
     println!("{summary}");
     Ok(if summary.ok() || summary.interrupted {

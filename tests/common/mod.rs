@@ -17,7 +17,8 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 }
 
 use tasker_messaging::{
-    MessageBackend, MessagingConfig, PgmqConfig, Provider, RabbitMqConfig, SecretUrl,
+    MessageBackend, MessagingConfig, MigrationConfig, PgmqConfig, Provider, RabbitMqConfig,
+    SecretUrl,
 };
 
 /// PostgreSQL for the PGMQ tests; override with `TASKER_TEST_DATABASE_URL`.
@@ -52,9 +53,26 @@ pub fn config(provider: Provider) -> MessagingConfig {
     config
 }
 
+/// The suites' configuration for a migration from `from` to `to`.
+pub fn migrating_config(from: Provider, to: Provider) -> MessagingConfig {
+    let mut config = config(from);
+    config.migration = Some(MigrationConfig::new(to));
+    config
+}
+
+/// A connected backend migrating from `from` to `to`, or a panic naming the
+/// service that is missing.
+pub async fn migrating(from: Provider, to: Provider) -> MessageBackend {
+    connect(migrating_config(from, to), to).await
+}
+
 /// A connected backend, or a panic that names the service that is missing.
 pub async fn backend(provider: Provider) -> MessageBackend {
-    let config = config(provider);
+    connect(config(provider), provider).await
+}
+
+/// Connects `config`, or panics naming the service behind `provider`.
+pub async fn connect(config: MessagingConfig, provider: Provider) -> MessageBackend {
     MessageBackend::connect(&config).await.unwrap_or_else(|e| {
         let service = match provider {
             Provider::Pgmq => format!(

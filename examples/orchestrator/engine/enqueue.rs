@@ -22,7 +22,7 @@ pub(super) async fn enqueue(ctx: Arc<Ctx>) -> Vec<Uuid> {
         // A failed send is retried with the same steps: at-least-once, so a
         // partly sent batch shows up as duplicates, never as a loss.
         loop {
-            match ctx.backend.send_batch(queue, &steps).await {
+            match ctx.backend().send_batch(queue, &steps).await {
                 Ok(_) => {
                     sent.extend(steps.iter().map(|step| step.step_uuid));
                     ctx.shared.sent.fetch_add(steps.len() as u64, Relaxed);

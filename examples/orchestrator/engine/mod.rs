@@ -176,7 +176,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct Ctx {
-    backend: Arc<MessageBackend>,
+    /// The backend the enqueuer and the monitor use: the newest crew's.
+    current: Mutex<Arc<MessageBackend>>,
+    /// The crews running: one at first, two while switching backends.
+    crews: Mutex<Vec<Arc<Crew>>>,
     settings: Settings,
     run_id: Uuid,
     queues: Vec<String>,
@@ -189,7 +192,67 @@ struct Ctx {
     shared: Shared,
 }
 
+/// One process's share of the run: its connection, and the workers and
+/// results consumers that use it. A switch to another backend (a new
+/// configuration rolled out) starts a new crew, then stops the old one.
+struct Crew {
+    backend: Arc<MessageBackend>,
+    /// Set when this crew alone is stopped: like an interrupt, for its tasks.
+    stop: AtomicBool,
+    workers: Mutex<JoinSet<()>>,
+    results: Mutex<JoinSet<()>>,
+}
+
+impl Crew {
+    fn stopped(&self) -> bool {
+        self.stop.load(Relaxed)
+    }
+
+    /// Stops this crew's tasks and waits for them: steps in progress
+    /// finish, the rest are released.
+    async fn stop_and_join(&self) {
+        self.stop.store(true, Relaxed);
+        join_all(&self.workers).await;
+        join_all(&self.results).await;
+    }
+}
+
+/// Awaits every task of `set`, passing on a panic.
+async fn join_all(set: &Mutex<JoinSet<()>>) {
+    let mut set = std::mem::take(&mut *lock(set));
+    while let Some(joined) = set.join_next().await {
+        joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    }
+}
+
 impl Ctx {
+    /// The newest crew's backend.
+    fn backend(&self) -> Arc<MessageBackend> {
+        Arc::clone(&lock(&self.current))
+    }
+
+    /// Starts a crew on `backend`: workers for every queue and the results
+    /// consumers, all using that backend.
+    fn start_crew(self: &Arc<Self>, backend: Arc<MessageBackend>) -> Arc<Crew> {
+        let crew = Arc::new(Crew {
+            backend: Arc::clone(&backend),
+            stop: AtomicBool::new(false),
+            workers: Mutex::default(),
+            results: Mutex::default(),
+        });
+        for _ in 0..RESULTS_CONSUMERS {
+            lock(&crew.results).spawn(consume_results(Arc::clone(self), Arc::clone(&crew)));
+        }
+        for queue in 0..self.queues.len() {
+            for _ in 0..self.settings.workers {
+                lock(&crew.workers).spawn(work(Arc::clone(self), Arc::clone(&crew), queue));
+            }
+        }
+        *lock(&self.current) = backend;
+        lock(&self.crews).push(Arc::clone(&crew));
+        crew
+    }
+
     fn stopping(&self) -> bool {
         self.shared.stop.load(Relaxed)
     }
@@ -233,7 +296,7 @@ impl Ctx {
     async fn work_stats(&self) -> Result<Vec<QueueStats>, MessagingError> {
         let mut stats = Vec::with_capacity(self.queues.len());
         for queue in &self.queues {
-            stats.push(self.backend.get_queue_stats(queue).await?);
+            stats.push(self.backend().get_queue_stats(queue).await?);
         }
         Ok(stats)
     }
@@ -274,6 +337,31 @@ impl Handle {
     /// Distinct steps completed so far.
     pub fn processed(&self) -> u64 {
         self.0.shared.processed.load(Relaxed)
+    }
+
+    /// Steps workers hold right now: received, not yet deleted or released.
+    pub fn in_flight(&self) -> u64 {
+        self.0.shared.in_flight.load(Relaxed)
+    }
+
+    /// Rolls the run over to `backend`, as a fleet rolls out a new
+    /// configuration: creates the queues through it (as a process starting
+    /// on it would), starts workers and results consumers on it and sends
+    /// new steps through it, then stops the previous ones (their steps in
+    /// progress finish, the rest are released) and returns once they are
+    /// gone. The run's tally is shared, so the summary covers every crew.
+    pub async fn switch_to(&self, backend: Arc<MessageBackend>) -> Result<(), MessagingError> {
+        let ctx = &self.0;
+        for queue in ctx.queues.iter().chain([&ctx.results]) {
+            backend.create_queue(queue).await?;
+        }
+        let old: Vec<Arc<Crew>> = lock(&ctx.crews).clone();
+        let new = ctx.start_crew(backend);
+        for crew in old {
+            crew.stop_and_join().await;
+        }
+        lock(&ctx.crews).retain(|crew| Arc::ptr_eq(crew, &new));
+        Ok(())
     }
 }
 
@@ -319,7 +407,8 @@ impl Orchestrator {
         // A lease that ran out is seen within one fallback poll.
         let quiet = lease + 2 * config.wait_poll_interval() + Duration::from_secs(1);
         let ctx = Ctx {
-            backend,
+            current: Mutex::new(backend),
+            crews: Mutex::default(),
             settings,
             run_id: Uuid::new_v4(),
             queues,
@@ -356,7 +445,7 @@ impl Orchestrator {
     /// are drained with the new ones, so `messages: 0` only drains.
     pub async fn run(self) -> Result<Summary, MessagingError> {
         let ctx = self.ctx;
-        let backend = &ctx.backend;
+        let backend = ctx.backend();
         for queue in ctx.queues.iter().chain([&ctx.results]) {
             backend.create_queue(queue).await?;
         }
@@ -373,16 +462,7 @@ impl Orchestrator {
 
         let started = Instant::now();
         ctx.mark_delivery();
-        let mut results = JoinSet::new();
-        for _ in 0..RESULTS_CONSUMERS {
-            results.spawn(consume_results(Arc::clone(&ctx)));
-        }
-        let mut workers = JoinSet::new();
-        for queue in 0..ctx.queues.len() {
-            for _ in 0..ctx.settings.workers {
-                workers.spawn(work(Arc::clone(&ctx), queue));
-            }
-        }
+        ctx.start_crew(Arc::clone(&backend));
         let enqueuer = tokio::spawn(enqueue(Arc::clone(&ctx)));
 
         let finished_after = monitor(&ctx, target, dlq_base, started).await;
@@ -392,17 +472,20 @@ impl Orchestrator {
         let own_steps = enqueuer
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        while let Some(joined) = workers.join_next().await {
-            joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let crews: Vec<Arc<Crew>> = lock(&ctx.crews).clone();
+        for crew in &crews {
+            join_all(&crew.workers).await;
         }
         ctx.shared.workers_done.store(true, Relaxed);
-        while let Some(joined) = results.join_next().await {
-            joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        for crew in &crews {
+            join_all(&crew.results).await;
         }
         if let Some(error) = lock(&ctx.shared.fatal).take() {
             return Err(error);
         }
 
+        // The last crew's backend: where the run ended.
+        let backend = ctx.backend();
         let mut queue_stats = Vec::new();
         let mut dead_now = 0;
         let mut left = 0;

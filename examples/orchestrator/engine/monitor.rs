@@ -51,7 +51,7 @@ pub(super) async fn monitor(
                     "[{:>6.1}s] {}: processed {processed}/{target} ({rate:.0} msg/s), \
                      dead-lettered {}, in flight {}, duplicates {}",
                     (now - started).as_secs_f64(),
-                    ctx.backend.provider(),
+                    ctx.backend().provider(),
                     s.dead_lettered.load(Relaxed),
                     s.in_flight.load(Relaxed),
                     s.duplicates.load(Relaxed),

@@ -2,14 +2,15 @@
 
 use super::*;
 
-/// Takes completions off the results queue and tallies them by step, until
-/// the workers are done and every completion they sent has arrived.
-pub(super) async fn consume_results(ctx: Arc<Ctx>) {
+/// Takes completions off the results queue (through `crew`'s backend) and
+/// tallies them by step, until the workers are done and every completion
+/// they sent has arrived, or until the crew is stopped.
+pub(super) async fn consume_results(ctx: Arc<Ctx>, crew: Arc<Crew>) {
     let s = &ctx.shared;
     let lease = Duration::from_secs(30);
     let mut idle_after_workers = 0;
-    loop {
-        let completions = match ctx
+    while !crew.stopped() {
+        let completions = match crew
             .backend
             .receive_messages_wait::<StepCompleted>(
                 &ctx.results,
@@ -59,7 +60,7 @@ pub(super) async fn consume_results(ctx: Arc<Ctx>) {
                     }
                 }
             }
-            match ctx
+            match crew
                 .backend
                 .delete_message(&ctx.results, completion.receipt())
                 .await

@@ -2,11 +2,12 @@
 
 use super::*;
 
-/// One worker on one namespace queue: wait for steps, run them, report, delete.
-pub(super) async fn work(ctx: Arc<Ctx>, queue: usize) {
+/// One worker of `crew` on one namespace queue: wait for steps, run them,
+/// report, delete.
+pub(super) async fn work(ctx: Arc<Ctx>, crew: Arc<Crew>, queue: usize) {
     let queue = ctx.queues[queue].as_str();
-    while !ctx.stopping() {
-        let steps = match ctx
+    while !ctx.stopping() && !crew.stopped() {
+        let steps = match crew
             .backend
             .receive_messages_wait::<SimpleStepMessage>(
                 queue,
@@ -29,12 +30,13 @@ pub(super) async fn work(ctx: Arc<Ctx>, queue: usize) {
         }
         ctx.mark_delivery();
         ctx.shared.in_flight.fetch_add(steps.len() as u64, Relaxed);
-        run_steps(&ctx, queue, steps).await;
+        run_steps(&ctx, &crew, queue, steps).await;
     }
 }
 
 pub(super) async fn run_steps(
     ctx: &Ctx,
+    crew: &Crew,
     queue: &str,
     steps: Vec<QueuedMessage<SimpleStepMessage>>,
 ) {
@@ -42,8 +44,14 @@ pub(super) async fn run_steps(
     let mut done = Vec::with_capacity(steps.len());
     let mut steps = steps.into_iter();
     while let Some(step) = steps.next() {
-        if ctx.interrupted() {
-            release(ctx, queue, std::iter::once(step).chain(steps.by_ref())).await;
+        if ctx.interrupted() || crew.stopped() {
+            release(
+                ctx,
+                crew,
+                queue,
+                std::iter::once(step).chain(steps.by_ref()),
+            )
+            .await;
             break;
         }
         if !ctx.settings.work.is_zero() {
@@ -72,7 +80,7 @@ pub(super) async fn run_steps(
             attempt: step.metadata.receive_count,
         })
         .collect();
-    if let Err(error) = ctx.backend.send_batch(&ctx.results, &completions).await {
+    if let Err(error) = crew.backend.send_batch(&ctx.results, &completions).await {
         // Not deleted either: the steps come back when their leases end.
         s.in_flight.fetch_sub(done.len() as u64, Relaxed);
         ctx.tolerate("send completions", error).await;
@@ -81,7 +89,7 @@ pub(super) async fn run_steps(
     s.completions_sent
         .fetch_add(completions.len() as u64, Relaxed);
     for step in &done {
-        match ctx.backend.delete_message(queue, step.receipt()).await {
+        match crew.backend.delete_message(queue, step.receipt()).await {
             Ok(()) => {}
             // The lease ran out before the delete: the step is delivered
             // again, and its second completion counts as a duplicate.
@@ -101,11 +109,12 @@ pub(super) async fn run_steps(
 /// next run gets them without waiting out the lease.
 pub(super) async fn release(
     ctx: &Ctx,
+    crew: &Crew,
     queue: &str,
     steps: impl Iterator<Item = QueuedMessage<SimpleStepMessage>>,
 ) {
     for step in steps {
-        match ctx
+        match crew
             .backend
             .change_message_visibility(queue, step.receipt(), Duration::ZERO)
             .await

@@ -304,6 +304,7 @@ impl crate::service::provide::Provide for InMemoryMessageService {
                 .oldest_enqueued_at()
                 .map(|at| (Utc::now() - at).num_seconds()),
             dead_letter_count,
+            migration: None,
         })
     }
 

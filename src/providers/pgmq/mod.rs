@@ -549,6 +549,7 @@ impl crate::service::provide::Provide for PgmqMessageService {
             in_flight_count: Some(count(total - ready)),
             oldest_message_age_seconds: oldest.map(i64::from),
             dead_letter_count: dead.map(count),
+            migration: None,
         })
     }
 

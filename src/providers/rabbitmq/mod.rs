@@ -233,6 +233,7 @@ impl RabbitMqMessageService {
             in_flight_count: None,
             oldest_message_age_seconds: None,
             dead_letter_count,
+            migration: None,
         })
     }
 

@@ -1,0 +1,172 @@
+//! Moving messages between queues, possibly on different providers: the one
+//! primitive behind dead-letter redrive and `tasker-messaging migrate`.
+//!
+//! Each message is sent to the destination, and deleted from the source only
+//! once the send returned (the message is durable there). A failure between
+//! the two leaves the message in both places: a duplicate, never a loss.
+
+use std::{fmt, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::{MessageBackend, MessagingError, MessagingService, QueueMessage, QueuedMessage};
+
+/// Messages taken per round: one receive, one `send_batch`, then the deletes.
+const MOVE_BATCH: usize = 100;
+/// The lease on a round's messages: long enough for its send and deletes.
+const MOVE_LEASE: Duration = Duration::from_secs(60);
+
+/// A message body of any type, kept as the JSON text it was sent as: what
+/// [`move_messages`] carries, and what `tasker-messaging peek` prints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawMessage(Box<RawValue>);
+
+impl RawMessage {
+    /// The body's JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl QueueMessage for RawMessage {}
+
+/// What a move did.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MoveReport {
+    /// Sent to the destination, then deleted from the source.
+    pub moved: u64,
+    /// Sent to the destination, but the delete from the source failed (its
+    /// lease had ended, or the source did not answer): the message may now
+    /// be in both queues. Never lost; consumers see a duplicate at worst.
+    pub duplicated: u64,
+}
+
+impl MoveReport {
+    /// Messages now in the destination: moved plus duplicated.
+    pub fn sent(&self) -> u64 {
+        self.moved + self.duplicated
+    }
+}
+
+/// A move that stopped on an error, with what it had done before.
+#[derive(Debug)]
+pub struct MoveError {
+    /// What was moved before the error.
+    pub done: MoveReport,
+    /// The error. Messages of the round that failed were released back to
+    /// the source (or come back when their lease ends).
+    pub error: MessagingError,
+}
+
+impl fmt::Display for MoveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (after moving {}, {} of them possibly duplicated)",
+            self.error,
+            self.done.sent(),
+            self.done.duplicated
+        )
+    }
+}
+
+impl std::error::Error for MoveError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// Moves up to `limit` ready messages from `from_queue` on `from` to
+/// `to_queue` on `to`, in rounds of 100, each in the order the source hands
+/// its messages out (FIFO, but a message RabbitMQ requeued comes later than
+/// its neighbours): receive (a 60 s lease),
+/// send the round with `send_batch` and wait until it is durable, then delete
+/// each message from the source. Stops when `limit` is reached or the source
+/// has nothing ready (leased messages stay where they are).
+///
+/// At-least-once: a message is deleted from the source only after the
+/// destination confirmed it, so a crash or error mid-way duplicates at
+/// worst. A moved message gets a new id, `enqueued_at` and `receive_count`
+/// (1 at its next receive); its source receive counted one delivery there.
+/// A body that is not JSON is never handed to the move: the receive
+/// dead-letters it (or, in a dead-letter queue, leaves it leased).
+pub async fn move_messages(
+    from: &MessageBackend,
+    from_queue: &str,
+    to: &MessageBackend,
+    to_queue: &str,
+    limit: usize,
+) -> Result<MoveReport, MoveError> {
+    move_messages_with_progress(from, from_queue, to, to_queue, limit, |_| {}).await
+}
+
+/// [`move_messages`], calling `progress` with the running totals after
+/// each round.
+pub async fn move_messages_with_progress(
+    from: &MessageBackend,
+    from_queue: &str,
+    to: &MessageBackend,
+    to_queue: &str,
+    limit: usize,
+    mut progress: impl FnMut(&MoveReport),
+) -> Result<MoveReport, MoveError> {
+    let mut done = MoveReport::default();
+    let fail = |done, error| MoveError { done, error };
+    while (done.sent() as usize) < limit {
+        let want = MOVE_BATCH.min(limit - done.sent() as usize);
+        let round: Vec<QueuedMessage<RawMessage>> = from
+            .receive_messages(from_queue, want, MOVE_LEASE)
+            .await
+            .map_err(|e| fail(done, e))?;
+        if round.is_empty() {
+            break;
+        }
+        let bodies: Vec<RawMessage> = round.iter().map(|m| m.message.clone()).collect();
+        if let Err(error) = to.send_batch(to_queue, &bodies).await {
+            release(from, from_queue, &round).await;
+            return Err(fail(done, error));
+        }
+        for message in &round {
+            match from.delete_message(from_queue, message.receipt()).await {
+                Ok(()) => done.moved += 1,
+                Err(error) => {
+                    tracing::warn!(queue = from_queue, %error,
+                        "moved message not deleted from the source: it may be delivered twice");
+                    done.duplicated += 1;
+                }
+            }
+        }
+        progress(&done);
+    }
+    Ok(done)
+}
+
+/// Gives a round that could not be sent back to the source at once; what
+/// cannot be released comes back when its lease ends.
+async fn release(from: &MessageBackend, queue: &str, round: &[QueuedMessage<RawMessage>]) {
+    for message in round {
+        if let Err(error) = from
+            .change_message_visibility(queue, message.receipt(), Duration::ZERO)
+            .await
+        {
+            tracing::warn!(queue, %error, "could not release a message; it returns when its lease ends");
+        }
+    }
+}
+
+/// Moves up to `limit` messages from `queue`'s dead-letter queue back into
+/// `queue`, on the same backend (see [`move_messages`]).
+pub async fn redrive_dead_letters(
+    backend: &MessageBackend,
+    queue: &str,
+    limit: usize,
+) -> Result<MoveReport, MoveError> {
+    let dlq = format!(
+        "{queue}{}",
+        backend.queues_config().dead_letter_queue_suffix
+    );
+    move_messages(backend, &dlq, backend, queue, limit).await
+}

@@ -1,0 +1,173 @@
+//! The move primitive against the real servers: across providers, within
+//! one (dead-letter redrive), and a failed send that loses nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use tasker_messaging::{
+    conformance::unique_queue, move_messages, redrive_dead_letters, MessageBackend, MessagingError,
+    MessagingService, Provider, SimpleStepMessage,
+};
+use uuid::Uuid;
+
+fn steps(n: usize) -> Vec<SimpleStepMessage> {
+    (0..n)
+        .map(|_| SimpleStepMessage::new(Uuid::new_v4(), Uuid::new_v4()))
+        .collect()
+}
+
+/// Receives (and deletes) everything ready on `queue`, in order.
+async fn drain(backend: &MessageBackend, queue: &str) -> Vec<SimpleStepMessage> {
+    let mut got = Vec::new();
+    loop {
+        let batch = backend
+            .receive_messages::<SimpleStepMessage>(queue, 50, Duration::from_secs(30))
+            .await
+            .expect("receive");
+        if batch.is_empty() {
+            return got;
+        }
+        for m in batch {
+            assert_eq!(m.metadata.receive_count, 1, "a moved message starts afresh");
+            backend
+                .delete_message(queue, m.receipt())
+                .await
+                .expect("delete");
+            got.push(m.message);
+        }
+    }
+}
+
+async fn moves_across_providers(from: Provider, to: Provider) {
+    let (source, target) = (common::backend(from).await, common::backend(to).await);
+    let queue = unique_queue("move");
+    source.create_queue(&queue).await.unwrap();
+    target.create_queue(&queue).await.unwrap();
+    let sent = steps(250);
+    source.send_batch(&queue, &sent).await.unwrap();
+
+    let first = move_messages(&source, &queue, &target, &queue, 120)
+        .await
+        .expect("move 120");
+    assert_eq!((first.moved, first.duplicated), (120, 0));
+    let rest = move_messages(&source, &queue, &target, &queue, usize::MAX)
+        .await
+        .expect("move the rest");
+    assert_eq!((rest.moved, rest.duplicated), (130, 0));
+    assert_eq!(
+        source.get_queue_stats(&queue).await.unwrap().message_count,
+        0
+    );
+    let got = drain(&target, &queue).await;
+    let ids = |m: &[SimpleStepMessage]| m.iter().map(|m| m.step_uuid).collect::<Vec<_>>();
+    let (mut got, mut sent) = (ids(&got), ids(&sent));
+    assert_eq!(got.len(), sent.len(), "every message arrived once");
+    got.sort();
+    sent.sort();
+    assert!(got == sent, "the same messages arrived");
+    source.delete_queue(&queue).await.unwrap();
+    target.delete_queue(&queue).await.unwrap();
+}
+
+async fn redrive_returns_dead_letters(provider: Provider) {
+    let backend = common::backend(provider).await;
+    let queue = unique_queue("redrive");
+    backend.create_queue(&queue).await.unwrap();
+    let sent = steps(3);
+    backend.send_batch(&queue, &sent).await.unwrap();
+    // Three deliveries without a delete each, then the next receive moves them.
+    let max = backend.queues_config().max_receive_count;
+    for _ in 0..=max {
+        for m in backend
+            .receive_messages::<SimpleStepMessage>(&queue, 10, Duration::from_secs(30))
+            .await
+            .unwrap()
+        {
+            backend
+                .change_message_visibility(&queue, m.receipt(), Duration::ZERO)
+                .await
+                .unwrap();
+        }
+    }
+    let stats = backend.get_queue_stats(&queue).await.unwrap();
+    assert_eq!(stats.dead_letter_count, Some(3), "{stats:?}");
+
+    let report = redrive_dead_letters(&backend, &queue, 2)
+        .await
+        .expect("redrive 2");
+    assert_eq!(report.moved, 2);
+    let report = redrive_dead_letters(&backend, &queue, 10)
+        .await
+        .expect("redrive the rest");
+    assert_eq!(report.moved, 1);
+    let stats = backend.get_queue_stats(&queue).await.unwrap();
+    assert_eq!(stats.dead_letter_count, Some(0), "{stats:?}");
+    let mut back = drain(&backend, &queue).await;
+    back.sort_by_key(|m| m.step_uuid);
+    let mut expected = sent;
+    expected.sort_by_key(|m| m.step_uuid);
+    assert_eq!(back, expected);
+    backend.delete_queue(&queue).await.unwrap();
+}
+
+/// A destination that refuses the send: the error names it, nothing is
+/// deleted from the source, and the round is released at once.
+async fn a_failed_send_loses_nothing(from: Provider, to: Provider) {
+    let (source, target) = (common::backend(from).await, common::backend(to).await);
+    let queue = unique_queue("move_fail");
+    let missing = unique_queue("move_missing");
+    source.create_queue(&queue).await.unwrap();
+    let sent = steps(5);
+    source.send_batch(&queue, &sent).await.unwrap();
+    let error = move_messages(&source, &queue, &target, &missing, 10)
+        .await
+        .expect_err("the destination queue does not exist");
+    assert!(
+        matches!(error.error, MessagingError::QueueNotFound { .. }),
+        "{error}"
+    );
+    assert_eq!(error.done.sent(), 0);
+    // Released at once, each counted once for the move's receive.
+    let back = source
+        .receive_messages::<SimpleStepMessage>(&queue, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let bodies: Vec<_> = back.iter().map(|m| m.message.clone()).collect();
+    assert_eq!(
+        bodies, sent,
+        "every message is back in the source, in order"
+    );
+    assert!(back.iter().all(|m| m.metadata.receive_count == 2));
+    source.delete_queue(&queue).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgmq_to_rabbitmq() {
+    moves_across_providers(Provider::Pgmq, Provider::RabbitMq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_to_pgmq() {
+    moves_across_providers(Provider::RabbitMq, Provider::Pgmq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_on_pgmq() {
+    redrive_returns_dead_letters(Provider::Pgmq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_on_rabbitmq() {
+    redrive_returns_dead_letters(Provider::RabbitMq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_send_to_rabbitmq_loses_nothing() {
+    a_failed_send_loses_nothing(Provider::Pgmq, Provider::RabbitMq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_send_to_pgmq_loses_nothing() {
+    a_failed_send_loses_nothing(Provider::RabbitMq, Provider::Pgmq).await;
+}
