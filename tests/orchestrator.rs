@@ -84,7 +84,9 @@ async fn failing_steps_are_dead_lettered(provider: Provider) {
 
 async fn a_stopped_run_is_drained_by_the_next(provider: Provider) {
     let backend = backend(provider).await;
-    let first = Orchestrator::new(Arc::clone(&backend), settings(300, 5, 0.0)).unwrap();
+    // 20 ms a step: 4 workers need 1.5 s for all 300, so the stop lands
+    // mid-run even when the results check lags on a loaded machine.
+    let first = Orchestrator::new(Arc::clone(&backend), settings(300, 20, 0.0)).unwrap();
     let queues = first.queue_names();
     let handle = first.handle();
     let first = tokio::spawn(run(first));
