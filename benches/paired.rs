@@ -29,6 +29,12 @@ const SENDS: usize = 500;
 const BATCHES: usize = 50;
 const RECEIVES: usize = 20;
 const END_TO_ENDS: usize = 2;
+/// Callers sending at once in `send_message_16_tasks`.
+const SENDERS: usize = 16;
+/// Messages each of them sends per block.
+const SENDS_EACH: usize = 50;
+/// Batches sent, received and settled per block in `send_receive_settle_100`.
+const ROUND_TRIPS: usize = 10;
 
 #[derive(Clone, Copy)]
 enum Operation {
@@ -37,10 +43,14 @@ enum Operation {
     ReceiveDelete,
     EndToEnd,
     FleetDrain,
+    ConcurrentSends,
+    SendReceiveSettle,
 }
 
 impl Operation {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 7] = [
+        Self::ConcurrentSends,
+        Self::SendReceiveSettle,
         Self::SendMessage,
         Self::SendBatch,
         Self::ReceiveDelete,
@@ -56,6 +66,8 @@ impl Operation {
             Self::ReceiveDelete => "receive_100_delete",
             Self::EndToEnd => "end_to_end_4_consumers",
             Self::FleetDrain => "drain_2_processes",
+            Self::ConcurrentSends => "send_message_16_tasks",
+            Self::SendReceiveSettle => "send_receive_settle_100",
         }
     }
 
@@ -101,6 +113,24 @@ impl Operation {
                 }
                 spent = started.elapsed();
                 END_TO_ENDS * END_TO_END
+            }
+            Self::ConcurrentSends => {
+                let started = Instant::now();
+                client.send_concurrently(queue, SENDERS, SENDS_EACH).await;
+                spent = started.elapsed();
+                SENDERS * SENDS_EACH
+            }
+            Self::SendReceiveSettle => {
+                let started = Instant::now();
+                for _ in 0..ROUND_TRIPS {
+                    client.send_batch(queue, &batch).await;
+                    let mut got = 0;
+                    while got < BATCH {
+                        got += client.receive_delete_batch(queue, BATCH - got).await;
+                    }
+                }
+                spent = started.elapsed();
+                ROUND_TRIPS * BATCH
             }
             Self::FleetDrain => {
                 let Some(peer) = peer else {
