@@ -401,6 +401,22 @@ impl RawAmqp {
     }
 }
 
+/// The library as it sent before concurrent sends were grouped (PGMQ:
+/// `max_send_group = 1`, one `pgmq.send` per call), with a queue of its own:
+/// the baseline of the single-sender latency rows. `None` for a provider
+/// whose send path has no such switch.
+pub async fn ungrouped(provider: Provider) -> Option<(Client, String)> {
+    if provider != Provider::Pgmq {
+        return None;
+    }
+    let mut config = common::config(provider);
+    config.pgmq.as_mut()?.max_send_group = 1;
+    let backend = MessageBackend::connect(&config).await.expect("connect");
+    let queue = unique_queue("bench");
+    backend.create_queue(&queue).await.expect("create_queue");
+    Some((Client::Tasker(Arc::new(backend)), queue))
+}
+
 pub struct Setup {
     pub rt: Runtime,
     /// Per provider: the clients to compare and a queue for each.
