@@ -28,8 +28,8 @@ use tokio::sync::oneshot;
 use crate::{MessagingError, Provider};
 
 /// Flush tasks at once: one statement with the server while the next group
-/// forms. More would split the line into smaller groups (more commits);
-/// measured in BENCHMARKS.md.
+/// forms. More would split the line into smaller groups (more commits); a
+/// reasoned choice, not yet measured against other counts.
 pub(super) const FLUSHERS: usize = 2;
 
 /// One send waiting for its statement.
