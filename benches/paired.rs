@@ -9,6 +9,13 @@
 //! with a second, independently connected one on the same queue (two worker
 //! processes draining 1,000 messages), where the provider has processes.
 //!
+//! `send_message_16_tasks` has 16 tasks send at once on one client (the raw
+//! AMQP client pipelines them on its confirm-mode channel);
+//! `send_receive_settle_100` sends a batch of 100, receives it and settles
+//! it as a batch (`delete_messages`; raw PGMQ `delete_batch`, raw AMQP its
+//! acks). After the table, single-sender latency (p50, p99 of every send)
+//! against the library before grouping (PGMQ) or the raw client.
+//!
 //! cargo bench --bench paired                        # 21 rounds
 //! TASKER_BENCH_QUICK=1 cargo bench --bench paired   # 5 rounds
 //! cargo bench --bench paired -- rabbitmq            # rows containing "rabbitmq"
@@ -22,13 +29,19 @@ use std::time::{Duration, Instant};
 use clients::{
     end_to_end, fleet_drain, peer, purge, setup, Client, BATCH, END_TO_END, FLEET_DRAIN,
 };
-use tasker_messaging::conformance::step;
+use tasker_messaging::{conformance::step, MessagingService};
 
 /// Work per block: enough to take tens of milliseconds or more.
 const SENDS: usize = 500;
 const BATCHES: usize = 50;
 const RECEIVES: usize = 20;
 const END_TO_ENDS: usize = 2;
+/// Callers sending at once in `send_message_16_tasks`.
+const SENDERS: usize = 16;
+/// Messages each of them sends per block.
+const SENDS_EACH: usize = 50;
+/// Batches sent, received and settled per block in `send_receive_settle_100`.
+const ROUND_TRIPS: usize = 10;
 
 #[derive(Clone, Copy)]
 enum Operation {
@@ -37,10 +50,14 @@ enum Operation {
     ReceiveDelete,
     EndToEnd,
     FleetDrain,
+    ConcurrentSends,
+    SendReceiveSettle,
 }
 
 impl Operation {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 7] = [
+        Self::ConcurrentSends,
+        Self::SendReceiveSettle,
         Self::SendMessage,
         Self::SendBatch,
         Self::ReceiveDelete,
@@ -56,6 +73,8 @@ impl Operation {
             Self::ReceiveDelete => "receive_100_delete",
             Self::EndToEnd => "end_to_end_4_consumers",
             Self::FleetDrain => "drain_2_processes",
+            Self::ConcurrentSends => "send_message_16_tasks",
+            Self::SendReceiveSettle => "send_receive_settle_100",
         }
     }
 
@@ -102,6 +121,24 @@ impl Operation {
                 spent = started.elapsed();
                 END_TO_ENDS * END_TO_END
             }
+            Self::ConcurrentSends => {
+                let started = Instant::now();
+                client.send_concurrently(queue, SENDERS, SENDS_EACH).await;
+                spent = started.elapsed();
+                SENDERS * SENDS_EACH
+            }
+            Self::SendReceiveSettle => {
+                let started = Instant::now();
+                for _ in 0..ROUND_TRIPS {
+                    client.send_batch(queue, &batch).await;
+                    let mut got = 0;
+                    while got < BATCH {
+                        got += client.receive_delete_batch(queue, BATCH - got).await;
+                    }
+                }
+                spent = started.elapsed();
+                ROUND_TRIPS * BATCH
+            }
             Self::FleetDrain => {
                 let Some(peer) = peer else {
                     return f64::NAN;
@@ -116,6 +153,79 @@ impl Operation {
             }
         };
         messages as f64 / spent.as_secs_f64()
+    }
+}
+
+/// Sends one at a time per latency block.
+const LATENCY_SENDS: usize = 200;
+
+/// The `q`-quantile of `values` (sorted here).
+fn quantile(values: &mut [Duration], q: f64) -> Duration {
+    values.sort();
+    let i = ((values.len() as f64 - 1.0) * q).round() as usize;
+    values[i]
+}
+
+/// Single-sender latency: each client sends one message at a time, each
+/// timed, in alternating blocks; prints p50 and p99 over every send of the
+/// run and their ratio to the first client's baseline.
+fn latency_rows(s: &clients::Setup, rounds: usize, filter: Option<&str>) {
+    println!();
+    println!("| single-sender latency | provider | client | p50 (µs) | p99 (µs) | p50 vs baseline | p99 vs baseline |");
+    println!("| --- | --- | --- | ---: | ---: | ---: | ---: |");
+    for (provider, clients) in &s.providers {
+        let row = format!("send_message_latency/{provider}");
+        if filter.is_some_and(|f| !row.contains(f)) {
+            continue;
+        }
+        // Baseline first: the library before grouping, else the raw client.
+        let mut pair: Vec<(Client, String, String)> = Vec::new();
+        match s.rt.block_on(clients::ungrouped(*provider)) {
+            Some((client, queue)) => {
+                pair.push((client, queue, "tasker, ungrouped (before)".into()))
+            }
+            None => match clients.get(1) {
+                Some((raw, queue)) => pair.push((raw.clone(), queue.clone(), raw.label())),
+                None => continue,
+            },
+        }
+        let (ours, queue) = &clients[0];
+        pair.push((ours.clone(), queue.clone(), ours.label()));
+        let mut times = vec![Vec::new(); pair.len()];
+        let message = step();
+        for round in 0..rounds {
+            for k in 0..pair.len() {
+                let i = (k + round) % pair.len();
+                let (client, queue, _) = &pair[i];
+                s.rt.block_on(async {
+                    for _ in 0..LATENCY_SENDS {
+                        let started = Instant::now();
+                        client.send(queue, &message).await;
+                        times[i].push(started.elapsed());
+                    }
+                });
+                s.rt.block_on(purge(clients, queue));
+            }
+        }
+        let p50 = quantile(&mut times[0], 0.5);
+        let p99 = quantile(&mut times[0], 0.99);
+        for ((_, _, label), t) in pair.iter().zip(times.iter_mut()) {
+            let (a, b) = (quantile(t, 0.5), quantile(t, 0.99));
+            println!(
+                "| send_message | {provider} | {label} | {:.0} | {:.0} | {:.2}x | {:.2}x |",
+                a.as_secs_f64() * 1e6,
+                b.as_secs_f64() * 1e6,
+                a.as_secs_f64() / p50.as_secs_f64(),
+                b.as_secs_f64() / p99.as_secs_f64(),
+            );
+        }
+        if let (Client::Tasker(backend), queue, _) = &pair[0] {
+            if pair[0].2.contains("before") {
+                s.rt.block_on(backend.delete_queue(queue))
+                    .expect("delete_queue");
+            }
+        }
+        s.rt.block_on(async move { drop(pair) });
     }
 }
 
@@ -191,4 +301,5 @@ fn main() {
         // channels from tasks it spawns).
         s.rt.block_on(async move { drop(peers) });
     }
+    latency_rows(&s, rounds, filter.as_deref());
 }

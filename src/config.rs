@@ -215,12 +215,18 @@ impl PgmqConfig {
     /// `connection_timeout_ms` when the section does not set it.
     pub const DEFAULT_CONNECTION_TIMEOUT_MS: u64 = 5_000;
 
+    /// `max_send_group` when the section does not set it.
+    pub const DEFAULT_MAX_SEND_GROUP: usize = 100;
+    /// The largest `max_send_group` accepted.
+    pub const MAX_SEND_GROUP: usize = 1_000;
+
     /// The section for `database_url`, every other key at its default.
     pub fn new(database_url: SecretUrl) -> Self {
         Self {
             database_url,
             pool_size: defaults::pool_size(),
             connection_timeout_ms: defaults::connection_timeout_ms(),
+            max_send_group: defaults::max_send_group(),
         }
     }
 }
@@ -252,6 +258,12 @@ pub struct PgmqConfig {
     /// `health_check` answers `false`), in milliseconds.
     #[serde(default = "defaults::connection_timeout_ms")]
     pub connection_timeout_ms: u64,
+    /// The most concurrent `send_message` calls (to one queue) sent as one
+    /// statement (1 to 1000; 1 sends each on its own). Sends that arrive
+    /// while earlier ones are with the server wait for the next statement, so
+    /// a lone sender never waits and a busy one pays one commit per group.
+    #[serde(default = "defaults::max_send_group")]
+    pub max_send_group: usize,
 }
 
 /// The `[rabbitmq]` section.
@@ -282,6 +294,9 @@ pub struct RabbitMqConfig {
 mod defaults {
     pub fn pool_size() -> u32 {
         10
+    }
+    pub fn max_send_group() -> usize {
+        super::PgmqConfig::DEFAULT_MAX_SEND_GROUP
     }
     pub fn connection_timeout_ms() -> u64 {
         super::PgmqConfig::DEFAULT_CONNECTION_TIMEOUT_MS
@@ -371,6 +386,12 @@ impl MessagingConfig {
             }
             if pgmq.connection_timeout_ms == 0 {
                 return bad("pgmq.connection_timeout_ms", "must be at least 1".into());
+            }
+            if !(1..=PgmqConfig::MAX_SEND_GROUP).contains(&pgmq.max_send_group) {
+                return bad(
+                    "pgmq.max_send_group",
+                    format!("must be 1 to {}", PgmqConfig::MAX_SEND_GROUP),
+                );
             }
         }
         if let Some(rabbit) = &self.rabbitmq {

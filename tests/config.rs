@@ -186,6 +186,14 @@ fn unknown_keys_and_out_of_range_values_are_named() {
             "[pgmq]\ndatabase_url = \"postgres://h/db\"\nconnection_timeout_ms = -5\n",
             "connection_timeout_ms",
         ),
+        (
+            "[pgmq]\ndatabase_url = \"postgres://h/db\"\nmax_send_group = 0\n",
+            "pgmq.max_send_group",
+        ),
+        (
+            "[pgmq]\ndatabase_url = \"postgres://h/db\"\nmax_send_group = 1001\n",
+            "pgmq.max_send_group",
+        ),
         ("[pgmq]\ndatabase_url = \"not a url\"\n", "database_url"),
     ];
     for (toml, key) in cases {

@@ -94,3 +94,60 @@ async fn connect_errors_hide_the_password() {
     assert!(err.is_transient(), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");
 }
+
+/// Concurrent `send_message` calls are grouped into shared statements: each
+/// caller gets its own message's id, every message arrives once, and a group
+/// that fails (its queue is missing) fails every caller in it while the
+/// groups of another queue, sent at the same moment, succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_sends_answer_each_caller_for_its_own_message() {
+    use std::{collections::HashMap, sync::Arc};
+    use tasker_messaging::{conformance, MessagingError, SimpleStepMessage};
+
+    const SENDERS: usize = 64;
+    let backend = Arc::new(common::backend(Provider::Pgmq).await);
+    let queue = conformance::unique_queue("grouped_sends");
+    let missing = conformance::unique_queue("grouped_missing");
+    backend.create_queue(&queue).await.expect("create_queue");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..SENDERS {
+        let backend = Arc::clone(&backend);
+        let target = if i % 4 == 3 {
+            missing.clone()
+        } else {
+            queue.clone()
+        };
+        tasks.spawn(async move {
+            let message = conformance::step();
+            let sent = backend.send_message(&target, &message).await;
+            (target, message, sent)
+        });
+    }
+    let mut by_id = HashMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (target, message, sent) = joined.expect("sender task");
+        if target == missing {
+            assert!(
+                matches!(sent, Err(MessagingError::QueueNotFound { .. })),
+                "a send to the missing queue: {sent:?}"
+            );
+        } else {
+            let id = sent.expect("a send to the existing queue");
+            assert!(by_id.insert(id, message).is_none(), "ids are distinct");
+        }
+    }
+    assert_eq!(by_id.len(), SENDERS / 4 * 3);
+    let got = backend
+        .receive_messages::<SimpleStepMessage>(&queue, SENDERS, Duration::from_secs(30))
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), by_id.len(), "every message stored once");
+    for message in &got {
+        assert_eq!(
+            by_id.get(&message.metadata.message_id),
+            Some(&message.message),
+            "each caller's id names its own message"
+        );
+    }
+    backend.delete_queue(&queue).await.expect("delete_queue");
+}

@@ -76,6 +76,56 @@ impl Client {
         }
     }
 
+    /// `tasks` tasks at once, each sending `each` messages one by one (each
+    /// awaited): a busy orchestrator's many callers. The raw AMQP client
+    /// pipelines them on its one confirm-mode channel.
+    pub async fn send_concurrently(&self, queue: &str, tasks: usize, each: usize) {
+        let mut running = tokio::task::JoinSet::new();
+        for _ in 0..tasks {
+            let (client, queue) = (self.clone(), queue.to_owned());
+            running.spawn(async move {
+                let message = step();
+                for _ in 0..each {
+                    client.send(&queue, &message).await;
+                }
+            });
+        }
+        while let Some(done) = running.join_next().await {
+            done.expect("sender task");
+        }
+    }
+
+    /// Receives up to `max` and settles them as one batch (the library:
+    /// `delete_messages`; raw PGMQ: `delete_batch`; raw AMQP: its acks);
+    /// returns how many.
+    pub async fn receive_delete_batch(&self, queue: &str, max: usize) -> usize {
+        match self {
+            Self::Tasker(b) => {
+                let got = b
+                    .receive_messages::<SimpleStepMessage>(queue, max, LEASE)
+                    .await
+                    .expect("receive");
+                let receipts: Vec<_> = got.iter().map(|m| m.receipt().clone()).collect();
+                for outcome in b.delete_messages(queue, &receipts).await.expect("delete") {
+                    outcome.expect("delete");
+                }
+                got.len()
+            }
+            Self::RawPgmq(q) => {
+                let got = q
+                    .read_batch::<SimpleStepMessage>(queue, 30, max as i32)
+                    .await
+                    .expect("raw read");
+                let ids: Vec<i64> = got.iter().map(|m| m.msg_id).collect();
+                if !ids.is_empty() {
+                    q.delete_batch(queue, &ids).await.expect("raw delete");
+                }
+                got.len()
+            }
+            Self::RawAmqp(r) => r.receive_delete(max).await,
+        }
+    }
+
     /// Receives up to `max` and deletes each; returns how many.
     pub async fn receive_delete(&self, queue: &str, max: usize) -> usize {
         match self {
@@ -349,6 +399,22 @@ impl RawAmqp {
         drop(deliveries);
         self.decode_and_ack(&taken).await
     }
+}
+
+/// The library as it sent before concurrent sends were grouped (PGMQ:
+/// `max_send_group = 1`, one `pgmq.send` per call), with a queue of its own:
+/// the baseline of the single-sender latency rows. `None` for a provider
+/// whose send path has no such switch.
+pub async fn ungrouped(provider: Provider) -> Option<(Client, String)> {
+    if provider != Provider::Pgmq {
+        return None;
+    }
+    let mut config = common::config(provider);
+    config.pgmq.as_mut()?.max_send_group = 1;
+    let backend = MessageBackend::connect(&config).await.expect("connect");
+    let queue = unique_queue("bench");
+    backend.create_queue(&queue).await.expect("create_queue");
+    Some((Client::Tasker(Arc::new(backend)), queue))
 }
 
 pub struct Setup {

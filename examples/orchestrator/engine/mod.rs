@@ -30,7 +30,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tasker_messaging::{
     MessageBackend, MessageId, MessageRouter, MessagingError, MessagingService,
-    NamespaceQueueRouter, Provider, QueueMessage, QueueStats, QueuedMessage, SimpleStepMessage,
+    NamespaceQueueRouter, Provider, QueueMessage, QueueStats, QueuedMessage, ReceiptHandle,
+    SimpleStepMessage,
 };
 use tokio::{sync::mpsc, task::JoinSet, time::Instant};
 use uuid::Uuid;

@@ -41,36 +41,42 @@ pub(super) async fn consume_results(ctx: Arc<Ctx>, crew: Arc<Crew>) {
             }
             continue;
         }
-        for completion in completions {
-            {
-                let mut tally = lock(&s.tally);
-                let done = &completion.message;
-                if !tally.seen.insert(completion.metadata.message_id.clone()) {
-                    // The same completion message again: already counted.
-                } else if done.run_id != ctx.run_id {
-                    s.stale_results.fetch_add(1, Relaxed);
+        for completion in &completions {
+            let mut tally = lock(&s.tally);
+            let done = &completion.message;
+            if !tally.seen.insert(completion.metadata.message_id.clone()) {
+                // The same completion message again: already counted.
+            } else if done.run_id != ctx.run_id {
+                s.stale_results.fetch_add(1, Relaxed);
+            } else {
+                s.completions_received.fetch_add(1, Relaxed);
+                let count = tally.by_step.entry(done.step_uuid).or_insert(0);
+                *count += 1;
+                if *count == 1 {
+                    s.processed.fetch_add(1, Relaxed);
                 } else {
-                    s.completions_received.fetch_add(1, Relaxed);
-                    let count = tally.by_step.entry(done.step_uuid).or_insert(0);
-                    *count += 1;
-                    if *count == 1 {
-                        s.processed.fetch_add(1, Relaxed);
-                    } else {
-                        s.duplicates.fetch_add(1, Relaxed);
+                    s.duplicates.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        let receipts: Vec<ReceiptHandle> = completions
+            .iter()
+            .map(|completion| completion.receipt().clone())
+            .collect();
+        match crew.backend.delete_messages(&ctx.results, &receipts).await {
+            Ok(outcomes) => {
+                for outcome in outcomes {
+                    match outcome {
+                        // Already counted: a redelivery is skipped as seen.
+                        Ok(()) | Err(MessagingError::LeaseExpired { .. }) => {}
+                        Err(error) => ctx.fail(error),
                     }
                 }
             }
-            match crew
-                .backend
-                .delete_message(&ctx.results, completion.receipt())
-                .await
-            {
-                Ok(()) | Err(MessagingError::LeaseExpired { .. }) => {}
-                Err(error) if error.is_transient() => {
-                    eprintln!("warning: delete completion: {error}");
-                }
-                Err(error) => ctx.fail(error),
+            Err(error) if error.is_transient() => {
+                eprintln!("warning: delete completions: {error}");
             }
+            Err(error) => ctx.fail(error),
         }
     }
 }

@@ -88,20 +88,28 @@ pub(super) async fn run_steps(
     }
     s.completions_sent
         .fetch_add(completions.len() as u64, Relaxed);
-    for step in &done {
-        match crew.backend.delete_message(queue, step.receipt()).await {
-            Ok(()) => {}
-            // The lease ran out before the delete: the step is delivered
-            // again, and its second completion counts as a duplicate.
-            Err(MessagingError::LeaseExpired { .. }) => {
-                s.lease_lost.fetch_add(1, Relaxed);
+    // One call settles the batch: one statement on PGMQ, acks back to back on RabbitMQ.
+    let receipts: Vec<ReceiptHandle> = done.iter().map(|step| step.receipt().clone()).collect();
+    let settled = crew.backend.delete_messages(queue, &receipts).await;
+    s.in_flight.fetch_sub(done.len() as u64, Relaxed);
+    match settled {
+        Ok(outcomes) => {
+            for outcome in outcomes {
+                match outcome {
+                    Ok(()) => {}
+                    // The lease ran out before the delete: the step is delivered
+                    // again, and its second completion counts as a duplicate.
+                    Err(MessagingError::LeaseExpired { .. }) => {
+                        s.lease_lost.fetch_add(1, Relaxed);
+                    }
+                    Err(error) => ctx.fail(error),
+                }
             }
-            Err(error) if error.is_transient() => {
-                eprintln!("warning: delete: {error} (the step comes back when its lease ends)");
-            }
-            Err(error) => ctx.fail(error),
         }
-        s.in_flight.fetch_sub(1, Relaxed);
+        Err(error) if error.is_transient() => {
+            eprintln!("warning: delete: {error} (the steps come back when their leases end)");
+        }
+        Err(error) => ctx.fail(error),
     }
 }
 

@@ -11,10 +11,12 @@ mod errors;
 mod install;
 mod listener;
 mod outage;
+mod send_group;
 
 use std::{collections::HashSet, future::Future, str::FromStr, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
     types::Json,
@@ -25,6 +27,7 @@ use self::{
     errors::db_error,
     listener::Listener,
     outage::{LastDown, Outage},
+    send_group::{FlushGuard, Pending, SendGroups},
 };
 use crate::{
     codec,
@@ -49,6 +52,7 @@ pub struct PgmqMessageService {
     listener: Arc<Listener>,
     outage: Arc<Outage>,
     connection_timeout: Duration,
+    sends: Arc<SendGroups>,
 }
 
 /// One row of `pgmq.read`.
@@ -114,9 +118,12 @@ impl PgmqMessageService {
     }
 
     fn build(pool: PgPool, config: &MessagingConfig, last_down: Arc<LastDown>) -> Self {
-        let timeout_ms = config.pgmq.as_ref().map_or_else(
-            || PgmqConfig::DEFAULT_CONNECTION_TIMEOUT_MS,
-            |pgmq| pgmq.connection_timeout_ms,
+        let (timeout_ms, max_send_group) = config.pgmq.as_ref().map_or(
+            (
+                PgmqConfig::DEFAULT_CONNECTION_TIMEOUT_MS,
+                PgmqConfig::DEFAULT_MAX_SEND_GROUP,
+            ),
+            |pgmq| (pgmq.connection_timeout_ms, pgmq.max_send_group),
         );
         let connection_timeout = Duration::from_millis(timeout_ms);
         let resilience = Arc::new(Resilience::new(
@@ -138,6 +145,7 @@ impl PgmqMessageService {
             resilience,
             outage: Arc::new(outage),
             connection_timeout,
+            sends: Arc::new(SendGroups::new(max_send_group)),
         }
     }
 
@@ -155,6 +163,49 @@ impl PgmqMessageService {
         self.resilience
             .run(operation, || self.outage.guard(call()))
             .await
+    }
+
+    /// Stores `bodies` in `queue` in one statement (one transaction: all or
+    /// none), returning their ids in order. A retry after a lost reply may
+    /// store them twice, never lose them.
+    async fn store(
+        &self,
+        operation: &'static str,
+        queue: &str,
+        bodies: &[Json<&RawValue>],
+    ) -> Result<Vec<i64>, MessagingError> {
+        self.run(operation, || async {
+            let err = |e| db_error(operation, e, Some(queue));
+            match bodies {
+                [body] => sqlx::query_scalar("SELECT pgmq.send($1, $2)")
+                    .bind(queue)
+                    .bind(body)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map(|id| vec![id])
+                    .map_err(err),
+                _ => sqlx::query_scalar("SELECT pgmq.send_batch($1, $2)")
+                    .bind(queue)
+                    .bind(bodies)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(err),
+            }
+        })
+        .await
+    }
+
+    /// A flush task of the send line: stores group after group until the
+    /// line is empty (see `send_group`).
+    async fn flush_sends(self) {
+        let guard = FlushGuard(&self.sends);
+        while let Some(group) = self.sends.next_group() {
+            let bodies: Vec<_> = group.iter().map(|send| Json(&*send.body)).collect();
+            let stored = self.store("send_message", &group[0].queue, &bodies).await;
+            drop(bodies);
+            send_group::reply(group, stored);
+        }
+        std::mem::forget(guard);
     }
 
     /// The underlying pool, for running SQL in the same database.
@@ -365,16 +416,22 @@ impl crate::service::provide::Provide for PgmqMessageService {
     ) -> Result<MessageId, MessagingError> {
         let queue = queue.as_str();
         let body = codec::encode(message, self.config.max_message_bytes)?;
-        let id: i64 = self
-            .run("send_message", || async {
-                sqlx::query_scalar("SELECT pgmq.send($1, $2)")
-                    .bind(queue)
-                    .bind(Json(&body))
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(|e| db_error("send_message", e, Some(queue)))
-            })
-            .await?;
+        if !self.sends.groups() {
+            let ids = self.store("send_message", queue, &[Json(&*body)]).await?;
+            return Ok(MessageId::new(ids[0].to_string()));
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let send = Pending {
+            queue: queue.into(),
+            body,
+            reply,
+        };
+        if self.sends.push(send) {
+            tokio::spawn(self.clone().flush_sends());
+        }
+        let id = answer
+            .await
+            .unwrap_or_else(|_| Err(send_group::unanswered()))?;
         Ok(MessageId::new(id.to_string()))
     }
 
@@ -387,21 +444,9 @@ impl crate::service::provide::Provide for PgmqMessageService {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let bodies: Vec<_> = codec::encode_all(messages, self.config.max_message_bytes)?
-            .into_iter()
-            .map(Json)
-            .collect();
-        // One statement: all or nothing, ids in input order.
-        let ids: Vec<i64> = self
-            .run("send_batch", || async {
-                sqlx::query_scalar("SELECT pgmq.send_batch($1, $2)")
-                    .bind(queue)
-                    .bind(&bodies)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(|e| db_error("send_batch", e, Some(queue)))
-            })
-            .await?;
+        let bodies = codec::encode_all(messages, self.config.max_message_bytes)?;
+        let bodies: Vec<_> = bodies.iter().map(|body| Json(&**body)).collect();
+        let ids = self.store("send_batch", queue, &bodies).await?;
         Ok(ids
             .into_iter()
             .map(|id| MessageId::new(id.to_string()))
