@@ -55,6 +55,18 @@ pub struct PgmqMessageService {
     sends: Arc<SendGroups>,
 }
 
+/// A flush place a send took for its own message ([`SendGroups::lead`]):
+/// handed back on drop, to a new flush task if sends lined up meanwhile.
+struct Lead<'a>(&'a PgmqMessageService);
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        if self.0.sends.hand_back() {
+            self.0.start_flush();
+        }
+    }
+}
+
 /// One row of `pgmq.read`.
 #[derive(sqlx::FromRow)]
 struct ReadRow {
@@ -206,6 +218,16 @@ impl PgmqMessageService {
             send_group::reply(group, stored);
         }
         std::mem::forget(guard);
+    }
+
+    /// Starts a flush task for the send line (its place already taken).
+    fn start_flush(&self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.clone().flush_sends());
+        } else {
+            // No runtime to flush on: fail what waits rather than strand it.
+            self.sends.abandon();
+        }
     }
 
     /// The underlying pool, for running SQL in the same database.
@@ -420,6 +442,12 @@ impl crate::service::provide::Provide for PgmqMessageService {
             let ids = self.store("send_message", queue, &[Json(&*body)]).await?;
             return Ok(MessageId::new(ids[0].to_string()));
         }
+        if self.sends.lead() {
+            // Hands the place back however this ends, a dropped call included.
+            let _place = Lead(self);
+            let ids = self.store("send_message", queue, &[Json(&*body)]).await?;
+            return Ok(MessageId::new(ids[0].to_string()));
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let send = Pending {
             queue: queue.into(),
@@ -427,7 +455,7 @@ impl crate::service::provide::Provide for PgmqMessageService {
             reply,
         };
         if self.sends.push(send) {
-            tokio::spawn(self.clone().flush_sends());
+            self.start_flush();
         }
         let id = answer
             .await
