@@ -10,9 +10,11 @@ use std::{fmt, time::Duration};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{MessageBackend, MessagingError, MessagingService, QueueMessage, QueuedMessage};
+use crate::{
+    MessageBackend, MessagingError, MessagingService, QueueMessage, QueuedMessage, ReceiptHandle,
+};
 
-/// Messages taken per round: one receive, one `send_batch`, then the deletes.
+/// Messages taken per round: one receive, one `send_batch`, one `delete_messages`.
 const MOVE_BATCH: usize = 100;
 /// The lease on a round's messages: long enough for its send and deletes.
 const MOVE_LEASE: Duration = Duration::from_secs(60);
@@ -84,7 +86,7 @@ impl std::error::Error for MoveError {
 /// its messages out (FIFO, but a message RabbitMQ requeued comes later than
 /// its neighbours): receive (a 60 s lease),
 /// send the round with `send_batch` and wait until it is durable, then delete
-/// each message from the source. Stops when `limit` is reached or the source
+/// the round from the source with one `delete_messages`. Stops when `limit` is reached or the source
 /// has nothing ready (leased messages stay where they are).
 ///
 /// At-least-once: a message is deleted from the source only after the
@@ -129,8 +131,20 @@ pub async fn move_messages_with_progress(
             release(from, from_queue, &round).await;
             return Err(fail(done, error));
         }
-        for message in &round {
-            match from.delete_message(from_queue, message.receipt()).await {
+        // One settle for the round: one statement on PGMQ.
+        let receipts: Vec<ReceiptHandle> = round.iter().map(|m| m.receipt().clone()).collect();
+        let outcomes = match from.delete_messages(from_queue, &receipts).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                tracing::warn!(queue = from_queue, %error,
+                    "moved messages not deleted from the source: they may be delivered twice");
+                done.duplicated += round.len() as u64;
+                progress(&done);
+                continue;
+            }
+        };
+        for outcome in outcomes {
+            match outcome {
                 Ok(()) => done.moved += 1,
                 Err(error) => {
                     tracing::warn!(queue = from_queue, %error,
