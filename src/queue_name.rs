@@ -11,7 +11,7 @@ pub const MAX_QUEUE_NAME_BYTES: usize = 47;
 ///
 /// This is the check every operation runs first; a name that passes is safe to
 /// embed in SQL identifiers and AMQP queue names. `create_queue` additionally
-/// requires room for the dead-letter suffix.
+/// refuses a name ending in the dead-letter suffix and requires room for it.
 pub fn validate_queue_name(name: &str) -> Result<(), MessagingError> {
     let reason = if name.is_empty() {
         Some("must not be empty")
@@ -33,11 +33,23 @@ pub fn validate_queue_name(name: &str) -> Result<(), MessagingError> {
     }
 }
 
-/// Checks a name for `create_queue`: valid, and short enough that its
-/// dead-letter queue `{name}{suffix}` is valid too.
+/// Checks a name for `create_queue`: valid, not ending in the dead-letter
+/// suffix, and short enough that its dead-letter queue `{name}{suffix}` is
+/// valid too.
+///
+/// A name ending in the suffix is a dead-letter queue's: created with its
+/// queue, never on its own. A work queue of that name would never
+/// dead-letter, and `create_queue`/`delete_queue` of the shorter name would
+/// take it as their own dead-letter queue.
 pub(crate) fn validate_new_queue_name(name: &str, dlq_suffix: &str) -> Result<(), MessagingError> {
     validate_queue_name(name)?;
-    if !name.ends_with(dlq_suffix) && name.len() + dlq_suffix.len() > MAX_QUEUE_NAME_BYTES {
+    if name.ends_with(dlq_suffix) {
+        return Err(invalid(
+            name,
+            "ends in the dead-letter suffix: dead-letter queues are created with their queue",
+        ));
+    }
+    if name.len() + dlq_suffix.len() > MAX_QUEUE_NAME_BYTES {
         return Err(invalid(
             name,
             "leaves no room for the dead-letter suffix within 47 bytes",
@@ -59,7 +71,8 @@ impl QueueName {
         Ok(Self::trusted(name))
     }
 
-    /// Checks `name` for `create_queue`: room for the dead-letter suffix too.
+    /// Checks `name` for `create_queue`: not a dead-letter queue's name, and
+    /// room for the dead-letter suffix.
     pub(crate) fn new_queue<'a>(
         name: &'a str,
         dlq_suffix: &str,
@@ -153,6 +166,25 @@ mod tests {
         let base = "a".repeat(44);
         assert!(validate_new_queue_name(&base, "_dlq").is_err());
         assert!(validate_new_queue_name(&base[..43], "_dlq").is_ok());
+    }
+
+    #[test]
+    fn create_refuses_names_ending_in_the_suffix() {
+        for name in ["orders_dlq", "_dlq", "orders_dlq_dlq"] {
+            assert!(
+                matches!(
+                    validate_new_queue_name(name, "_dlq"),
+                    Err(MessagingError::InvalidQueueName { .. })
+                ),
+                "{name} was accepted"
+            );
+            validate_queue_name(name).expect("every other operation takes it");
+        }
+        for name in ["orders", "orders_dl", "dlq", "orders_dlq1"] {
+            validate_new_queue_name(name, "_dlq").unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        assert!(validate_new_queue_name("orders_dead", "_dead").is_err());
+        assert!(validate_new_queue_name("orders_dlq", "_dead").is_ok());
     }
 
     #[test]

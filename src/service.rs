@@ -32,7 +32,10 @@ pub trait MessagingService {
     /// the connection timeout. Never hangs (C23).
     async fn health_check(&self) -> Result<bool, MessagingError>;
 
-    /// Creates `queue` and its dead-letter queue. Idempotent (C2).
+    /// Creates `queue` and its dead-letter queue. Idempotent (C2). A name
+    /// ending in `queues.dead_letter_queue_suffix` is `InvalidQueueName`:
+    /// dead-letter queues are created with their queue, never on their own
+    /// (C1).
     async fn create_queue(&self, queue: &str) -> Result<(), MessagingError>;
 
     /// Sends one message; returns once it is durable (C5). Over

@@ -182,5 +182,11 @@ async fn every_operation_refuses_a_bad_name_before_io() {
             );
             check(backend.purge_queue(name).await.map(drop), "purge_queue");
         }
+        // A dead-letter queue's name: refused by create_queue alone (C1).
+        let what = format!("{} create_queue(\"orders_dlq\")", backend.provider());
+        match backend.create_queue("orders_dlq").await {
+            Err(MessagingError::InvalidQueueName { .. }) => {}
+            other => panic!("{what}: expected InvalidQueueName, got {other:?}"),
+        }
     }
 }

@@ -86,6 +86,7 @@ macro_rules! conformance_tests {
         );
         $crate::__conformance_cases!($backend;
             queue_names_are_validated_before_io,
+            create_queue_refuses_names_ending_in_the_dead_letter_suffix,
             create_queue_is_idempotent_and_creates_dead_letter_queue,
             delete_queue_is_idempotent_and_removes_dead_letter_queue,
             operations_on_missing_queue_are_not_found,

@@ -54,6 +54,44 @@ pub async fn queue_names_are_validated_before_io(backend: &MessageBackend) {
     );
 }
 
+/// C1, C20: `create_queue` refuses a name ending in the dead-letter suffix
+/// (nothing is created), so no work queue can pose as another's dead-letter
+/// queue; once `q` exists, its dead-letter queue takes every other
+/// operation like any queue, and goes with `q`.
+pub async fn create_queue_refuses_names_ending_in_the_dead_letter_suffix(backend: &MessageBackend) {
+    let suffix = backend.queues_config().dead_letter_queue_suffix.clone();
+    let queue = unique_queue("suffixed");
+    let dlq = dead_letter_queue(backend, &queue);
+    for name in [dlq.clone(), format!("{dlq}{suffix}"), suffix.clone()] {
+        assert_err(backend.create_queue(&name).await, is_invalid_name, &name);
+        assert_err(
+            backend.get_queue_stats(&name).await,
+            is_not_found,
+            "a refused name creates nothing",
+        );
+    }
+    backend.create_queue(&queue).await.expect("create_queue");
+    let message = step();
+    send(backend, &dlq, &message).await;
+    let got = receive_one(backend, &dlq, LONG_LEASE).await;
+    assert_eq!(got.message, message);
+    backend
+        .delete_message(&dlq, got.receipt())
+        .await
+        .expect("delete on the dead-letter queue");
+    send(backend, &dlq, &step()).await;
+    assert_eq!(await_ready_count(backend, &dlq, 1).await, 1);
+    let stats = backend.get_queue_stats(&queue).await.expect("stats");
+    assert_eq!(stats.dead_letter_count, Some(1));
+    assert_eq!(backend.purge_queue(&dlq).await.expect("purge"), 1);
+    cleanup(backend, &queue).await;
+    assert_err(
+        backend.get_queue_stats(&dlq).await,
+        is_not_found,
+        "the dead-letter queue goes with its queue",
+    );
+}
+
 /// C2, C20, C21: `create_queue` is idempotent and creates the dead-letter
 /// queue.
 pub async fn create_queue_is_idempotent_and_creates_dead_letter_queue(backend: &MessageBackend) {
