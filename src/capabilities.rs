@@ -21,6 +21,11 @@ pub struct Capabilities {
     /// A message whose send returned outlives this process (in-memory:
     /// nothing does).
     pub durable: bool,
+    /// A receipt settles the lease it names from any process, not only the
+    /// one that received it (RabbitMQ: a delivery can only be settled on the
+    /// connection that received it, and elsewhere a receipt is
+    /// `LeaseExpired`). In-memory: from any clone.
+    pub portable_receipts: bool,
 }
 
 impl Capabilities {
@@ -31,6 +36,7 @@ impl Capabilities {
         message_ages_known: true,
         broker_confirmed_delete: true,
         durable: true,
+        portable_receipts: true,
     };
     /// RabbitMQ: confirms per message, fire-and-forget acks, and a broker that
     /// does not say what consumers hold or how old a message is.
@@ -40,6 +46,7 @@ impl Capabilities {
         message_ages_known: false,
         broker_confirmed_delete: false,
         durable: true,
+        portable_receipts: false,
     };
     /// In-memory: everything under one lock, nothing on disk.
     pub(crate) const IN_MEMORY: Self = Self {
@@ -48,6 +55,7 @@ impl Capabilities {
         message_ages_known: true,
         broker_confirmed_delete: true,
         durable: false,
+        portable_receipts: true,
     };
 
     /// What both `self` and `other` guarantee: a migrating backend's, whose
@@ -59,6 +67,7 @@ impl Capabilities {
             message_ages_known: self.message_ages_known && other.message_ages_known,
             broker_confirmed_delete: self.broker_confirmed_delete && other.broker_confirmed_delete,
             durable: self.durable && other.durable,
+            portable_receipts: self.portable_receipts && other.portable_receipts,
         }
     }
 }

@@ -97,7 +97,10 @@ impl FromStr for MessageId {
 /// Opaque: its text round-trips through `Display`/`FromStr` (so it can be stored
 /// or sent elsewhere), and the provider checks it when it comes back. A receipt
 /// from another provider or queue is `InvalidReceipt`; one whose lease has ended
-/// is `LeaseExpired`.
+/// is `LeaseExpired`, as is one from before its queue was created again. In
+/// another process it works where
+/// [`Capabilities::portable_receipts`](crate::Capabilities::portable_receipts)
+/// says so (PGMQ); elsewhere (RabbitMQ) it is `LeaseExpired` there.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ReceiptHandle(String);
@@ -196,7 +199,7 @@ mod tests {
 
     #[test]
     fn ids_and_receipts_round_trip_through_text() {
-        let receipt: ReceiptHandle = "pgmq:q:1:2".parse().unwrap();
+        let receipt: ReceiptHandle = "pgmq:q:16384:1:2".parse().unwrap();
         assert_eq!(
             receipt.to_string().parse::<ReceiptHandle>().unwrap(),
             receipt

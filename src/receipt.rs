@@ -1,14 +1,25 @@
-//! The receipt format shared by every provider: `{provider}:{queue}:{id}:{lease}`.
+//! The receipt format shared by every provider:
+//! `{provider}:{queue}:{scope}:{id}:{lease}`.
 //!
 //! `id` names the message (or delivery) and `lease` the lease on it: PGMQ's
-//! `read_ct`, the in-memory receive count, or RabbitMQ's connection generation.
-//! A receipt therefore identifies one lease, not just one message.
+//! `read_ct`, the in-memory receive count, or RabbitMQ's channel epoch. A
+//! receipt therefore identifies one lease, not just one message.
+//!
+//! `scope` names what `id` and `lease` are counted in, since those restart:
+//! the queue's incarnation on PGMQ (the queue table's OID) and in memory (an
+//! id drawn when the queue is created), so a receipt from before the queue
+//! was deleted and created again names no lease of the new one; on RabbitMQ
+//! the backend that received the delivery (an id drawn at connect), since
+//! delivery tags and epochs restart in every process and only the receiving
+//! connection can settle a delivery.
 
 use crate::{MessagingError, Provider, ReceiptHandle};
 
 /// A parsed receipt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Receipt {
+    /// What `id` and `lease` are counted in (see the module doc).
+    pub scope: u64,
     pub id: u64,
     pub lease: u64,
 }
@@ -19,13 +30,23 @@ pub(crate) fn issuer(handle: &ReceiptHandle) -> &str {
     handle.as_str().split(':').next().unwrap_or_default()
 }
 
+/// A fresh random scope: for a queue incarnation or a backend that
+/// numbers leases of its own.
+pub(crate) fn new_scope() -> u64 {
+    rand::random()
+}
+
 impl Receipt {
     pub(crate) fn encode(self, provider: Provider, queue: &str) -> ReceiptHandle {
         use std::fmt::Write;
         // Sized up front: `format!` reallocates on this hot path (one receipt per message).
         let tag = provider.tag();
-        let mut text = String::with_capacity(tag.len() + queue.len() + 2 * 21 + 3);
-        let _ = write!(text, "{tag}:{queue}:{}:{}", self.id, self.lease);
+        let mut text = String::with_capacity(tag.len() + queue.len() + 3 * 21 + 4);
+        let _ = write!(
+            text,
+            "{tag}:{queue}:{}:{}:{}",
+            self.scope, self.id, self.lease
+        );
         ReceiptHandle::from_string(text)
     }
 
@@ -40,7 +61,8 @@ impl Receipt {
             reason,
         };
         let mut parts = handle.as_str().split(':');
-        let (Some(tag), Some(q), Some(id), Some(lease), None) = (
+        let (Some(tag), Some(q), Some(scope), Some(id), Some(lease), None) = (
+            parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
@@ -55,8 +77,8 @@ impl Receipt {
         if q != queue {
             return Err(invalid("issued for another queue"));
         }
-        match (id.parse(), lease.parse()) {
-            (Ok(id), Ok(lease)) => Ok(Self { id, lease }),
+        match (scope.parse(), id.parse(), lease.parse()) {
+            (Ok(scope), Ok(id), Ok(lease)) => Ok(Self { scope, id, lease }),
             _ => Err(invalid("malformed receipt numbers")),
         }
     }
@@ -80,31 +102,63 @@ impl Receipt {
 mod tests {
     use super::*;
 
+    const R: Receipt = Receipt {
+        scope: 16_384,
+        id: 7,
+        lease: 2,
+    };
+
     #[test]
     fn round_trips() {
-        let r = Receipt { id: 7, lease: 2 };
-        let handle = r.encode(Provider::Pgmq, "orders");
+        let handle = R.encode(Provider::Pgmq, "orders");
+        assert_eq!(handle.as_str(), "pgmq:orders:16384:7:2");
         assert_eq!(
             Receipt::decode(&handle, Provider::Pgmq, "orders").unwrap(),
-            r
+            R
+        );
+        let max = Receipt {
+            scope: u64::MAX,
+            id: u64::MAX,
+            lease: u64::MAX,
+        };
+        let handle = max.encode(Provider::RabbitMq, "q");
+        assert_eq!(
+            Receipt::decode(&handle, Provider::RabbitMq, "q").unwrap(),
+            max
         );
     }
 
     #[test]
+    fn scopes_are_drawn_afresh() {
+        assert_ne!(new_scope(), new_scope());
+    }
+
+    #[test]
     fn rejects_foreign_and_malformed_receipts() {
-        let handle = Receipt { id: 7, lease: 2 }.encode(Provider::Pgmq, "orders");
+        let handle = R.encode(Provider::Pgmq, "orders");
         let cases = [
             (handle.clone(), Provider::InMemory, "orders"),
             (handle, Provider::Pgmq, "other"),
             ("".parse().unwrap(), Provider::Pgmq, "orders"),
-            ("pgmq:orders:x:1".parse().unwrap(), Provider::Pgmq, "orders"),
+            // The format before scopes: four fields.
+            ("pgmq:orders:1:2".parse().unwrap(), Provider::Pgmq, "orders"),
             (
-                "pgmq:orders:1:2:3".parse().unwrap(),
+                "pgmq:orders:1:x:1".parse().unwrap(),
                 Provider::Pgmq,
                 "orders",
             ),
             (
-                "pgmq:orders:-1:2".parse().unwrap(),
+                "pgmq:orders:x:1:1".parse().unwrap(),
+                Provider::Pgmq,
+                "orders",
+            ),
+            (
+                "pgmq:orders:1:1:2:3".parse().unwrap(),
+                Provider::Pgmq,
+                "orders",
+            ),
+            (
+                "pgmq:orders:1:-1:2".parse().unwrap(),
                 Provider::Pgmq,
                 "orders",
             ),

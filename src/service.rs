@@ -143,7 +143,7 @@ pub trait MessagingService {
     fn provider(&self) -> Provider;
 
     /// What this provider guarantees beyond the contract (atomic batches,
-    /// exact stats, confirmed deletes, durability).
+    /// exact stats, confirmed deletes, durability, portable receipts).
     fn capabilities(&self) -> Capabilities;
 
     /// The `[queues]` settings this service enforces (limits, dead-letter policy).

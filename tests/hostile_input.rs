@@ -236,37 +236,43 @@ proptest! {
 fn arbitrary_receipts_are_rejected() {
     let text = prop_oneof![
         any::<String>(),
-        "[a-z_]{0,10}:[a-z_0-9]{0,20}:[0-9]{0,20}:[0-9]{0,20}"
+        "[a-z_]{0,10}:[a-z_0-9]{0,20}:[0-9]{0,20}:[0-9]{0,20}",
+        "[a-z_]{0,10}:[a-z_0-9]{0,20}:[0-9]{0,20}:[0-9]{0,20}:[0-9]{0,20}"
     ];
-    let strategy = (text, any::<u64>(), any::<u64>());
-    check_with_queues("receipts", 256, strategy, |queues, (text, id, lease)| {
-        for (backend, queue) in queues {
-            let well_formed = format!("{}:{queue}:{id}:{lease}", backend.provider());
-            for receipt in [text.clone(), well_formed] {
-                let receipt: ReceiptHandle = receipt.parse().expect("infallible");
-                let deleted = runtime().block_on(backend.delete_message(queue, &receipt));
-                let changed = runtime().block_on(backend.change_message_visibility(
-                    queue,
-                    &receipt,
-                    Duration::ZERO,
-                ));
-                for result in [deleted, changed] {
-                    prop_assert!(
-                        matches!(
-                            result,
-                            Err(MessagingError::InvalidReceipt { .. }
-                                | MessagingError::LeaseExpired { .. })
-                        ),
-                        "{}: {:?} -> {:?}",
-                        backend.provider(),
-                        receipt,
-                        result
-                    );
+    let strategy = (text, any::<u64>(), any::<u64>(), any::<u64>());
+    check_with_queues(
+        "receipts",
+        256,
+        strategy,
+        |queues, (text, scope, id, lease)| {
+            for (backend, queue) in queues {
+                let well_formed = format!("{}:{queue}:{scope}:{id}:{lease}", backend.provider());
+                for receipt in [text.clone(), well_formed] {
+                    let receipt: ReceiptHandle = receipt.parse().expect("infallible");
+                    let deleted = runtime().block_on(backend.delete_message(queue, &receipt));
+                    let changed = runtime().block_on(backend.change_message_visibility(
+                        queue,
+                        &receipt,
+                        Duration::ZERO,
+                    ));
+                    for result in [deleted, changed] {
+                        prop_assert!(
+                            matches!(
+                                result,
+                                Err(MessagingError::InvalidReceipt { .. }
+                                    | MessagingError::LeaseExpired { .. })
+                            ),
+                            "{}: {:?} -> {:?}",
+                            backend.provider(),
+                            receipt,
+                            result
+                        );
+                    }
                 }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
 }
 
 /// A message is refused, before any I/O, exactly when it serializes to

@@ -194,7 +194,7 @@ async fn receipts_from_before_the_switch_keep_working(from: Provider, to: Provid
         .await
         .expect("and extends its lease");
     let foreign: tasker_messaging::ReceiptHandle =
-        format!("in_memory:{queue}:1:1").parse().unwrap();
+        format!("in_memory:{queue}:1:1:1").parse().unwrap();
     let outcomes = migrating
         .delete_messages(
             &queue,

@@ -375,3 +375,78 @@ pub async fn a_fleet_keeps_up_with_a_trickle_of_sends(a: &MessageBackend, b: &Me
     assert_eq!(stats.dead_letter_count.unwrap_or(0), 0);
     cleanup(a, &queue).await;
 }
+
+/// C16: a receipt used in another process settles the lease it names where
+/// receipts are portable (`Capabilities::portable_receipts`) and is
+/// otherwise `LeaseExpired`; either way it never touches a lease that
+/// process holds. A and B each hold one message (receipts of the same shape:
+/// first delivery of each), and B uses A's receipt with every settling call.
+/// A backend that is not portable throughout (a migrating one) may honour
+/// it, but then it must truly have settled A's message.
+pub async fn a_receipt_used_in_another_process_spares_that_process_lease(
+    a: &MessageBackend,
+    b: &MessageBackend,
+) {
+    let queue = fresh_queue(a, "fleet_foreign_receipt").await;
+    a.send_batch(&queue, &[step(), step()])
+        .await
+        .expect("send_batch");
+    let of_a = receive_one(a, &queue, LONG_LEASE).await;
+    let of_b = receive_one(b, &queue, LONG_LEASE).await;
+    let foreign = of_a.receipt();
+    let portable = b.capabilities().portable_receipts;
+
+    let extended = b
+        .change_message_visibility(&queue, foreign, LONG_LEASE)
+        .await;
+    let deleted = b
+        .delete_messages(&queue, std::slice::from_ref(foreign))
+        .await
+        .expect("delete_messages")
+        .remove(0);
+    for outcome in [&extended, &deleted] {
+        assert!(
+            matches!(outcome, Ok(()) | Err(MessagingError::LeaseExpired { .. })),
+            "A's receipt in B: {outcome:?}"
+        );
+    }
+    if portable {
+        assert!(
+            extended.is_ok() && deleted.is_ok(),
+            "portable receipts settle from any process: {extended:?}, {deleted:?}"
+        );
+    }
+    assert_eq!(
+        extended.is_ok(),
+        deleted.is_ok(),
+        "B honours A's receipt for every call or for none: {extended:?}, {deleted:?}"
+    );
+    // Settled or never honoured: the receipt is dead in B from now on.
+    for outcome in [
+        b.delete_message(&queue, foreign).await,
+        b.change_message_visibility(&queue, foreign, Duration::ZERO)
+            .await,
+    ] {
+        assert!(
+            matches!(outcome, Err(MessagingError::LeaseExpired { .. })),
+            "A's receipt used again in B: {outcome:?}"
+        );
+    }
+    b.delete_message(&queue, of_b.receipt())
+        .await
+        .expect("B's own lease survives A's receipt");
+    let in_a = a.delete_message(&queue, foreign).await;
+    if deleted.is_ok() {
+        assert!(
+            matches!(in_a, Err(MessagingError::LeaseExpired { .. })),
+            "B reported A's message deleted, yet A's lease lived on: {in_a:?}"
+        );
+    } else {
+        in_a.expect("A's lease is untouched by B's refusal");
+    }
+    assert!(
+        receive(a, &queue, 10, LONG_LEASE).await.is_empty(),
+        "both messages are settled for good"
+    );
+    cleanup(a, &queue).await;
+}

@@ -133,6 +133,50 @@ pub async fn delete_removes_message_and_stale_receipts_are_lease_expired(backend
     cleanup(backend, &queue).await;
 }
 
+/// C14: a receipt from before its queue was deleted and created again is
+/// `LeaseExpired` on the new queue and never touches the message another
+/// consumer holds there, though message ids and receive counts start over.
+pub async fn receipts_from_before_a_queue_was_recreated_are_lease_expired(
+    backend: &MessageBackend,
+) {
+    let queue = fresh_queue(backend, "recreated").await;
+    send(backend, &queue, &step()).await;
+    let old = receive_one(backend, &queue, LONG_LEASE).await;
+    cleanup(backend, &queue).await;
+    backend.create_queue(&queue).await.expect("create again");
+    let message = step();
+    send(backend, &queue, &message).await;
+    let current = receive_one(backend, &queue, LONG_LEASE).await;
+    assert_eq!(current.message, message);
+    assert_err(
+        backend.delete_message(&queue, old.receipt()).await,
+        is_lease_expired,
+        "delete with a receipt of the deleted queue",
+    );
+    assert_err(
+        backend
+            .change_message_visibility(&queue, old.receipt(), Duration::ZERO)
+            .await,
+        is_lease_expired,
+        "release with a receipt of the deleted queue",
+    );
+    // In one batch, the old receipt first: each outcome is its own receipt's.
+    let batch = [old.receipt().clone(), current.receipt().clone()];
+    let outcomes = backend
+        .delete_messages(&queue, &batch)
+        .await
+        .expect("delete_messages");
+    assert!(
+        matches!(
+            outcomes.as_slice(),
+            [Err(MessagingError::LeaseExpired { .. }), Ok(())]
+        ),
+        "the old receipt, then the new holder's live one: {outcomes:?}"
+    );
+    assert_empty_for(backend, &queue, Duration::from_millis(300)).await;
+    cleanup(backend, &queue).await;
+}
+
 /// C15: a malformed receipt, or one from another queue, is `InvalidReceipt`.
 pub async fn foreign_and_malformed_receipts_are_invalid(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "foreign_receipt").await;

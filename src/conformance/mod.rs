@@ -83,6 +83,7 @@ macro_rules! conformance_tests {
             purge_spares_other_processes_leases,
             batch_settle_spares_other_processes_leases,
             a_fleet_keeps_up_with_a_trickle_of_sends,
+            a_receipt_used_in_another_process_spares_that_process_lease,
         );
         $crate::__conformance_cases!($backend;
             queue_names_are_validated_before_io,
@@ -99,6 +100,7 @@ macro_rules! conformance_tests {
             visibility_timeout_rounds_up_to_whole_seconds,
             delete_removes_message_and_stale_receipts_are_lease_expired,
             foreign_and_malformed_receipts_are_invalid,
+            receipts_from_before_a_queue_was_recreated_are_lease_expired,
             receipt_round_trips_through_text,
             change_visibility_extends_and_releases_leases,
             delete_messages_settles_each_receipt_on_its_own,

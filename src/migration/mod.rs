@@ -3,9 +3,11 @@
 //!
 //! Sends go to the target. Receives take from the source first, while it has
 //! ready messages, then from the target. A receipt keeps the format of the
-//! provider that issued it (`{provider}:{queue}:{id}:{lease}`), whose first
-//! field names its origin: deletes and visibility changes go to that side,
-//! so a receipt a plain backend issued before the switch keeps working.
+//! provider that issued it (`{provider}:{queue}:{scope}:{id}:{lease}`),
+//! whose first field names its origin: deletes and visibility changes go to
+//! that side, which checks the rest (the queue incarnation, or the RabbitMQ
+//! backend that received it) as a plain backend would, so a receipt a plain
+//! backend issued before the switch keeps working where it would there.
 
 mod side;
 mod stats;

@@ -164,6 +164,7 @@ impl crate::service::provide::Provide for InMemoryMessageService {
                 break;
             };
             let receipt = Receipt {
+                scope: q.incarnation(),
                 id,
                 lease: u64::from(receive_count),
             };

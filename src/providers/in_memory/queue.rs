@@ -24,8 +24,12 @@ pub(super) struct Received {
     pub receive_count: u32,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Queue {
+    /// Drawn when the queue is created: receipts name it, so that one from
+    /// before a delete and a create names no lease of this queue, whose ids
+    /// and receive counts start over.
+    incarnation: u64,
     next_id: u64,
     messages: BTreeMap<u64, Stored>,
     /// Ids of messages not leased, in FIFO order.
@@ -34,7 +38,24 @@ pub(super) struct Queue {
     leases: BTreeSet<(Instant, u64)>,
 }
 
+impl Default for Queue {
+    fn default() -> Self {
+        Self {
+            incarnation: crate::receipt::new_scope(),
+            next_id: 0,
+            messages: BTreeMap::new(),
+            ready: BTreeSet::new(),
+            leases: BTreeSet::new(),
+        }
+    }
+}
+
 impl Queue {
+    /// What this queue's receipts name as their scope.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
     pub fn push(&mut self, body: Box<str>) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
@@ -92,6 +113,9 @@ impl Queue {
 
     /// The live lease `receipt` names, if it is still held.
     fn live_lease(&self, receipt: Receipt) -> Option<Instant> {
+        if receipt.scope != self.incarnation {
+            return None;
+        }
         let stored = self.messages.get(&receipt.id)?;
         (u64::from(stored.receive_count) == receipt.lease)
             .then_some(stored.lease)

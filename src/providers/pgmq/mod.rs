@@ -3,8 +3,10 @@
 //! Reads and sends go through the `pgmq.*` functions with explicit column
 //! lists. Deletes and lease changes are guarded statements on the queue table
 //! itself, because `pgmq.delete`/`pgmq.set_vt` cannot check that the caller
-//! still holds the lease: a receipt is `msg_id` plus `read_ct`, and a statement
-//! that changes a message requires both, and an unexpired `vt`.
+//! still holds the lease: a receipt is `msg_id` plus `read_ct` plus the queue
+//! table's OID (`msg_id` and `read_ct` start over in a queue deleted and
+//! created again), and a statement that changes a message requires all
+//! three, and an unexpired `vt`.
 
 // Over 450 lines: each MessagingService call keeps its guarded SQL beside it.
 mod errors;
@@ -70,6 +72,8 @@ impl Drop for Lead<'_> {
 /// One row of `pgmq.read`.
 #[derive(sqlx::FromRow)]
 struct ReadRow {
+    /// The OID of the queue table read (its `tableoid`).
+    incarnation: i64,
     msg_id: i64,
     read_ct: i32,
     enqueued_at: DateTime<Utc>,
@@ -235,14 +239,19 @@ impl PgmqMessageService {
         &self.pool
     }
 
-    /// A receipt's lease as the queue table's (`msg_id`, `read_ct`).
+    /// A receipt's lease as the queue table's (`msg_id`, `read_ct`,
+    /// `tableoid`).
     fn lease_key(
         lease: Result<Receipt, MessagingError>,
         receipt: &ReceiptHandle,
-    ) -> Result<(i64, i32), MessagingError> {
+    ) -> Result<(i64, i32, i64), MessagingError> {
         let lease = lease?;
-        match (i64::try_from(lease.id), i32::try_from(lease.lease)) {
-            (Ok(msg_id), Ok(read_ct)) => Ok((msg_id, read_ct)),
+        match (
+            i64::try_from(lease.id),
+            i32::try_from(lease.lease),
+            i64::try_from(lease.scope),
+        ) {
+            (Ok(msg_id), Ok(read_ct), Ok(oid)) => Ok((msg_id, read_ct, oid)),
             _ => Err(MessagingError::InvalidReceipt {
                 receipt: receipt.to_string(),
                 reason: "receipt numbers out of range",
@@ -257,8 +266,8 @@ impl PgmqMessageService {
         }
     }
 
-    /// Runs a lease-guarded statement (`$1` msg_id, `$2` read_ct, then `extra`);
-    /// no matching row means the lease has ended.
+    /// Runs a lease-guarded statement (`$1` msg_id, `$2` read_ct, `$3` the
+    /// table's OID, then `extra`); no matching row means the lease has ended.
     async fn on_live_lease(
         &self,
         operation: &'static str,
@@ -268,10 +277,10 @@ impl PgmqMessageService {
         extra: Option<i32>,
     ) -> Result<(), MessagingError> {
         let lease = Receipt::decode(receipt, Provider::Pgmq, queue);
-        let (msg_id, read_ct) = Self::lease_key(lease, receipt)?;
+        let (msg_id, read_ct, oid) = Self::lease_key(lease, receipt)?;
         let done = self
             .run(operation, || async {
-                let mut query = sqlx::query(sql).bind(msg_id).bind(read_ct);
+                let mut query = sqlx::query(sql).bind(msg_id).bind(read_ct).bind(oid);
                 if let Some(extra) = extra {
                     query = query.bind(extra);
                 }
@@ -298,8 +307,13 @@ impl PgmqMessageService {
     ) -> Result<(Vec<QueuedMessage<T>>, Vec<(i64, DeadLetterReason)>), MessagingError> {
         let err = |e| db_error("receive_messages", e, Some(queue));
         let mut tx = self.pool.begin().await.map_err(err)?;
+        // The table's OID, for the receipts: looked up once, at the first
+        // row, after pgmq.read ran; the table it read stays locked against a
+        // drop until this transaction ends, so the OID is that table's.
         let rows: Vec<ReadRow> = sqlx::query_as(
-            "SELECT msg_id, read_ct, enqueued_at, vt, message::text AS body
+            "SELECT msg_id, read_ct, enqueued_at, vt, message::text AS body,
+                    (SELECT coalesce(to_regclass('pgmq.q_' || $1)::oid::bigint, 0))
+                        AS incarnation
              FROM pgmq.read($1, $2, $3)",
         )
         .bind(queue)
@@ -320,6 +334,7 @@ impl PgmqMessageService {
                     queue,
                     provider: Provider::Pgmq,
                     receipt: Receipt {
+                        scope: row.incarnation as u64,
                         id: row.msg_id as u64,
                         lease: u64::from(receive_count),
                     },
@@ -520,7 +535,8 @@ impl crate::service::provide::Provide for PgmqMessageService {
         let queue = queue.as_str();
         let sql = format!(
             "DELETE FROM pgmq.q_{queue}
-             WHERE msg_id = $1 AND read_ct = $2 AND vt > clock_timestamp()"
+             WHERE msg_id = $1 AND read_ct = $2 AND tableoid::bigint = $3
+               AND vt > clock_timestamp()"
         );
         self.on_live_lease("delete_message", &sql, queue, receipt, None)
             .await
@@ -537,22 +553,25 @@ impl crate::service::provide::Provide for PgmqMessageService {
             .zip(receipts)
             .map(|(lease, receipt)| Self::lease_key(lease, receipt))
             .collect();
-        let (ids, read_cts): (Vec<i64>, Vec<i32>) = keys.iter().flatten().copied().unzip();
+        let ids: Vec<i64> = keys.iter().flatten().map(|key| key.0).collect();
+        let read_cts: Vec<i32> = keys.iter().flatten().map(|key| key.1).collect();
+        let oids: Vec<i64> = keys.iter().flatten().map(|key| key.2).collect();
         let mut deleted = HashSet::new();
         if !ids.is_empty() {
-            // The guard of delete_message, for every (msg_id, read_ct) at once.
+            // The guard of delete_message, for every (msg_id, read_ct, oid) at once.
             let sql = format!(
                 "DELETE FROM pgmq.q_{queue} AS q
-                 USING unnest($1::bigint[], $2::int[]) AS r(msg_id, read_ct)
+                 USING unnest($1::bigint[], $2::int[], $3::bigint[]) AS r(msg_id, read_ct, oid)
                  WHERE q.msg_id = r.msg_id AND q.read_ct = r.read_ct
-                   AND q.vt > clock_timestamp()
-                 RETURNING q.msg_id, q.read_ct"
+                   AND q.tableoid::bigint = r.oid AND q.vt > clock_timestamp()
+                 RETURNING q.msg_id, q.read_ct, q.tableoid::bigint"
             );
-            let rows: Vec<(i64, i32)> = self
+            let rows: Vec<(i64, i32, i64)> = self
                 .run("delete_messages", || async {
                     sqlx::query_as(&sql)
                         .bind(&ids)
                         .bind(&read_cts)
+                        .bind(&oids)
                         .fetch_all(&self.pool)
                         .await
                         .map_err(|e| db_error("delete_messages", e, Some(queue)))
@@ -583,8 +602,9 @@ impl crate::service::provide::Provide for PgmqMessageService {
         let secs = i32::try_from(lease::lease_secs(visibility_timeout, 0)?)
             .map_err(|_| MessagingError::invalid_argument("visibility timeout too large"))?;
         let sql = format!(
-            "UPDATE pgmq.q_{queue} SET vt = clock_timestamp() + make_interval(secs => $3)
-             WHERE msg_id = $1 AND read_ct = $2 AND vt > clock_timestamp()"
+            "UPDATE pgmq.q_{queue} SET vt = clock_timestamp() + make_interval(secs => $4)
+             WHERE msg_id = $1 AND read_ct = $2 AND tableoid::bigint = $3
+               AND vt > clock_timestamp()"
         );
         self.on_live_lease(
             "change_message_visibility",

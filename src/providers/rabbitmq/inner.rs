@@ -15,7 +15,9 @@ use std::{
 use tokio::sync::watch;
 
 use super::{admin::Admin, connection::DataConnection, slot::Slot};
-use crate::{dead_letter::DeadLetterPolicy, MessagingError, QueuesConfig, RabbitMqConfig};
+use crate::{
+    dead_letter::DeadLetterPolicy, receipt::Receipt, MessagingError, QueuesConfig, RabbitMqConfig,
+};
 
 pub(super) struct Inner {
     pub(super) config: RabbitMqConfig,
@@ -28,6 +30,10 @@ pub(super) struct Inner {
     /// Queues this backend created, declared again after a reconnect.
     pub(super) declared: Mutex<BTreeSet<String>>,
     pub(super) epochs: AtomicU64,
+    /// Drawn at connect; every receipt this backend issues names it. Tags
+    /// and epochs restart in every process, and only this backend's
+    /// connection can settle its deliveries.
+    pub(super) holder: u64,
     /// Dropping it stops the background tasks.
     pub(super) _stop: watch::Sender<()>,
 }
@@ -54,6 +60,19 @@ impl Drop for Inner {
 impl Inner {
     pub(super) fn broker_consumer_timeout(&self) -> Duration {
         Duration::from_millis(self.config.broker_consumer_timeout_ms)
+    }
+
+    /// The `(epoch, tag)` a receipt names in this backend's lease tables:
+    /// one from another backend names epoch 0, which no channel has, so it
+    /// is never live here (`LeaseExpired`) and never settles a delivery of
+    /// ours that happens to share its tag and epoch.
+    pub(super) fn lease_key(&self, lease: &Receipt) -> (u64, u64) {
+        let epoch = if lease.scope == self.holder {
+            lease.lease
+        } else {
+            0
+        };
+        (epoch, lease.id)
     }
 
     pub(super) fn next_epoch(&self) -> u64 {

@@ -14,6 +14,10 @@
 //!   counts and ages are `None`.
 //! - A receipt names its queue channel's epoch: a reconnect (or a new
 //!   channel) ends the leases of the old one, and the broker requeues them.
+//!   It also names this backend (an id drawn at connect): a receipt used in
+//!   another process is `LeaseExpired` there, since only the receiving
+//!   connection can settle a delivery, and tags and epochs restart in every
+//!   process.
 //!
 //! Retries and the circuit breaker (the shared `Resilience`) wrap each call
 //! that waits for the broker and is safe to repeat under at-least-once
@@ -138,6 +142,7 @@ impl RabbitMqMessageService {
             slots: Mutex::default(),
             declared: Mutex::default(),
             epochs: AtomicU64::new(0),
+            holder: crate::receipt::new_scope(),
             _stop: stop,
         });
         tokio::spawn(connection::supervise(
@@ -250,12 +255,13 @@ impl RabbitMqMessageService {
         requeue: bool,
     ) -> Result<(), MessagingError> {
         let lease = Receipt::decode(receipt, Provider::RabbitMq, queue)?;
+        let (epoch, tag) = self.inner.lease_key(&lease);
         let channel = self
             .inner
             .existing_slot(queue)
-            .and_then(|slot| slot.leases.take(lease.lease, lease.id));
+            .and_then(|slot| slot.leases.take(epoch, tag));
         match channel {
-            Some(channel) => match channel.settle(lease.id, requeue).await {
+            Some(channel) => match channel.settle(tag, requeue).await {
                 Ok(()) => Ok(()),
                 // The channel died with its deliveries: the broker requeued this one.
                 Err(_) => Err(Self::lease_expired(queue, receipt)),
@@ -469,7 +475,7 @@ impl crate::service::provide::Provide for RabbitMqMessageService {
         let leases = Receipt::decode_all(receipts, Provider::RabbitMq, queue);
         let keys: Vec<Option<(u64, u64)>> = leases
             .iter()
-            .map(|lease| lease.as_ref().ok().map(|lease| (lease.lease, lease.id)))
+            .map(|lease| lease.as_ref().ok().map(|lease| self.inner.lease_key(lease)))
             .collect();
         if keys.iter().all(Option::is_none) {
             return Ok(leases.into_iter().map(|lease| lease.map(drop)).collect());
@@ -537,9 +543,10 @@ impl crate::service::provide::Provide for RabbitMqMessageService {
             return Err(self.no_lease(OPERATION, queue, receipt).await);
         };
         let deadline = Instant::now() + Duration::from_secs(secs);
+        let (epoch, tag) = self.inner.lease_key(&lease);
         match slot.leases.extend(
-            lease.lease,
-            lease.id,
+            epoch,
+            tag,
             deadline,
             self.inner.broker_consumer_timeout(),
         ) {

@@ -381,6 +381,7 @@ impl Slot {
                     queue: &self.queue,
                     provider: Provider::RabbitMq,
                     receipt: Receipt {
+                        scope: inner.holder,
                         id: taken.tag,
                         lease: epoch,
                     },
