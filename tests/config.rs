@@ -179,6 +179,11 @@ fn unknown_keys_and_out_of_range_values_are_named() {
             "queues.namespaces",
         ),
         (
+            // A queue named like a dead-letter queue (C1).
+            "[queues]\nnamespace_pattern = \"{namespace}_dlq\"\nnamespaces = [\"orders\"]\n",
+            "queues.namespaces",
+        ),
+        (
             "[pgmq]\ndatabase_url = \"postgres://h/db\"\npool_size = 0\n",
             "pgmq.pool_size",
         ),
