@@ -1,0 +1,1 @@
+//! Regression cases the fleet check found, shrunk by hand.
