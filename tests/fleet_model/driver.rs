@@ -102,7 +102,7 @@ pub async fn run(processes: Vec<MessageBackend>, drain: MessageBackend, plan: Pl
     let mut workers = Vec::new();
     for (p, backend) in processes.iter().enumerate() {
         for w in 0..plan.workers_per_process {
-            let rng = StdRng::seed_from_u64(plan.seed ^ ((p * 16 + w) as u64 + 1) * 0x9E37_79B9);
+            let rng = StdRng::seed_from_u64(plan.seed ^ (((p * 16 + w) as u64 + 1) * 0x9E37_79B9));
             let worker = Worker {
                 shared: Arc::clone(&shared),
                 backend: Arc::clone(backend),

@@ -121,9 +121,14 @@ fn plan() -> driver::Plan {
     }
 }
 
-/// Runs the fleet on `variant` and fails with the seed and the violations.
+/// Runs the fleet on `variant` as the environment says, and fails with the
+/// seed and the violations.
 pub async fn fleet_keeps_the_contract(name: &str, variant: Variant) {
-    let plan = plan();
+    run_and_check(name, variant, plan()).await;
+}
+
+/// Runs `plan` on `variant` and fails with the seed and the violations.
+pub async fn run_and_check(name: &str, variant: Variant, plan: driver::Plan) {
     let processes = variant.processes(3).await;
     let drain = match variant {
         Variant::Plain(Provider::InMemory) => processes[0].clone(),
@@ -184,6 +189,20 @@ macro_rules! fleet_model {
                 async fn random_fleet_keeps_the_contract() {
                     crate::fleet_keeps_the_contract(stringify!($name), $variant).await;
                 }
+
+                fleet_model!(@regressions $variant;
+                    a_receipt_through_another_process_settles_only_its_own_lease,
+                    a_receipt_from_a_deleted_queue_settles_nothing,
+                    dropped_calls_on_a_small_pool_lose_nothing,
+                );
+            }
+        )+
+    };
+    (@regressions $variant:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                crate::regressions::$case($variant).await;
             }
         )+
     };
