@@ -35,8 +35,8 @@ pub struct Plan {
     pub seed: u64,
     pub run_for: Duration,
     pub workers_per_process: usize,
-    /// Drop calls mid-flight.
-    pub cancel: bool,
+    /// The share of calls dropped mid-flight.
+    pub cancel_rate: f64,
     /// Use receipts through other processes than their holder's.
     pub cross_receipts: bool,
     /// Delete and re-create queue 1.
@@ -267,7 +267,7 @@ impl Worker {
         let mut cancelled = 0;
         while self.shared.now() < self.shared.plan.run_for {
             let q = usize::from(self.rng.gen_bool(0.4));
-            let cancel = (self.shared.plan.cancel && self.rng.gen_bool(0.25)).then(|| {
+            let cancel = self.rng.gen_bool(self.shared.plan.cancel_rate).then(|| {
                 if self.rng.gen_bool(0.5) {
                     Cancel::After(Duration::from_micros(self.rng.gen_range(0..3_000)))
                 } else {

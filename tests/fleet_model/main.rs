@@ -114,7 +114,7 @@ fn plan() -> driver::Plan {
         seed,
         run_for: Duration::from_secs_f64(secs),
         workers_per_process: 2,
-        cancel: !off.contains(&"cancel"),
+        cancel_rate: if off.contains(&"cancel") { 0.0 } else { 0.25 },
         cross_receipts: !off.contains(&"cross"),
         recreate: !off.contains(&"recreate"),
         purge: !off.contains(&"purge"),

@@ -85,15 +85,15 @@ pub async fn a_receipt_from_a_deleted_queue_settles_nothing(variant: Variant) {
 }
 
 /// The fleet with only dropped calls (no foreign receipts, purges or queue
-/// re-creation) for 3 s, from a seed that found `Ok` sends lost and `Ok`
-/// deletes undone on PGMQ with a pool of 2: a receive dropped inside its
-/// transaction left the connection in it for the next callers.
+/// re-creation), half of them dropped, from a seed that found `Ok` sends
+/// lost and `Ok` deletes undone on PGMQ with a pool of 2: a receive dropped
+/// inside its transaction left the connection in it for the next callers.
 pub async fn dropped_calls_on_a_small_pool_lose_nothing(variant: Variant) {
     let plan = driver::Plan {
         seed: 12_177_493_055_986_247_498,
-        run_for: Duration::from_secs(3),
-        workers_per_process: 2,
-        cancel: true,
+        run_for: Duration::from_secs(4),
+        workers_per_process: 3,
+        cancel_rate: 0.5,
         cross_receipts: false,
         recreate: false,
         purge: false,
