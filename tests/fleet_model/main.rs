@@ -194,6 +194,7 @@ macro_rules! fleet_model {
                     a_receipt_through_another_process_settles_only_its_own_lease,
                     a_receipt_from_a_deleted_queue_settles_nothing,
                     dropped_calls_on_a_small_pool_lose_nothing,
+                    a_queue_recreated_under_use_spares_other_leases,
                 );
             }
         )+

@@ -100,3 +100,60 @@ pub async fn dropped_calls_on_a_small_pool_lose_nothing(variant: Variant) {
     };
     crate::run_and_check("dropped calls on a small pool", variant, plan).await;
 }
+
+/// Deleting and re-creating a queue that other processes use leaves their
+/// leases on other queues alone. Found on RabbitMQ: leases on a queue no one
+/// deleted came back to other processes at once.
+pub async fn a_queue_recreated_under_use_spares_other_leases(variant: Variant) {
+    let processes = variant.processes(2).await;
+    let (a, b) = (&processes[0], &processes[1]);
+    let kept = unique_queue("fleet_kept");
+    let doomed = unique_queue("fleet_doomed");
+    for queue in [&kept, &doomed] {
+        a.create_queue(queue).await.expect("create_queue");
+    }
+    a.send_message(&kept, &step()).await.expect("send");
+    let held = receive_one(a, &kept).await;
+    for round in 0..20u64 {
+        let use_it = async {
+            let _ = a.send_message(&doomed, &step()).await;
+            let got = a
+                .receive_messages::<SimpleStepMessage>(&doomed, 1, LEASE)
+                .await;
+            let _ = a
+                .receive_messages_wait::<SimpleStepMessage>(
+                    &doomed,
+                    1,
+                    LEASE,
+                    Duration::from_millis(50),
+                )
+                .await;
+            if let Ok(got) = got {
+                for m in got {
+                    let _ = a.delete_message(&doomed, m.receipt()).await;
+                }
+            }
+        };
+        let recreate = async {
+            tokio::time::sleep(Duration::from_millis(round % 7)).await;
+            let _ = b.delete_queue(&doomed).await;
+            let _ = b.create_queue(&doomed).await;
+        };
+        tokio::join!(use_it, recreate);
+        let _ = a.create_queue(&doomed).await;
+    }
+    let stolen = b
+        .receive_messages::<SimpleStepMessage>(&kept, 10, LEASE)
+        .await
+        .expect("receive_messages");
+    assert!(
+        stolen.is_empty(),
+        "a message leased on {kept} was handed out again"
+    );
+    a.delete_message(&kept, held.receipt())
+        .await
+        .unwrap_or_else(|e| panic!("the lease on {kept} was lost: {e}"));
+    for queue in [&kept, &doomed] {
+        a.delete_queue(queue).await.expect("delete_queue");
+    }
+}
