@@ -111,6 +111,7 @@ macro_rules! conformance_tests {
             waiting_receive_wakes_within_100ms_of_a_send,
             waiting_receive_returns_empty_after_the_wait,
             waiting_receive_sees_a_lease_that_ran_out,
+            waiting_receive_sees_what_reaches_the_old_side,
         );
     };
 }
