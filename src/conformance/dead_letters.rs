@@ -270,10 +270,14 @@ pub async fn a_rolling_deploy_hands_newer_messages_to_the_newer_worker(backend: 
         NEWER,
         "every newer message reached the new worker"
     );
+    // First hand-outs only; on RabbitMQ a waiting consumer cancelled at its
+    // deadline may race a delivery, counted once more without a hand-out
+    // (C28's exception): one such message of 50 is allowed there.
+    let recounted: Vec<_> = newer.iter().filter(|(_, count)| *count > 1).collect();
+    let allowed = usize::from(backend.provider() == crate::Provider::RabbitMq);
     assert!(
-        newer.iter().all(|(_, count)| *count == 1),
-        "first hand-outs only: {:?}",
-        newer.iter().filter(|(_, c)| *c > 1).collect::<Vec<_>>()
+        recounted.len() <= allowed && recounted.iter().all(|(_, count)| *count == 2),
+        "first hand-outs only: {recounted:?}"
     );
     assert_eq!(steps.len(), STEPS, "every step reached an old worker");
     cleanup(backend, &queue).await;
