@@ -89,6 +89,6 @@ log "Ruby suite (bindings/ruby/test)"
 # A debug build shares the test build's dependencies (no release tree to build).
 bash scripts/build-ruby-ext.sh --debug
 ruby_suite() { (cd bindings/ruby && MT_CPU=${MT_CPU:-6} ruby -Itest -e 'ARGV.each { |f| require File.expand_path(f) }' "$@"); }
-ruby_suite test/contract_test.rb test/boundary_test.rb test/fork_test.rb test/types_test.rb
+ruby_suite test/contract_test.rb test/boundary_test.rb test/fork_test.rb test/types_test.rb test/wait_test.rb
 ruby_suite test/config_test.rb   # changes ENV: a process of its own
 ruby_suite test/threads_test.rb  # timed: alone

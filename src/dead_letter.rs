@@ -6,8 +6,8 @@
 pub(crate) enum DeadLetterReason {
     /// Received `max_receive_count` times without being deleted.
     MaxReceives,
-    /// The body is not JSON, or no receiver decoded it in
-    /// `max_receive_count` deliveries.
+    /// The body is not JSON, or no receiver read it within its grace
+    /// ([`DeadLetterPolicy::other_shape_grace`]).
     Poison,
 }
 
@@ -34,7 +34,8 @@ pub(crate) enum Decoding {
 pub(crate) enum Verdict {
     /// Hand it to the caller.
     Deliver,
-    /// Make it ready again at once for other receivers; this delivery counts.
+    /// Make it ready again at once for other receivers. Not a hand-out: the
+    /// provider takes this read back out of the receive count.
     Release,
     /// Move it to the dead-letter queue, in the same step as the read.
     DeadLetter(DeadLetterReason),
@@ -56,23 +57,40 @@ impl DeadLetterPolicy {
         (!queue.ends_with(&self.suffix)).then(|| format!("{queue}{}", self.suffix))
     }
 
+    /// How long a message of another shape stays on its queue after a
+    /// receiver that cannot read it first met it, before such a receiver
+    /// moves it: `max_receive_count` leases of that receiver (`lease`), the
+    /// time a readable message that is never deleted takes to be dead-lettered.
+    pub(crate) fn other_shape_grace(&self, lease: std::time::Duration) -> std::time::Duration {
+        lease.saturating_mul(self.max_receive_count)
+    }
+
     /// What to do with a delivery of a message from `queue` that has now been
-    /// received `receive_count` times (this delivery included).
+    /// handed out `receive_count` times (this delivery included).
     ///
     /// A body of another shape is released for other receivers (in a rolling
-    /// deploy, a newer worker may read what an older one cannot), and moves
-    /// once it has been received `max_receive_count` times. A body that is
-    /// not JSON moves at once. A dead-letter queue has no dead-letter queue:
-    /// its messages are never moved, and one that is not JSON is held (left
-    /// leased) for an operator.
-    pub(crate) fn verdict(&self, queue: &str, receive_count: u32, decoding: Decoding) -> Verdict {
+    /// deploy, a newer worker may read what an older one cannot), and that
+    /// read is no hand-out: it does not count towards `max_receive_count`.
+    /// It moves once `other_shape_for` (the time since a receiver that cannot
+    /// read it first met it) has reached [`other_shape_grace`](Self::other_shape_grace)
+    /// of this receive's `lease`. A body that is not JSON moves at once. A
+    /// dead-letter queue has no dead-letter queue: its messages are never
+    /// moved, and one that is not JSON is held (left leased) for an operator.
+    pub(crate) fn verdict(
+        &self,
+        queue: &str,
+        receive_count: u32,
+        decoding: Decoding,
+        other_shape_for: std::time::Duration,
+        lease: std::time::Duration,
+    ) -> Verdict {
         let has_dlq = self.dead_letter_queue(queue).is_some();
         match decoding {
             Decoding::Ok if has_dlq && receive_count > self.max_receive_count => {
                 Verdict::DeadLetter(DeadLetterReason::MaxReceives)
             }
             Decoding::Ok => Verdict::Deliver,
-            Decoding::OtherShape if has_dlq && receive_count >= self.max_receive_count => {
+            Decoding::OtherShape if has_dlq && other_shape_for >= self.other_shape_grace(lease) => {
                 Verdict::DeadLetter(DeadLetterReason::Poison)
             }
             Decoding::OtherShape => Verdict::Release,
@@ -104,6 +122,8 @@ impl DeadLetterPolicy {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn policy() -> DeadLetterPolicy {
@@ -125,26 +145,38 @@ mod tests {
     #[test]
     fn verdicts() {
         let p = policy();
-        assert_eq!(p.verdict("q", 3, Decoding::Ok), Verdict::Deliver);
+        let (zero, lease) = (Duration::ZERO, Duration::from_secs(30));
+        let v = |queue, count, decoding, since| p.verdict(queue, count, decoding, since, lease);
+        assert_eq!(v("q", 3, Decoding::Ok, zero), Verdict::Deliver);
         assert_eq!(
-            p.verdict("q", 4, Decoding::Ok),
+            v("q", 4, Decoding::Ok, zero),
             Verdict::DeadLetter(DeadLetterReason::MaxReceives)
         );
-        assert_eq!(p.verdict("q", 1, Decoding::OtherShape), Verdict::Release);
-        assert_eq!(p.verdict("q", 2, Decoding::OtherShape), Verdict::Release);
+        // Another shape: released however often it was met, until the grace
+        // of max_receive_count leases has passed since it was first met.
+        assert_eq!(v("q", 1, Decoding::OtherShape, zero), Verdict::Release);
+        assert_eq!(v("q", 9, Decoding::OtherShape, zero), Verdict::Release);
+        let grace = Duration::from_secs(90);
+        assert_eq!(p.other_shape_grace(lease), grace);
         assert_eq!(
-            p.verdict("q", 3, Decoding::OtherShape),
-            Verdict::DeadLetter(DeadLetterReason::Poison)
-        );
-        assert_eq!(
-            p.verdict("q", 1, Decoding::NotJson),
-            Verdict::DeadLetter(DeadLetterReason::Poison)
-        );
-        assert_eq!(p.verdict("q_dlq", 9, Decoding::Ok), Verdict::Deliver);
-        assert_eq!(
-            p.verdict("q_dlq", 9, Decoding::OtherShape),
+            v(
+                "q",
+                1,
+                Decoding::OtherShape,
+                grace - Duration::from_millis(1)
+            ),
             Verdict::Release
         );
-        assert_eq!(p.verdict("q_dlq", 1, Decoding::NotJson), Verdict::Hold);
+        assert_eq!(
+            v("q", 1, Decoding::OtherShape, grace),
+            Verdict::DeadLetter(DeadLetterReason::Poison)
+        );
+        assert_eq!(
+            v("q", 1, Decoding::NotJson, zero),
+            Verdict::DeadLetter(DeadLetterReason::Poison)
+        );
+        assert_eq!(v("q_dlq", 9, Decoding::Ok, zero), Verdict::Deliver);
+        assert_eq!(v("q_dlq", 9, Decoding::OtherShape, grace), Verdict::Release);
+        assert_eq!(v("q_dlq", 1, Decoding::NotJson, zero), Verdict::Hold);
     }
 }

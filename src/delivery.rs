@@ -22,6 +22,11 @@ pub(crate) struct Delivery<'a> {
     /// Receives of the message, this one included.
     pub receive_count: u32,
     pub lease_ends: DateTime<Utc>,
+    /// The lease this receive takes.
+    pub lease: std::time::Duration,
+    /// How long ago a receiver that could not read it first met it (zero if
+    /// none has).
+    pub other_shape_for: std::time::Duration,
     /// The body; one that is not UTF-8 is passed as `""` (not JSON).
     pub body: &'a str,
 }
@@ -30,7 +35,8 @@ pub(crate) struct Delivery<'a> {
 pub(crate) enum Outcome<T> {
     /// Hand it to the caller.
     Deliver(QueuedMessage<T>),
-    /// Make it ready again at once (another shape; this delivery counts).
+    /// Make it ready again at once (another shape), taking this read back
+    /// out of its receive count: it was no hand-out.
     Release,
     /// Move it to the dead-letter queue.
     DeadLetter(DeadLetterReason),
@@ -44,7 +50,13 @@ pub(crate) fn assemble<T: QueueMessage>(
     delivery: Delivery<'_>,
 ) -> Outcome<T> {
     let decoded = codec::decode_as::<T>(delivery.body);
-    let verdict = policy.verdict(delivery.queue, delivery.receive_count, decoded.decoding());
+    let verdict = policy.verdict(
+        delivery.queue,
+        delivery.receive_count,
+        decoded.decoding(),
+        delivery.other_shape_for,
+        delivery.lease,
+    );
     match (verdict, decoded) {
         (Verdict::Deliver, Decoded::Message(message)) => Outcome::Deliver(QueuedMessage {
             metadata: QueuedMessageMetadata {

@@ -112,6 +112,7 @@ pub use transfer::{
     move_messages, move_messages_with_progress, redrive_dead_letters, MoveError, MoveReport,
     RawMessage,
 };
+pub use wait::wait_deadline;
 
 /// The README's examples, compiled as doctests so they keep working when copied.
 #[doc = include_str!("../README.md")]

@@ -62,8 +62,9 @@ pub trait MessagingService {
     /// receive (C9, C10, C12) until the lease ends, when it comes back with
     /// `receive_count` one higher (C11). After `max_receive_count` deliveries
     /// a message moves to the dead-letter queue instead (C18); one that does
-    /// not decode as `T` is released at once for receivers that read it, and
-    /// one that is not JSON moves at once (C19).
+    /// not decode as `T` takes its place among the `max_messages` read and is
+    /// put back at once for receivers that read it, without counting as a
+    /// delivery, and one that is not JSON moves at once (C19).
     async fn receive_messages<T: QueueMessage>(
         &self,
         queue: &str,

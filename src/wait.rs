@@ -18,12 +18,21 @@ use crate::{
 /// rounding never overflow an `Instant`.
 const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
 
-/// When a wait of `wait` starting now ends; `None` when it has no end.
-pub(crate) fn deadline(wait: Duration) -> Option<Instant> {
+/// When a wait of `wait` that starts at `start` ends; `None` when it has no
+/// end. The one rule every waiting receive uses, bindings included: a wait
+/// of 30 years or more (`Duration::MAX` among them) lasts until a message
+/// comes, and so does one whose end no `Instant` can represent, so no wait
+/// ever overflows.
+pub fn wait_deadline(start: std::time::Instant, wait: Duration) -> Option<std::time::Instant> {
     if wait >= FOREVER {
         return None;
     }
-    Instant::now().checked_add(wait)
+    start.checked_add(wait)
+}
+
+/// [`wait_deadline`] from now, on tokio's clock (tests may pause it).
+pub(crate) fn deadline(wait: Duration) -> Option<Instant> {
+    wait_deadline(Instant::now().into_std(), wait).map(Instant::from_std)
 }
 
 /// A deadline for a timer that stands for "no deadline": re-armed when reached.
@@ -154,6 +163,15 @@ mod tests {
         assert!(deadline(Duration::ZERO).is_some_and(|d| d <= Instant::now()));
         let hour = deadline(Duration::from_secs(3600)).expect("an hour has an end");
         assert!(hour > Instant::now() + Duration::from_secs(3599));
+        // 1e19 s (the Ruby binding's `wait: 1e19`) overflows no clock.
+        let huge = Duration::from_secs_f64(1e19);
+        assert!(wait_deadline(std::time::Instant::now(), huge).is_none());
+        assert!(deadline(huge).is_none());
+        let start = std::time::Instant::now();
+        assert_eq!(
+            wait_deadline(start, Duration::from_secs(5)),
+            Some(start + Duration::from_secs(5))
+        );
         // tokio rounds a timer's deadline up by under a millisecond.
         let _ = far_future() + Duration::from_millis(1);
     }

@@ -106,6 +106,8 @@ macro_rules! conformance_tests {
             delete_messages_settles_each_receipt_on_its_own,
             max_receive_count_moves_message_to_dead_letter_queue,
             message_of_another_shape_is_released_then_dead_lettered,
+            a_receive_of_one_that_meets_another_shape_first_returns_nothing,
+            a_rolling_deploy_hands_newer_messages_to_the_newer_worker,
             concurrent_receivers_never_share_a_message,
             cancelled_calls_lose_nothing,
             queue_stats_count_ready_leased_and_dead_letters,
@@ -114,6 +116,7 @@ macro_rules! conformance_tests {
             waiting_receive_wakes_within_100ms_of_a_send,
             waiting_receive_returns_empty_after_the_wait,
             waiting_receive_sees_a_lease_that_ran_out,
+            waiting_receive_sees_what_reaches_the_old_side,
         );
     };
 }

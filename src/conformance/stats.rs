@@ -38,11 +38,13 @@ pub async fn queue_stats_count_ready_leased_and_dead_letters(backend: &MessageBa
     }
     assert_eq!(stats.dead_letter_count, Some(0));
     // Drain: the message of another shape is released on each receive and
-    // moves to the dead-letter queue after max_receive_count of them.
-    let mut rest = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // moves to the dead-letter queue once max_receive_count leases (of LEASE
+    // here) have passed since the first.
+    let mut rest = receive(backend, &queue, 10, LONG_LEASE).await;
+    let max = backend.queues_config().max_receive_count;
+    let deadline = Instant::now() + LEASE * max + Duration::from_secs(5);
     let stats = loop {
-        rest.extend(receive(backend, &queue, 10, LONG_LEASE).await);
+        rest.extend(receive(backend, &queue, 10, LEASE).await);
         let stats = backend.get_queue_stats(&queue).await.expect("stats");
         let drained = stats.message_count == 0 && stats.dead_letter_count == Some(1);
         if (rest.len() == 2 && drained) || Instant::now() > deadline {

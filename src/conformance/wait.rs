@@ -84,3 +84,103 @@ pub async fn waiting_receive_sees_a_lease_that_ran_out(backend: &MessageBackend)
     );
     cleanup(backend, &queue).await;
 }
+
+/// C24, C26: while old and new processes run side by side, a waiting receive
+/// sees what reaches the side the old ones use. On a migrating backend the
+/// "old process" is its source provider on its own: a message sent there
+/// during the wait is returned within one `queues.wait_poll_interval_ms`
+/// (plus a round trip), and one whose source lease runs out during the wait
+/// is returned with `receive_count` one higher. On a plain backend the old
+/// process is the backend itself, and the send wakes it within 100 ms.
+pub async fn waiting_receive_sees_what_reaches_the_old_side(backend: &MessageBackend) {
+    match backend.migration() {
+        Some(migrating) => {
+            let poll = backend.queues_config().wait_poll_interval();
+            let bound = poll + Duration::from_millis(500);
+            sees_the_old_side(backend, migrating.source(), bound).await;
+        }
+        None => sees_the_old_side(backend, backend, Duration::from_millis(100)).await,
+    }
+}
+
+async fn sees_the_old_side<O: MessagingService + Sync>(
+    backend: &MessageBackend,
+    old: &O,
+    bound: Duration,
+) {
+    let queue = fresh_queue(backend, "wait_old_side").await;
+    // A long-running worker has looked at the queue before.
+    let warm_up: Vec<QueuedMessage<SimpleStepMessage>> = backend
+        .receive_messages_wait(&queue, 1, LONG_LEASE, Duration::from_millis(300))
+        .await
+        .expect("warm-up wait");
+    assert!(warm_up.is_empty());
+
+    // A send by an old process during the wait.
+    let message = step();
+    let waiting = async {
+        let got: Vec<QueuedMessage<SimpleStepMessage>> = backend
+            .receive_messages_wait(&queue, 10, LONG_LEASE, Duration::from_secs(4))
+            .await
+            .expect("waiting receive");
+        (got, Instant::now())
+    };
+    let sending = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        old.send_message(&queue, &message)
+            .await
+            .expect("old process send");
+        Instant::now()
+    };
+    let ((got, woke), sent) = tokio::join!(waiting, sending);
+    let latency = woke.saturating_duration_since(sent);
+    assert_eq!(
+        got.len(),
+        1,
+        "the old process's send is seen within the wait"
+    );
+    assert_eq!(got[0].message, message);
+    assert!(
+        latency < bound,
+        "woke {latency:?} after the old process's send (bound {bound:?})"
+    );
+    backend
+        .delete_message(&queue, got[0].receipt())
+        .await
+        .expect("delete");
+
+    // An old process's lease that runs out during the wait.
+    let message = step();
+    old.send_message(&queue, &message)
+        .await
+        .expect("old process send");
+    let first: QueuedMessage<SimpleStepMessage> = {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut got = old
+                .receive_messages(&queue, 1, LEASE)
+                .await
+                .expect("old process receive");
+            if let Some(one) = got.pop() {
+                break one;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the old process received nothing"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert_eq!(first.message, message);
+    let got: Vec<QueuedMessage<SimpleStepMessage>> = backend
+        .receive_messages_wait(&queue, 10, LONG_LEASE, Duration::from_secs(5))
+        .await
+        .expect("waiting receive");
+    assert_eq!(got.len(), 1, "the old process's expired lease comes back");
+    assert_eq!(got[0].message, message);
+    assert_eq!(
+        got[0].metadata.receive_count,
+        first.metadata.receive_count + 1
+    );
+    cleanup(backend, &queue).await;
+}

@@ -36,9 +36,10 @@ use crate::{
 ///   A source found with nothing ready is looked at again after
 ///   `queues.wait_poll_interval_ms` (so once it is drained a receive costs
 ///   what it costs on the target alone); a waiting receive with nothing on
-///   the source waits on the target. A message reaching the source meanwhile
-///   (sent or released by a process still on the old configuration) is
-///   taken by a receive after that interval, or after the wait. A transient source
+///   the source waits on the target and looks at the source again each time
+///   that interval ends. A message reaching the source meanwhile (sent or
+///   released by a process still on the old configuration) is so taken
+///   within about one interval, by a receive or a wait. A transient source
 ///   failure does not stop receives from the target: it is logged and the
 ///   source is left for the next receive.
 /// - Receipts are the issuing provider's own, so `delete_message` and
@@ -215,6 +216,18 @@ impl MigratingMessageService {
         Ok(got)
     }
 
+    /// How long until the source of `queue` is looked at again (at most one
+    /// `queues.wait_poll_interval_ms`).
+    fn until_next_look(&self, queue: &str) -> Duration {
+        let poll = self.queues_config().wait_poll_interval();
+        lock(&self.source_idle)
+            .get(queue)
+            .map_or(poll, |until| {
+                until.saturating_duration_since(Instant::now())
+            })
+            .clamp(Duration::from_millis(1), poll)
+    }
+
     /// A source result where a missing queue is `None`.
     fn on_source<T>(result: Result<T, MessagingError>) -> Result<Option<T>, MessagingError> {
         match result {
@@ -293,21 +306,35 @@ impl Provide for MigratingMessageService {
         wait: Duration,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
         lease::check_max_messages(max_messages)?;
-        let got = self
-            .take_from_source(queue, max_messages, visibility_timeout)
-            .await?;
-        if !got.is_empty() {
-            return self
-                .fill_from_target(queue, got, max_messages, visibility_timeout)
-                .await;
+        // Old processes may still send to (or release leases on) the source,
+        // so the wait looks there each time its idle interval ends, and waits
+        // on the target, where sends go, in between. A RabbitMQ target's
+        // waiting consumer is restarted at each look (see C28's exception).
+        let deadline = crate::wait::deadline(wait);
+        loop {
+            let got = self
+                .take_from_source(queue, max_messages, visibility_timeout)
+                .await?;
+            if !got.is_empty() {
+                return self
+                    .fill_from_target(queue, got, max_messages, visibility_timeout)
+                    .await;
+            }
+            let now = tokio::time::Instant::now();
+            let slice = self.until_next_look(queue.as_str());
+            let slice = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(now).min(slice),
+                None => slice,
+            };
+            let got = self
+                .target
+                .receive_messages_wait(queue, max_messages, visibility_timeout, slice)
+                .await?;
+            let over = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            if !got.is_empty() || over {
+                return Ok(got);
+            }
         }
-        // The wait is on the target, where sends go, in one piece: cutting a
-        // RabbitMQ waiting consumer short can race a delivery, which the
-        // broker then hands back counted. The source is looked at again by
-        // the next receive.
-        self.target
-            .receive_messages_wait(queue, max_messages, visibility_timeout, wait)
-            .await
     }
 
     async fn delete_message(

@@ -14,8 +14,8 @@ use magnus::{
     Error, IntoValue, RArray, RHash, Ruby, Value,
 };
 use tasker_messaging::{
-    MessageBackend, MessagingConfig, MessagingError, MessagingService, Provider, QueuedMessage,
-    ReceiptHandle,
+    wait_deadline, MessageBackend, MessagingConfig, MessagingError, MessagingService, Provider,
+    QueuedMessage, ReceiptHandle,
 };
 
 use crate::{
@@ -192,18 +192,18 @@ impl Backend {
     ) -> Result<RArray, Error> {
         guard(ruby, || {
             let lease = seconds(visibility_timeout, "visibility_timeout").or_raise(ruby)?;
-            let wait = wait
-                .map(|w| seconds(w, "wait"))
-                .transpose()
-                .or_raise(ruby)?;
-            // A retried wait (see `call`) waits only for what is left.
-            let deadline = wait.map(|wait| Instant::now() + wait);
+            let wait = wait.map(wait_seconds).transpose().or_raise(ruby)?;
+            // A retried wait (see `call`) waits only for what is left. The
+            // deadline is the Rust rule's: `None` inside is a wait with no end.
+            let deadline = wait.map(|wait| wait_deadline(Instant::now(), wait));
             let queue = &queue;
             let messages = rb_self.call(ruby, |b| async move {
                 match deadline {
                     None => b.receive_messages::<Json>(queue, max_messages, lease).await,
                     Some(deadline) => {
-                        let wait = deadline.saturating_duration_since(Instant::now());
+                        let wait = deadline.map_or(Duration::MAX, |deadline| {
+                            deadline.saturating_duration_since(Instant::now())
+                        });
                         b.receive_messages_wait::<Json>(queue, max_messages, lease, wait)
                             .await
                     }
@@ -349,6 +349,15 @@ pub fn seconds(value: f64, name: &str) -> Result<Duration, MessagingError> {
             "{name} must be a finite number of seconds >= 0 (got {value})"
         ))
     })
+}
+
+/// A `wait` from Ruby: seconds as for [`seconds`], except that a wait longer
+/// than any `Duration` (up to `Float::INFINITY`) is one with no end, as in Rust.
+fn wait_seconds(value: f64) -> Result<Duration, MessagingError> {
+    if value > 0.0 && Duration::try_from_secs_f64(value).is_err() {
+        return Ok(Duration::MAX);
+    }
+    seconds(value, "wait")
 }
 
 fn receipt_handle(text: String) -> ReceiptHandle {

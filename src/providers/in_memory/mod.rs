@@ -153,12 +153,14 @@ impl crate::service::provide::Provide for InMemoryMessageService {
         let mut delivered = Vec::new();
         let mut dead = Vec::new();
         let mut released = Vec::new();
-        while delivered.len() < max_messages {
+        // At most `max_messages` reads: one of another shape takes its place.
+        for _ in 0..max_messages {
             let Some(Received {
                 id,
                 body,
                 enqueued_at,
                 receive_count,
+                other_shape_since,
             }) = q.lease_next(deadline)
             else {
                 break;
@@ -178,6 +180,9 @@ impl crate::service::provide::Provide for InMemoryMessageService {
                     enqueued_at,
                     receive_count,
                     lease_ends: delivery::lease_ends(secs),
+                    lease: Duration::from_secs(secs),
+                    other_shape_for: other_shape_since
+                        .map_or(Duration::ZERO, |since| now.saturating_duration_since(since)),
                     body: &body,
                 },
             );
@@ -192,11 +197,10 @@ impl crate::service::provide::Provide for InMemoryMessageService {
                 Outcome::Hold => {}
             }
         }
-        for receipt in &released {
-            q.extend_lease(*receipt, now);
-        }
-        if !released.is_empty() {
-            self.arrivals.notify(queue);
+        // Ready again for receivers that read it, waking no one: a waiter
+        // woken by its own release would read it again at once.
+        for receipt in released {
+            q.release_other_shape(receipt, now);
         }
         let dlq_name = self.dead_letters.dead_letter_queue(queue);
         if let (false, Some(dlq_name)) = (dead.is_empty(), dlq_name) {

@@ -11,9 +11,15 @@ use crate::receipt::Receipt;
 struct Stored {
     body: Box<str>,
     enqueued_at: DateTime<Utc>,
+    /// Hand-outs to callers (reads of another shape are taken back out).
     receive_count: u32,
     /// `Some(deadline)` while leased.
     lease: Option<Instant>,
+    /// When a receiver that could not read it first met it.
+    other_shape_since: Option<Instant>,
+    /// Its place in line: its id, or a later number once it was sent to the
+    /// back (read as another shape).
+    place: u64,
 }
 
 /// A message handed out by [`Queue::lease_next`].
@@ -22,6 +28,7 @@ pub(super) struct Received {
     pub body: Box<str>,
     pub enqueued_at: DateTime<Utc>,
     pub receive_count: u32,
+    pub other_shape_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -32,8 +39,8 @@ pub(super) struct Queue {
     incarnation: u64,
     next_id: u64,
     messages: BTreeMap<u64, Stored>,
-    /// Ids of messages not leased, in FIFO order.
-    ready: BTreeSet<u64>,
+    /// `(place, id)` of messages not leased, in FIFO order.
+    ready: BTreeSet<(u64, u64)>,
     /// `(deadline, id)` of every lease, earliest first.
     leases: BTreeSet<(Instant, u64)>,
 }
@@ -66,9 +73,11 @@ impl Queue {
                 enqueued_at: Utc::now(),
                 receive_count: 0,
                 lease: None,
+                other_shape_since: None,
+                place: id,
             },
         );
-        self.ready.insert(id);
+        self.ready.insert((id, id));
         id
     }
 
@@ -81,14 +90,14 @@ impl Queue {
             self.leases.pop_first();
             if let Some(stored) = self.messages.get_mut(&id) {
                 stored.lease = None;
-                self.ready.insert(id);
+                self.ready.insert((stored.place, id));
             }
         }
     }
 
     /// Leases the oldest ready message until `deadline`.
     pub fn lease_next(&mut self, deadline: Instant) -> Option<Received> {
-        let id = self.ready.pop_first()?;
+        let (_, id) = self.ready.pop_first()?;
         let stored = self.messages.get_mut(&id)?;
         stored.receive_count = stored.receive_count.saturating_add(1);
         stored.lease = Some(deadline);
@@ -98,13 +107,34 @@ impl Queue {
             body: stored.body.clone(),
             enqueued_at: stored.enqueued_at,
             receive_count: stored.receive_count,
+            other_shape_since: stored.other_shape_since,
         })
+    }
+
+    /// Makes a message read as another shape ready again at `now`, at the
+    /// back of the line, taking that read back out of its receive count (it
+    /// was no hand-out).
+    pub fn release_other_shape(&mut self, receipt: Receipt, now: Instant) {
+        let Some(deadline) = self.live_lease(receipt) else {
+            return;
+        };
+        self.leases.remove(&(deadline, receipt.id));
+        // Places and ids come from one counter: a new place is behind every message.
+        self.next_id += 1;
+        let place = self.next_id;
+        if let Some(stored) = self.messages.get_mut(&receipt.id) {
+            stored.lease = None;
+            stored.receive_count = stored.receive_count.saturating_sub(1);
+            stored.other_shape_since.get_or_insert(now);
+            stored.place = place;
+            self.ready.insert((place, receipt.id));
+        }
     }
 
     /// Removes a message outright, returning its body.
     pub fn remove(&mut self, id: u64) -> Option<Box<str>> {
         let stored = self.messages.remove(&id)?;
-        self.ready.remove(&id);
+        self.ready.remove(&(stored.place, id));
         if let Some(deadline) = stored.lease {
             self.leases.remove(&(deadline, id));
         }
@@ -142,7 +172,7 @@ impl Queue {
 
     pub fn purge_ready(&mut self) -> u64 {
         let ready = std::mem::take(&mut self.ready);
-        for id in &ready {
+        for (_, id) in &ready {
             self.messages.remove(id);
         }
         ready.len() as u64

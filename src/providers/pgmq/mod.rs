@@ -79,7 +79,13 @@ struct ReadRow {
     enqueued_at: DateTime<Utc>,
     vt: DateTime<Utc>,
     body: String,
+    /// Seconds since a receiver that could not read it first met it.
+    other_shape_secs: Option<f64>,
 }
+
+/// The header key that records when a receiver that could not read a
+/// message first met it (seconds since the epoch, the database's clock).
+const OTHER_SHAPE_SINCE: &str = "tasker_other_shape_since";
 
 impl PgmqMessageService {
     /// Connects a pool to `[pgmq] database_url` and installs PGMQ if absent.
@@ -310,12 +316,16 @@ impl PgmqMessageService {
         // The table's OID, for the receipts: looked up once, at the first
         // row, after pgmq.read ran; the table it read stays locked against a
         // drop until this transaction ends, so the OID is that table's.
-        let rows: Vec<ReadRow> = sqlx::query_as(
+        let rows: Vec<ReadRow> = sqlx::query_as(&format!(
             "SELECT msg_id, read_ct, enqueued_at, vt, message::text AS body,
                     (SELECT coalesce(to_regclass('pgmq.q_' || $1)::oid::bigint, 0))
-                        AS incarnation
-             FROM pgmq.read($1, $2, $3)",
-        )
+                        AS incarnation,
+                    CASE WHEN jsonb_typeof(headers->'{OTHER_SHAPE_SINCE}') = 'number'
+                         THEN extract(epoch FROM clock_timestamp())::float8
+                              - (headers->>'{OTHER_SHAPE_SINCE}')::float8
+                    END AS other_shape_secs
+             FROM pgmq.read($1, $2, $3)"
+        ))
         .bind(queue)
         .bind(vt)
         .bind(qty)
@@ -342,6 +352,11 @@ impl PgmqMessageService {
                     enqueued_at: row.enqueued_at,
                     receive_count,
                     lease_ends: row.vt,
+                    lease: Duration::from_secs(u64::try_from(vt).unwrap_or(0)),
+                    other_shape_for: row
+                        .other_shape_secs
+                        .and_then(|secs| Duration::try_from_secs_f64(secs.max(0.0)).ok())
+                        .unwrap_or_default(),
                     body: &row.body,
                 },
             );
@@ -352,15 +367,28 @@ impl PgmqMessageService {
                 Outcome::Hold => {}
             }
         }
-        if !released.is_empty() {
-            // Visible again at once to other receivers; the read counted.
-            sqlx::query(&format!(
-                "UPDATE pgmq.q_{queue} SET vt = clock_timestamp() WHERE msg_id = ANY($1)"
-            ))
-            .bind(&released)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
+        // Visible again at once to other receivers, at the back of the line
+        // (a new msg_id: the id is the place), one at a time to keep their
+        // order. The read was no hand-out: read_ct goes back, and the first
+        // such read is noted.
+        let release = format!(
+            "UPDATE pgmq.q_{queue}
+             SET msg_id = DEFAULT, vt = clock_timestamp(),
+                 read_ct = greatest(read_ct - 1, 0),
+                 headers = coalesce(headers, '{{}}'::jsonb) || jsonb_build_object(
+                     '{OTHER_SHAPE_SINCE}',
+                     CASE WHEN jsonb_typeof(headers->'{OTHER_SHAPE_SINCE}') = 'number'
+                          THEN headers->'{OTHER_SHAPE_SINCE}'
+                          ELSE to_jsonb(extract(epoch FROM clock_timestamp())) END)
+             WHERE msg_id = $1"
+        );
+        released.sort_unstable();
+        for id in released {
+            sqlx::query(&release)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
         }
         if let (false, Some(dlq)) = (dead.is_empty(), self.dead_letters.dead_letter_queue(queue)) {
             Self::move_to_dead_letters(&mut tx, queue, &dlq, &dead)

@@ -57,6 +57,7 @@ mod dead_letters;
 mod errors;
 mod inner;
 mod leases;
+mod other_shape;
 mod properties;
 mod publisher;
 mod slot;
@@ -270,14 +271,15 @@ impl RabbitMqMessageService {
         }
     }
 
-    /// A receive that, with `until`, waits until then for a first message.
+    /// A receive that, with `until`, waits until then for a first message;
+    /// also whether it put back messages of another shape.
     async fn receive<T: QueueMessage>(
         &self,
         queue: &str,
         max_messages: usize,
         visibility_timeout: Duration,
         until: Option<Instant>,
-    ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+    ) -> Result<(Vec<QueuedMessage<T>>, bool), MessagingError> {
         lease::check_max_messages(max_messages)?;
         let secs = lease::lease_secs(visibility_timeout, 1)?;
         self.inner.check_broker_limit(secs)?;
@@ -302,23 +304,16 @@ impl RabbitMqMessageService {
                 }
             })
             .await?;
-        for tag in received.released {
-            // Another shape: back to the queue for other receivers, counted.
-            if let Some(channel) = slot.leases.take(received.epoch, tag) {
-                if let Err(error) = channel.settle(tag, true).await {
-                    tracing::debug!(
-                        queue,
-                        ?error,
-                        "could not release a delivery; its channel gave it back"
-                    );
-                }
-            }
+        let put_back = !received.released.is_empty();
+        if put_back {
+            self.put_back_other_shapes(&slot, received.epoch, received.released)
+                .await;
         }
         if !received.dead.is_empty() {
             self.move_dead_letters(&slot, received.epoch, received.dead)
                 .await;
         }
-        Ok(received.messages)
+        Ok((received.messages, put_back))
     }
 }
 
@@ -429,8 +424,10 @@ impl crate::service::provide::Provide for RabbitMqMessageService {
         visibility_timeout: Duration,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
         let queue = queue.as_str();
-        self.receive(queue, max_messages, visibility_timeout, None)
-            .await
+        let (got, _) = self
+            .receive(queue, max_messages, visibility_timeout, None)
+            .await?;
+        Ok(got)
     }
 
     async fn receive_messages_wait<T: QueueMessage>(
@@ -444,15 +441,21 @@ impl crate::service::provide::Provide for RabbitMqMessageService {
         // No deadline (`Duration::MAX` and the like): a far-off one, re-armed
         // if it is ever reached, so the wait ends only with a message.
         let deadline = crate::wait::deadline(wait);
+        let poll = self.inner.queues.wait_poll_interval();
         loop {
             let until = deadline.unwrap_or_else(crate::wait::far_future);
-            let got = self
+            let (got, put_back) = self
                 .receive(queue, max_messages, visibility_timeout, Some(until))
                 .await?;
             // Empty before the deadline: the broker ended the consumer (the
             // queue was deleted, say). Looking again reports that, or waits on.
             if !got.is_empty() || (deadline.is_some() && Instant::now() >= until) {
                 return Ok(got);
+            }
+            if put_back {
+                // Only messages of another shape: a consumer would be handed
+                // them again at once. Look again after the poll interval.
+                tokio::time::sleep_until(until.min(Instant::now() + poll)).await;
             }
         }
     }

@@ -14,6 +14,11 @@ use crate::{dead_letter::DeadLetterReason, QueueMessage};
 const ENQUEUED_AT_MS: &str = "x-tasker-enqueued-at-ms";
 /// Set by quorum queues on redelivery: how many times the message went back.
 const DELIVERY_COUNT: &str = "x-delivery-count";
+/// Headers a release of another shape puts on the copy it publishes: the
+/// hand-outs before it (the copy starts a fresh `x-delivery-count`), and when
+/// a receiver that could not read the message first met it.
+const HAND_OUTS: &str = "x-tasker-hand-outs";
+const OTHER_SHAPE_SINCE_MS: &str = "x-tasker-other-shape-since-ms";
 /// Headers a dead-letter move adds.
 const DEAD_LETTER_REASON: &str = "x-tasker-dead-letter-reason";
 const DEAD_LETTER_SOURCE: &str = "x-tasker-dead-letter-source";
@@ -101,6 +106,54 @@ pub(super) fn dead_letter(
     }
 }
 
+/// The copy of a delivery of another shape published back to its queue: the
+/// same id, body, properties and enqueue time; its hand-outs so far (this
+/// read was none) and when a receiver that could not read it first met it
+/// (`now`, the first time) in headers.
+pub(super) fn other_shape_copy(
+    original: &Delivered,
+    properties: &BasicProperties,
+    body: Vec<u8>,
+    now: DateTime<Utc>,
+) -> Outgoing {
+    let mut headers = FieldTable::new();
+    let ours = [
+        DELIVERY_COUNT,
+        HAND_OUTS,
+        OTHER_SHAPE_SINCE_MS,
+        ENQUEUED_AT_MS,
+    ]
+    .map(name);
+    if let Some(theirs) = properties.headers() {
+        for (key, value) in theirs.as_ref() {
+            if !ours.contains(key) {
+                headers.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    let since = original.other_shape_since.unwrap_or(now);
+    let hand_outs = original.receive_count.saturating_sub(1);
+    headers.insert(name(HAND_OUTS), FieldValue::l(i64::from(hand_outs)));
+    headers.insert(
+        name(OTHER_SHAPE_SINCE_MS),
+        FieldValue::l(since.timestamp_millis()),
+    );
+    headers.insert(
+        name(ENQUEUED_AT_MS),
+        FieldValue::l(original.enqueued_at.timestamp_millis()),
+    );
+    let mut properties = properties.clone();
+    properties
+        .with_delivery_mode(DELIVERY_MODE_PERSISTENT)
+        .with_message_id(&original.message_id)
+        .with_headers(headers);
+    Outgoing {
+        message_id: original.message_id.clone(),
+        properties,
+        body,
+    }
+}
+
 /// What a delivery's properties say about the message.
 #[derive(Debug, Clone)]
 pub(super) struct Delivered {
@@ -108,6 +161,8 @@ pub(super) struct Delivered {
     /// Receives of the message, this one included.
     pub receive_count: u32,
     pub enqueued_at: DateTime<Utc>,
+    /// When a receiver that could not read it first met it.
+    pub other_shape_since: Option<DateTime<Utc>>,
     /// Kept (already a short string) for the dead-letter copy.
     content_type: Option<String>,
 }
@@ -116,14 +171,23 @@ pub(super) struct Delivered {
 /// publishers may omit them), so nothing here fails.
 pub(super) fn delivered(properties: &BasicProperties, delivery_tag: u64) -> Delivered {
     // Built once: a lookup key is an allocated string.
-    static KEYS: LazyLock<[FieldName; 2]> =
-        LazyLock::new(|| [name(DELIVERY_COUNT), name(ENQUEUED_AT_MS)]);
-    let [delivery_count, enqueued_at_ms] = &*KEYS;
+    static KEYS: LazyLock<[FieldName; 4]> = LazyLock::new(|| {
+        [
+            DELIVERY_COUNT,
+            ENQUEUED_AT_MS,
+            HAND_OUTS,
+            OTHER_SHAPE_SINCE_MS,
+        ]
+        .map(name)
+    });
+    let [delivery_count, enqueued_at_ms, hand_outs, other_shape_since_ms] = &*KEYS;
     let headers = properties.headers();
     let header = |key: &FieldName| headers.and_then(|h| h.get(key));
-    // Absent on a first delivery; the quorum queue counts returns.
+    // Absent on a first delivery; the quorum queue counts returns. A copy
+    // published by a release of another shape carries the earlier hand-outs.
     let returns = header(delivery_count).and_then(integer).unwrap_or(0);
-    let receive_count = u32::try_from(returns.saturating_add(1))
+    let before = header(hand_outs).and_then(integer).unwrap_or(0);
+    let receive_count = u32::try_from(returns.saturating_add(before).saturating_add(1))
         .unwrap_or(u32::MAX)
         .max(1);
     // The header (dead-letter copies), else the UUIDv7 id, else the
@@ -147,6 +211,9 @@ pub(super) fn delivered(properties: &BasicProperties, delivery_tag: u64) -> Deli
             .unwrap_or_else(|| format!("delivery-{delivery_tag}")),
         receive_count,
         enqueued_at,
+        other_shape_since: header(other_shape_since_ms)
+            .and_then(integer)
+            .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
         content_type: properties.content_type().cloned(),
     }
 }
@@ -210,5 +277,36 @@ mod tests {
         let seen = delivered(&properties.finish(), 9);
         assert_eq!(seen.receive_count, 3);
         assert_eq!(seen.message_id, "delivery-9");
+    }
+
+    #[test]
+    fn a_copy_of_another_shape_keeps_its_hand_outs_and_first_meeting() {
+        let step = SimpleStepMessage::new(Uuid::new_v4(), Uuid::new_v4());
+        let out = outgoing(&step, crate::codec::encode(&step, 1024).unwrap());
+        let mut headers = FieldTable::new();
+        headers.insert(name(DELIVERY_COUNT), FieldValue::l(2));
+        headers.insert(name("x-theirs"), FieldValue::l(7));
+        let mut properties = out.properties.clone();
+        properties.with_headers(headers);
+        let first = delivered(&properties, 1);
+        assert_eq!(first.receive_count, 3);
+        let now = Utc::now();
+        let copy = other_shape_copy(&first, &properties, out.body.clone(), now);
+        let seen = delivered(&copy.properties, 2);
+        // This read was no hand-out: the next delivery of the copy is the third.
+        assert_eq!(seen.receive_count, 3);
+        assert_eq!(seen.message_id, out.message_id);
+        assert_eq!(seen.enqueued_at, first.enqueued_at);
+        let since = seen.other_shape_since.expect("first meeting recorded");
+        assert_eq!(since.timestamp_millis(), now.timestamp_millis());
+        let again = other_shape_copy(&seen, &copy.properties, out.body, Utc::now());
+        let again = delivered(&again.properties, 3);
+        assert_eq!(again.receive_count, 3, "released again: still no hand-out");
+        assert_eq!(again.other_shape_since, seen.other_shape_since);
+        let headers = copy.properties.headers().unwrap();
+        assert!(
+            headers.get(&name("x-theirs")).is_some(),
+            "other headers kept"
+        );
     }
 }

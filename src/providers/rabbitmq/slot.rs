@@ -96,12 +96,20 @@ pub(super) struct DeadLetter {
     pub reason: DeadLetterReason,
 }
 
+/// A delivery of another shape, leased until its copy is published back.
+pub(super) struct OtherShape {
+    pub tag: u64,
+    pub delivered: Delivered,
+    pub properties: amqprs::BasicProperties,
+    pub body: Vec<u8>,
+}
+
 /// What one receive took.
 pub(super) struct Received<T> {
     pub messages: Vec<QueuedMessage<T>>,
     pub dead: Vec<DeadLetter>,
-    /// Deliveries of another shape, to requeue for other receivers.
-    pub released: Vec<u64>,
+    /// Deliveries of another shape, to put back for other receivers.
+    pub released: Vec<OtherShape>,
     /// The epoch the leases above belong to.
     pub epoch: u64,
 }
@@ -373,8 +381,13 @@ impl Slot {
             epoch,
         };
         let lease_ends = delivery::lease_ends(secs);
+        let now = chrono::Utc::now();
         for taken in taken {
             let delivered = properties::delivered(&taken.properties, taken.tag);
+            let other_shape_for = delivered
+                .other_shape_since
+                .and_then(|since| (now - since).to_std().ok())
+                .unwrap_or_default();
             let outcome = delivery::assemble::<T>(
                 &inner.dead_letters,
                 delivery::Delivery {
@@ -389,13 +402,20 @@ impl Slot {
                     enqueued_at: delivered.enqueued_at,
                     receive_count: delivered.receive_count,
                     lease_ends,
+                    lease: Duration::from_secs(secs),
+                    other_shape_for,
                     // Not UTF-8: not JSON either.
                     body: std::str::from_utf8(&taken.body).unwrap_or(""),
                 },
             );
             match outcome {
                 Outcome::Deliver(message) => got.messages.push(message),
-                Outcome::Release => got.released.push(taken.tag),
+                Outcome::Release => got.released.push(OtherShape {
+                    tag: taken.tag,
+                    delivered,
+                    properties: taken.properties,
+                    body: taken.body,
+                }),
                 Outcome::DeadLetter(reason) => got.dead.push(DeadLetter {
                     tag: taken.tag,
                     delivered,
