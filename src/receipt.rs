@@ -32,8 +32,20 @@ pub(crate) fn issuer(handle: &ReceiptHandle) -> &str {
 
 /// A fresh random scope: for a queue incarnation or a backend that
 /// numbers leases of its own.
+///
+/// Drawn from the OS, not a thread-local generator: a forked child inherits
+/// the parent's buffered random block, so every worker forked from one parent
+/// (Puma, Unicorn) would draw the same scope and accept its siblings' receipts.
 pub(crate) fn new_scope() -> u64 {
-    rand::random()
+    rand::RngCore::next_u64(&mut rand::rngs::OsRng)
+}
+
+/// A number as [`Receipt::encode`] writes it, and only so: `+1` and `01`
+/// name no receipt this crate issued (C15), though `u64::from_str` takes them.
+fn canonical(text: &str) -> Option<u64> {
+    let number: u64 = text.parse().ok()?;
+    let plain = text.bytes().all(|b| b.is_ascii_digit()) && (text == "0" || !text.starts_with('0'));
+    plain.then_some(number)
 }
 
 impl Receipt {
@@ -77,8 +89,8 @@ impl Receipt {
         if q != queue {
             return Err(invalid("issued for another queue"));
         }
-        match (scope.parse(), id.parse(), lease.parse()) {
-            (Ok(scope), Ok(id), Ok(lease)) => Ok(Self { scope, id, lease }),
+        match (canonical(scope), canonical(id), canonical(lease)) {
+            (Some(scope), Some(id), Some(lease)) => Ok(Self { scope, id, lease }),
             _ => Err(invalid("malformed receipt numbers")),
         }
     }
@@ -159,6 +171,22 @@ mod tests {
             ),
             (
                 "pgmq:orders:1:-1:2".parse().unwrap(),
+                Provider::Pgmq,
+                "orders",
+            ),
+            // Numbers written otherwise than encode writes them.
+            (
+                "pgmq:orders:+1:1:1".parse().unwrap(),
+                Provider::Pgmq,
+                "orders",
+            ),
+            (
+                "pgmq:orders:1:01:1".parse().unwrap(),
+                Provider::Pgmq,
+                "orders",
+            ),
+            (
+                "pgmq:orders:1:1: 1".parse().unwrap(),
                 Provider::Pgmq,
                 "orders",
             ),

@@ -160,6 +160,15 @@ pub async fn receipts_from_before_a_queue_was_recreated_are_lease_expired(
         is_lease_expired,
         "release with a receipt of the deleted queue",
     );
+    // Alone in a batch: the batch statement checks the incarnation too.
+    let alone = backend
+        .delete_messages(&queue, std::slice::from_ref(old.receipt()))
+        .await
+        .expect("delete_messages");
+    assert!(
+        matches!(alone.as_slice(), [Err(MessagingError::LeaseExpired { .. })]),
+        "the old receipt alone in a batch: {alone:?}"
+    );
     // In one batch, the old receipt first: each outcome is its own receipt's.
     let batch = [old.receipt().clone(), current.receipt().clone()];
     let outcomes = backend

@@ -46,7 +46,8 @@ pub fn check(history: &History) -> Vec<Violation> {
     // Index the events.
     let mut sends: HashMap<Uuid, (usize, usize, Span, &Outcome)> = HashMap::new();
     let mut settles: HashMap<usize, Vec<SettleRef>> = HashMap::new();
-    let mut wipes: Vec<(usize, Span, &Outcome, &'static str)> = Vec::new();
+    // (queue, span, outcome, what, by which process; `usize::MAX`: any).
+    let mut wipes: Vec<(usize, Span, &Outcome, &'static str, usize)> = Vec::new();
     for event in &history.events {
         match event {
             Event::Send {
@@ -78,12 +79,13 @@ pub fn check(history: &History) -> Vec<Violation> {
                 queue,
                 span,
                 outcome,
-            } => wipes.push((*queue, *span, outcome, "purge")),
+            } => wipes.push((*queue, *span, outcome, "purge", usize::MAX)),
             Event::DeleteQueue {
+                backend,
                 queue,
                 span,
                 outcome,
-            } => wipes.push((*queue, *span, outcome, "delete_queue")),
+            } => wipes.push((*queue, *span, outcome, "delete_queue", *backend)),
         }
     }
     let mut by_message: HashMap<(Uuid, MessageId), Vec<usize>> = HashMap::new();
@@ -144,7 +146,7 @@ pub fn check(history: &History) -> Vec<Violation> {
         });
         let wiped = wipes
             .iter()
-            .any(|(q, span, outcome, _)| q == queue && outcome.maybe() && span.end > sent.start);
+            .any(|(q, span, outcome, _, _)| q == queue && outcome.maybe() && span.end > sent.start);
         if !deleted && !wiped {
             found.push(Violation {
                 rule: if seen.is_empty() {
@@ -238,9 +240,13 @@ pub fn check(history: &History) -> Vec<Violation> {
                 if call.queue != leased.queue {
                     flag("receipt settled on another queue");
                 }
-                let recreated = wipes.iter().any(|(q, span, outcome, what)| {
+                // Only a recreate by the process that holds the lease: a
+                // RabbitMQ process is not told of another's (C14), and its
+                // old receipt then acks a delivery that went with the queue.
+                let recreated = wipes.iter().any(|(q, span, outcome, what, by)| {
                     *q == leased.queue
                         && *what == "delete_queue"
+                        && *by == leased.backend
                         && **outcome == Outcome::Ok
                         && span.start > leased.span.end
                         && span.end < call.span.start
@@ -270,7 +276,7 @@ pub fn check(history: &History) -> Vec<Violation> {
                 let ended = calls.iter().any(|s| {
                     s.kind != Settle::Extend && s.outcome.maybe() && s.span.start < call.span.end
                 });
-                let wiped = wipes.iter().any(|(q, span, outcome, what)| {
+                let wiped = wipes.iter().any(|(q, span, outcome, what, _)| {
                     *q == leased.queue
                         && *what == "delete_queue"
                         && outcome.maybe()
@@ -330,6 +336,7 @@ fn history_of(
                 queue,
                 span,
                 outcome,
+                ..
             } => ("deleted", queue, span, outcome),
             Event::Send { .. } | Event::Settle { .. } => continue,
         };

@@ -562,6 +562,7 @@ impl Worker {
         )
         .await;
         self.shared.record(Event::DeleteQueue {
+            backend: self.index,
             queue: 1,
             span: self.span(start),
             outcome: Outcome::of(&result),

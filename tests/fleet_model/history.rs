@@ -105,6 +105,8 @@ pub enum Event {
         outcome: Outcome,
     },
     DeleteQueue {
+        /// The process that deleted it.
+        backend: usize,
         queue: usize,
         span: Span,
         outcome: Outcome,
