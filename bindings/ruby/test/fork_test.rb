@@ -74,6 +74,28 @@ class ForkTest < Minitest::Test
     end
   end
 
+  # Workers forked from one parent (Puma, Unicorn) each reconnect with a
+  # scope of their own: were two to share one, their RabbitMQ receipts would
+  # be the same strings and one worker's receipt would settle another's
+  # delivery.
+  def test_rabbitmq_workers_forked_from_one_parent_issue_receipts_of_their_own
+    service = TestSupport.connect(:rabbitmq)
+    queue = TestSupport.unique_queue("fork_scope")
+    service.create_queue(queue)
+    2.times { |i| service.send_message(queue, { n: i }) }
+    receipts = Array.new(2) do
+      status, out = in_child do
+        service.receive_messages(queue, max_messages: 1, visibility_timeout: 30).first[:receipt_handle]
+      end
+      assert status.success?, out
+      out
+    end
+    scopes = receipts.map { |r| r.split(":")[2] }
+    assert_equal 2, scopes.uniq.size, "forked workers share a receipt scope: #{receipts.inspect}"
+  ensure
+    service&.delete_queue(queue) if queue
+  end
+
   def test_in_memory_service_made_before_fork_raises_used_after_fork
     service = TestSupport.connect(:in_memory)
     queue = TestSupport.unique_queue("fork_mem")
