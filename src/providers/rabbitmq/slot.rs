@@ -171,6 +171,10 @@ impl Slot {
         let line = self.line(&mut guard, inner, &link).await?;
         let fail = |e| errors::call_error(RECEIVE, e, Some(&self.queue));
         if line.prefetch != want {
+            // Unknown until the broker answers: a caller gone mid-way must
+            // not leave the next consumer a window other than the one it
+            // counts on (a full consumer with credit left strands deliveries).
+            line.prefetch = 0;
             line.channel
                 .call(move |c| async move {
                     c.basic_qos(BasicQosArguments::new(0, want, false)).await
@@ -184,18 +188,24 @@ impl Slot {
         let args = BasicConsumeArguments::new(&self.queue, &tag)
             .manual_ack(true)
             .finish();
-        let (tag, deliveries) = line
+        // The consumer is owned from the moment the broker answers, inside
+        // the request's task: should the caller be gone by then, the task
+        // drops it, and its guard cancels it (no orphan takes messages).
+        let channel = Arc::clone(&line.channel);
+        let consumer = line
             .channel
-            .call(move |c| async move { c.basic_consume_rx(args).await })
+            .call(move |c| async move {
+                let (tag, deliveries) = c.basic_consume_rx(args).await?;
+                Ok(Consumer {
+                    channel,
+                    tag,
+                    deliveries: Some(deliveries),
+                    taken: Vec::new(),
+                    want: usize::from(want),
+                })
+            })
             .await
             .map_err(fail)?;
-        let consumer = Consumer {
-            channel: Arc::clone(&line.channel),
-            tag,
-            deliveries: Some(deliveries),
-            taken: Vec::new(),
-            want: usize::from(want),
-        };
         Ok((consumer, line.epoch))
     }
 
