@@ -347,7 +347,7 @@ pub async fn cancelled_calls_lose_nothing(backend: &MessageBackend) {
             (message.step_uuid, outcome)
         }
     });
-    let outcomes = futures_join_all(sends).await;
+    let outcomes = join_all(sends).await;
     let confirmed: HashSet<Uuid> = outcomes
         .iter()
         .filter_map(|(id, outcome)| match outcome {
@@ -425,33 +425,4 @@ async fn receive_until_idle(
         }
     }
     got
-}
-
-/// Awaits every future concurrently, in order.
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for future in futures {
-        set.push(Box::pin(future));
-    }
-    let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in set.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(value) => *output = Some(value),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }

@@ -27,6 +27,7 @@
 //! The cases panic on a broken contract, like any test.
 
 mod dead_letters;
+mod drops;
 pub mod fleet;
 mod leases;
 mod queues;
@@ -36,6 +37,7 @@ mod stats;
 mod wait;
 
 pub use dead_letters::*;
+pub use drops::*;
 pub use leases::*;
 pub use queues::*;
 pub use send::*;
@@ -85,6 +87,9 @@ macro_rules! conformance_tests {
             a_fleet_keeps_up_with_a_trickle_of_sends,
             a_receipt_used_in_another_process_spares_that_process_lease,
         );
+        $crate::__conformance_wide_fleet_cases!($backend, $other_process;
+            a_fleet_drains_with_bulk_receives,
+        );
         $crate::__conformance_cases!($backend;
             queue_names_are_validated_before_io,
             create_queue_refuses_names_ending_in_the_dead_letter_suffix,
@@ -110,6 +115,7 @@ macro_rules! conformance_tests {
             a_rolling_deploy_hands_newer_messages_to_the_newer_worker,
             concurrent_receivers_never_share_a_message,
             cancelled_calls_lose_nothing,
+            dropped_receives_strand_nothing,
             queue_stats_count_ready_leased_and_dead_letters,
             purge_removes_ready_messages_only,
             health_check_answers_true_when_server_is_up,
@@ -145,6 +151,24 @@ macro_rules! __conformance_fleet_cases {
                 let a = $backend.await;
                 let b = ($other_process)(&a).await;
                 $crate::conformance::fleet::$case(&a, &b).await;
+            }
+        )+
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_wide_fleet_cases {
+    ($backend:expr, $other_process:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let a = $backend.await;
+                let mut others = Vec::new();
+                for _ in 1..$crate::conformance::fleet::FLEET {
+                    others.push(($other_process)(&a).await);
+                }
+                $crate::conformance::fleet::$case(&a, &others).await;
             }
         )+
     };
@@ -252,6 +276,35 @@ async fn ready_count(backend: &MessageBackend, queue: &str) -> u64 {
         .await
         .unwrap_or_else(|e| panic!("get_queue_stats({queue}): {e}"))
         .message_count
+}
+
+/// Awaits every future concurrently, in order.
+pub(super) async fn join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for future in futures {
+        set.push(Box::pin(future));
+    }
+    let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in set.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// Waits until the ready count of `queue` reaches `want` (brokers count
