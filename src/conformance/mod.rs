@@ -26,6 +26,7 @@
 //!
 //! The cases panic on a broken contract, like any test.
 
+mod cancels;
 mod dead_letters;
 pub mod fleet;
 mod leases;
@@ -83,6 +84,7 @@ macro_rules! conformance_tests {
             purge_spares_other_processes_leases,
             batch_settle_spares_other_processes_leases,
             a_fleet_keeps_up_with_a_trickle_of_sends,
+            cancelled_calls_never_undo_other_calls,
         );
         $crate::__conformance_cases!($backend;
             queue_names_are_validated_before_io,
