@@ -44,6 +44,10 @@ pub struct MoveReport {
     /// lease had ended, or the source did not answer): the message may now
     /// be in both queues. Never lost; consumers see a duplicate at worst.
     pub duplicated: u64,
+    /// Refused by the destination on their own (too large there, or not
+    /// acceptable): left in the source, released when the move ends, and
+    /// never in the way of the messages behind them.
+    pub refused: u64,
 }
 
 impl MoveReport {
@@ -116,46 +120,143 @@ pub async fn move_messages_with_progress(
     mut progress: impl FnMut(&MoveReport),
 ) -> Result<MoveReport, MoveError> {
     let mut done = MoveReport::default();
-    let fail = |done, error| MoveError { done, error };
+    // Refused messages stay leased until the move ends, so that later rounds
+    // do not take them again; then they are released where they were.
+    let mut refused: Vec<QueuedMessage<RawMessage>> = Vec::new();
+    let result = move_rounds(
+        from,
+        from_queue,
+        to,
+        to_queue,
+        limit,
+        &mut done,
+        &mut refused,
+        &mut progress,
+    )
+    .await;
+    release(from, from_queue, &refused).await;
+    done.refused = refused.len() as u64;
+    match result {
+        Ok(()) => Ok(done),
+        Err(error) => Err(MoveError { done, error }),
+    }
+}
+
+/// Whether the destination refused a message for what it is, rather than
+/// failing: the rest of a round can still move.
+fn is_refusal(error: &MessagingError) -> bool {
+    matches!(
+        error,
+        MessagingError::MessageTooLarge { .. } | MessagingError::InvalidArgument(_)
+    )
+}
+
+/// The rounds of [`move_messages_with_progress`]; refused messages are
+/// added to `refused`, still leased.
+#[allow(clippy::too_many_arguments)]
+async fn move_rounds(
+    from: &MessageBackend,
+    from_queue: &str,
+    to: &MessageBackend,
+    to_queue: &str,
+    limit: usize,
+    done: &mut MoveReport,
+    refused: &mut Vec<QueuedMessage<RawMessage>>,
+    progress: &mut impl FnMut(&MoveReport),
+) -> Result<(), MessagingError> {
     while (done.sent() as usize) < limit {
         let want = MOVE_BATCH.min(limit - done.sent() as usize);
-        let round: Vec<QueuedMessage<RawMessage>> = from
-            .receive_messages(from_queue, want, MOVE_LEASE)
-            .await
-            .map_err(|e| fail(done, e))?;
+        let mut round: Vec<QueuedMessage<RawMessage>> =
+            from.receive_messages(from_queue, want, MOVE_LEASE).await?;
         if round.is_empty() {
             break;
         }
         let bodies: Vec<RawMessage> = round.iter().map(|m| m.message.clone()).collect();
-        if let Err(error) = to.send_batch(to_queue, &bodies).await {
-            release(from, from_queue, &round).await;
-            return Err(fail(done, error));
+        let mut failed = None;
+        match to.send_batch(to_queue, &bodies).await {
+            Ok(_) => {}
+            Err(error) if is_refusal(&error) => {
+                // One message the destination refuses must not hold back the
+                // rest: the round goes one by one.
+                (round, failed) =
+                    send_one_by_one(from, from_queue, to, to_queue, round, refused).await;
+            }
+            Err(error) => {
+                release(from, from_queue, &round).await;
+                return Err(error);
+            }
         }
-        // One settle for the round: one statement on PGMQ.
-        let receipts: Vec<ReceiptHandle> = round.iter().map(|m| m.receipt().clone()).collect();
-        let outcomes = match from.delete_messages(from_queue, &receipts).await {
-            Ok(outcomes) => outcomes,
+        settle(from, from_queue, &round, done).await;
+        progress(done);
+        if let Some(error) = failed {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// Deletes a sent round from the source with one `delete_messages` (one
+/// statement on PGMQ), counting each message moved or duplicated.
+async fn settle(
+    from: &MessageBackend,
+    from_queue: &str,
+    round: &[QueuedMessage<RawMessage>],
+    done: &mut MoveReport,
+) {
+    if round.is_empty() {
+        return;
+    }
+    let receipts: Vec<ReceiptHandle> = round.iter().map(|m| m.receipt().clone()).collect();
+    let outcomes = match from.delete_messages(from_queue, &receipts).await {
+        Ok(outcomes) => outcomes,
+        Err(error) => {
+            tracing::warn!(queue = from_queue, %error,
+                    "moved messages not deleted from the source: they may be delivered twice");
+            done.duplicated += round.len() as u64;
+            return;
+        }
+    };
+    for outcome in outcomes {
+        match outcome {
+            Ok(()) => done.moved += 1,
             Err(error) => {
                 tracing::warn!(queue = from_queue, %error,
-                    "moved messages not deleted from the source: they may be delivered twice");
-                done.duplicated += round.len() as u64;
-                progress(&done);
-                continue;
-            }
-        };
-        for outcome in outcomes {
-            match outcome {
-                Ok(()) => done.moved += 1,
-                Err(error) => {
-                    tracing::warn!(queue = from_queue, %error,
                         "moved message not deleted from the source: it may be delivered twice");
-                    done.duplicated += 1;
-                }
+                done.duplicated += 1;
             }
         }
-        progress(&done);
     }
-    Ok(done)
+}
+
+/// Sends a round message by message: returns those sent, puts those the
+/// destination refuses in `refused`, and on another error releases what is
+/// left of the round and returns the error too.
+async fn send_one_by_one(
+    from: &MessageBackend,
+    from_queue: &str,
+    to: &MessageBackend,
+    to_queue: &str,
+    round: Vec<QueuedMessage<RawMessage>>,
+    refused: &mut Vec<QueuedMessage<RawMessage>>,
+) -> (Vec<QueuedMessage<RawMessage>>, Option<MessagingError>) {
+    let mut sent = Vec::with_capacity(round.len());
+    let mut rest = round.into_iter();
+    while let Some(message) = rest.next() {
+        match to.send_message(to_queue, &message.message).await {
+            Ok(_) => sent.push(message),
+            Err(error) if is_refusal(&error) => {
+                tracing::warn!(queue = from_queue, %error,
+                    "the destination refuses a message; it stays in the source");
+                refused.push(message);
+            }
+            Err(error) => {
+                let left: Vec<_> = std::iter::once(message).chain(rest).collect();
+                release(from, from_queue, &left).await;
+                return (sent, Some(error));
+            }
+        }
+    }
+    (sent, None)
 }
 
 /// Gives a round that could not be sent back to the source at once; what

@@ -171,3 +171,55 @@ async fn failed_send_to_rabbitmq_loses_nothing() {
 async fn failed_send_to_pgmq_loses_nothing() {
     a_failed_send_loses_nothing(Provider::RabbitMq, Provider::Pgmq).await;
 }
+
+/// A body PGMQ accepted, under `max_message_bytes`, that comes back longer
+/// (jsonb text has a space after every `,`): a move whose destination refuses
+/// it as too large still moves the messages around it, reports it as
+/// refused, and leaves it ready in the source.
+async fn a_refused_message_never_blocks_the_rest(to: Provider) {
+    let source = common::backend(Provider::Pgmq).await;
+    let target = common::backend(to).await;
+    let max = source.queues_config().max_message_bytes;
+    let items = vec!["1"; max / 2 - 8].join(",");
+    let text = format!("{{\"n\":[{items}]}}");
+    assert!(text.len() < max && text.len() + max / 2 - 9 > max);
+    let big: tasker_messaging::RawMessage = serde_json::from_str(&text).unwrap();
+
+    let queue = unique_queue("move_refused");
+    let dest = unique_queue("move_refused_to");
+    source.create_queue(&queue).await.unwrap();
+    target.create_queue(&dest).await.unwrap();
+    let before = steps(2);
+    let after = steps(2);
+    source.send_batch(&queue, &before).await.unwrap();
+    source
+        .send_message(&queue, &big)
+        .await
+        .expect("accepted at its size");
+    source.send_batch(&queue, &after).await.unwrap();
+
+    let report = move_messages(&source, &queue, &target, &dest, usize::MAX)
+        .await
+        .expect("one refused message does not stop the move");
+    assert_eq!((report.moved, report.refused), (4, 1), "{report:?}");
+    let moved = drain(&target, &dest).await;
+    let expected: Vec<_> = before.into_iter().chain(after).collect();
+    assert_eq!(moved, expected);
+    let left = source
+        .receive_messages::<tasker_messaging::RawMessage>(&queue, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1, "the refused message is back in the source");
+    source.delete_queue(&queue).await.unwrap();
+    target.delete_queue(&dest).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_message_within_pgmq() {
+    a_refused_message_never_blocks_the_rest(Provider::Pgmq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_message_pgmq_to_rabbitmq() {
+    a_refused_message_never_blocks_the_rest(Provider::RabbitMq).await;
+}

@@ -409,7 +409,7 @@ pub async fn cancelled_calls_lose_nothing(backend: &MessageBackend) {
 }
 
 /// Receives (long leases) until the queue has been empty for a moment.
-async fn receive_until_idle(
+pub(super) async fn receive_until_idle(
     backend: &MessageBackend,
     queue: &str,
 ) -> Vec<QueuedMessage<SimpleStepMessage>> {

@@ -26,6 +26,7 @@
 //!
 //! The cases panic on a broken contract, like any test.
 
+mod cancels;
 mod dead_letters;
 mod drops;
 pub mod fleet;
@@ -86,6 +87,7 @@ macro_rules! conformance_tests {
             batch_settle_spares_other_processes_leases,
             a_fleet_keeps_up_with_a_trickle_of_sends,
             a_receipt_used_in_another_process_spares_that_process_lease,
+            cancelled_calls_never_undo_other_calls,
         );
         $crate::__conformance_wide_fleet_cases!($backend, $other_process;
             a_fleet_drains_with_bulk_receives,

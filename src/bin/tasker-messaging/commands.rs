@@ -205,6 +205,12 @@ pub async fn redrive(config: &MessagingConfig, queue: &str, limit: usize) -> Res
                 report.sent(),
                 report.duplicated
             );
+            if report.refused > 0 {
+                println!(
+                    "{} message(s) refused by {queue} (too large or not acceptable there) stay in {dlq}",
+                    report.refused
+                );
+            }
             Ok(())
         }
         Err(error) => Err(Failure::of(

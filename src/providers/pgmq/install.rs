@@ -61,7 +61,9 @@ async fn install(pool: &PgPool) -> Result<(), MessagingError> {
             .map_err(err)?;
         return Ok(());
     }
-    // Idempotent: applies only the embedded scripts not yet recorded.
+    // Idempotent: applies only the embedded scripts not yet recorded. Its
+    // transaction is not cancel-safe (`tx`), but it runs on the pool `connect`
+    // builds: a dropped connect drops that pool, and with it the session.
     pgmq::install::install_sql_from_embedded(pool)
         .await
         .map_err(|e| MessagingError::Provider {

@@ -14,6 +14,7 @@ mod install;
 mod listener;
 mod outage;
 mod send_group;
+mod tx;
 
 use std::{collections::HashSet, future::Future, str::FromStr, sync::Arc, time::Duration};
 
@@ -30,6 +31,7 @@ use self::{
     listener::Listener,
     outage::{LastDown, Outage},
     send_group::{FlushGuard, Pending, SendGroups},
+    tx::Tx,
 };
 use crate::{
     codec,
@@ -304,7 +306,8 @@ impl PgmqMessageService {
 
     /// One receive attempt: read and lease up to `qty` messages, and move those
     /// the dead-letter policy rejects, in one transaction. A crash between the
-    /// read and the move leaves the message leased in its queue, never lost.
+    /// read and the move leaves the message leased in its queue, never lost;
+    /// a dropped call rolls back (see `tx`).
     async fn read_leases<T: QueueMessage>(
         &self,
         queue: &str,
@@ -312,7 +315,22 @@ impl PgmqMessageService {
         qty: i32,
     ) -> Result<(Vec<QueuedMessage<T>>, Vec<(i64, DeadLetterReason)>), MessagingError> {
         let err = |e| db_error("receive_messages", e, Some(queue));
-        let mut tx = self.pool.begin().await.map_err(err)?;
+        let (policy, name) = (Arc::clone(&self.dead_letters), queue.to_owned());
+        Tx::run(&self.pool, move |tx| {
+            Box::pin(async move { Self::lease_in::<T>(tx, &policy, &name, vt, qty).await })
+        })
+        .await
+        .map_err(err)
+    }
+
+    /// The statements of [`Self::read_leases`], inside its transaction.
+    async fn lease_in<T: QueueMessage>(
+        tx: &mut sqlx::PgConnection,
+        dead_letters: &DeadLetterPolicy,
+        queue: &str,
+        vt: i32,
+        qty: i32,
+    ) -> Result<(Vec<QueuedMessage<T>>, Vec<(i64, DeadLetterReason)>), sqlx::Error> {
         // The table's OID, for the receipts: looked up once, at the first
         // row, after pgmq.read ran; the table it read stays locked against a
         // drop until this transaction ends, so the OID is that table's.
@@ -330,8 +348,7 @@ impl PgmqMessageService {
         .bind(vt)
         .bind(qty)
         .fetch_all(&mut *tx)
-        .await
-        .map_err(err)?;
+        .await?;
 
         let mut delivered = Vec::with_capacity(rows.len());
         let mut dead = Vec::new();
@@ -339,7 +356,7 @@ impl PgmqMessageService {
         for row in rows {
             let receive_count = u32::try_from(row.read_ct).unwrap_or(0);
             let outcome = delivery::assemble::<T>(
-                &self.dead_letters,
+                dead_letters,
                 delivery::Delivery {
                     queue,
                     provider: Provider::Pgmq,
@@ -384,18 +401,11 @@ impl PgmqMessageService {
         );
         released.sort_unstable();
         for id in released {
-            sqlx::query(&release)
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
+            sqlx::query(&release).bind(id).execute(&mut *tx).await?;
         }
-        if let (false, Some(dlq)) = (dead.is_empty(), self.dead_letters.dead_letter_queue(queue)) {
-            Self::move_to_dead_letters(&mut tx, queue, &dlq, &dead)
-                .await
-                .map_err(err)?;
+        if let (false, Some(dlq)) = (dead.is_empty(), dead_letters.dead_letter_queue(queue)) {
+            Self::move_to_dead_letters(tx, queue, &dlq, &dead).await?;
         }
-        tx.commit().await.map_err(err)?;
         Ok((delivered, dead))
     }
 
@@ -456,19 +466,23 @@ impl crate::service::provide::Provide for PgmqMessageService {
         names.extend(self.dead_letters.dead_letter_queue(queue));
         self.run("create_queue", || async {
             let err = |e| db_error("create_queue", e, None);
-            let mut tx = self.pool.begin().await.map_err(err)?;
-            sqlx::query("SELECT pgmq.create(name) FROM unnest($1::text[]) AS name")
-                .bind(&names)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            for name in &names {
-                sqlx::query(&listener::trigger_sql(name))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err)?;
-            }
-            tx.commit().await.map_err(err)
+            let names = names.clone();
+            Tx::run(&self.pool, move |tx| {
+                Box::pin(async move {
+                    sqlx::query("SELECT pgmq.create(name) FROM unnest($1::text[]) AS name")
+                        .bind(&names)
+                        .execute(&mut *tx)
+                        .await?;
+                    for name in &names {
+                        sqlx::query(&listener::trigger_sql(name))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
+            .map_err(err)
         })
         .await?;
         Ok(())
