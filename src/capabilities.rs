@@ -21,6 +21,10 @@ pub struct Capabilities {
     /// A message whose send returned outlives this process (in-memory:
     /// nothing does).
     pub durable: bool,
+    /// `receive_count` counts hand-outs to callers and nothing else
+    /// (RabbitMQ's delivery count may also count a dispatch to a consumer
+    /// cancelled before it handed the message out: CONTRACT.md, C28).
+    pub exact_receive_count: bool,
 }
 
 impl Capabilities {
@@ -31,6 +35,7 @@ impl Capabilities {
         message_ages_known: true,
         broker_confirmed_delete: true,
         durable: true,
+        exact_receive_count: true,
     };
     /// RabbitMQ: confirms per message, fire-and-forget acks, and a broker that
     /// does not say what consumers hold or how old a message is.
@@ -40,6 +45,7 @@ impl Capabilities {
         message_ages_known: false,
         broker_confirmed_delete: false,
         durable: true,
+        exact_receive_count: false,
     };
     /// In-memory: everything under one lock, nothing on disk.
     pub(crate) const IN_MEMORY: Self = Self {
@@ -48,6 +54,7 @@ impl Capabilities {
         message_ages_known: true,
         broker_confirmed_delete: true,
         durable: false,
+        exact_receive_count: true,
     };
 
     /// What both `self` and `other` guarantee: a migrating backend's, whose
@@ -59,6 +66,7 @@ impl Capabilities {
             message_ages_known: self.message_ages_known && other.message_ages_known,
             broker_confirmed_delete: self.broker_confirmed_delete && other.broker_confirmed_delete,
             durable: self.durable && other.durable,
+            exact_receive_count: self.exact_receive_count && other.exact_receive_count,
         }
     }
 }

@@ -126,6 +126,7 @@ pub async fn delete_removes_message_and_stale_receipts_are_lease_expired(backend
         is_lease_expired,
         "stale receipt while another consumer holds the message",
     );
+    assert_stale_release_is_refused(backend, &queue, &stale).await;
     backend
         .delete_message(&queue, current.receipt())
         .await
@@ -206,10 +207,11 @@ pub async fn change_visibility_extends_and_releases_leases(backend: &MessageBack
         is_lease_expired,
         "released lease",
     );
+    assert_stale_release_is_refused(backend, &queue, &got).await;
     backend
         .delete_message(&queue, again.receipt())
         .await
-        .expect("delete");
+        .expect("the live lease survives the stale calls");
     assert_err(
         backend
             .change_message_visibility(&queue, again.receipt(), LEASE)
@@ -218,6 +220,26 @@ pub async fn change_visibility_extends_and_releases_leases(backend: &MessageBack
         "deleted message",
     );
     cleanup(backend, &queue).await;
+}
+
+/// Releases (visibility 0) with `stale`, whose lease ended while another
+/// lease holds its message: `LeaseExpired`, and the live lease is neither
+/// released nor shortened (nothing becomes receivable for a while).
+async fn assert_stale_release_is_refused(
+    backend: &MessageBackend,
+    queue: &str,
+    stale: &QueuedMessage<SimpleStepMessage>,
+) {
+    assert_err(
+        backend
+            .change_message_visibility(queue, stale.receipt(), Duration::ZERO)
+            .await,
+        is_lease_expired,
+        "stale release while another lease holds the message",
+    );
+    // A released message is ready at once (C17): a RabbitMQ requeue reaches
+    // the queue within milliseconds, far inside this window.
+    assert_empty_for(backend, queue, Duration::from_millis(1_500)).await;
 }
 
 /// C12: concurrent receivers never hold the same message at once; with

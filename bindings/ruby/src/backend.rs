@@ -295,6 +295,7 @@ impl Backend {
                 ("message_ages_known", c.message_ages_known),
                 ("broker_confirmed_delete", c.broker_confirmed_delete),
                 ("durable", c.durable),
+                ("exact_receive_count", c.exact_receive_count),
             ] {
                 hash.aset(ruby.to_symbol(key), value)?;
             }
