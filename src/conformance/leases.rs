@@ -325,9 +325,13 @@ pub async fn cancelled_calls_lose_nothing(backend: &MessageBackend) {
             None => None,
         })
         .collect();
+    // A send that goes over the network cannot finish within a few yields:
+    // some must have been abandoned, or this case tested no cancellation.
+    let abandoned = outcomes.iter().filter(|(_, o)| o.is_none()).count();
     assert!(
-        confirmed.len() >= MESSAGES / 2,
-        "the sends left alone all finish"
+        abandoned > 0 || backend.provider() == crate::Provider::InMemory,
+        "no send was abandoned on {}: the case cancelled nothing",
+        backend.provider()
     );
     // The publisher still works after the abandoned sends.
     let after = step();
