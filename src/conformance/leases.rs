@@ -74,19 +74,51 @@ pub async fn dropped_lease_is_redelivered_with_higher_receive_count(backend: &Me
 /// C10, C11: sub-second visibility timeouts round up to whole seconds.
 pub async fn visibility_timeout_rounds_up_to_whole_seconds(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "round_up").await;
-    send(backend, &queue, &step()).await;
-    let got = receive_one(backend, &queue, Duration::from_millis(100)).await;
-    let lease = got.metadata.visibility_timeout_expires - chrono::Utc::now();
-    assert!(
-        lease > chrono::Duration::milliseconds(500),
-        "lease of {lease} not rounded up"
-    );
-    // Still leased well after 100 ms.
-    assert_empty_for(backend, &queue, Duration::from_millis(400)).await;
-    tokio::time::sleep(LEASE + SLACK).await;
-    let again = receive_one(backend, &queue, LONG_LEASE).await;
-    assert_eq!(again.metadata.receive_count, 2);
+    // A stalled machine can eat a 1 s lease before it is looked at: a miss
+    // is measured once more, on a fresh message, before it fails.
+    let mut misses = Vec::new();
+    while let Some(miss) = rounded_up_lease(backend, &queue).await {
+        misses.push(miss);
+        assert!(
+            misses.len() < 2,
+            "a 100 ms lease was not rounded up: {misses:?}"
+        );
+        println!("{}; measuring once more", misses[0]);
+    }
     cleanup(backend, &queue).await;
+}
+
+/// Receives a fresh message with a 100 ms lease and checks, timed from the
+/// receive, that the lease runs about a second: `None`, or what was seen.
+async fn rounded_up_lease(backend: &MessageBackend, queue: &str) -> Option<String> {
+    send(backend, queue, &step()).await;
+    let got = receive_one(backend, queue, Duration::from_millis(100)).await;
+    let received = Instant::now();
+    let lease = got.metadata.visibility_timeout_expires - chrono::Utc::now();
+    // Still leased well after 100 ms.
+    let back = receive_n(backend, queue, 1, LONG_LEASE, Duration::from_millis(400)).await;
+    let looked = received.elapsed();
+    for message in &back {
+        backend
+            .delete_message(queue, message.receipt())
+            .await
+            .expect("delete");
+    }
+    if lease <= chrono::Duration::milliseconds(500) || !back.is_empty() {
+        backend.delete_message(queue, got.receipt()).await.ok();
+        return Some(format!(
+            "lease of {lease} left after the receive, message back {} within {looked:?}",
+            !back.is_empty()
+        ));
+    }
+    tokio::time::sleep(LEASE + SLACK).await;
+    let again = receive_one(backend, queue, LONG_LEASE).await;
+    assert_eq!(again.metadata.receive_count, 2);
+    backend
+        .delete_message(queue, again.receipt())
+        .await
+        .expect("delete");
+    None
 }
 
 /// C14: delete removes for good; a receipt whose lease ended is
