@@ -14,7 +14,9 @@
 //! `send_receive_settle_100` sends a batch of 100, receives it and settles
 //! it as a batch (`delete_messages`; raw PGMQ `delete_batch`, raw AMQP its
 //! acks). After the table, single-sender latency (p50, p99 of every send)
-//! against the library before grouping (PGMQ) or the raw client.
+//! against the library before grouping (PGMQ, with the raw client's row too)
+//! or the raw client. Every PGMQ client, raw or library, runs on one pool of
+//! the library's default `pool_size`.
 //!
 //! cargo bench --bench paired                        # 21 rounds
 //! TASKER_BENCH_QUICK=1 cargo bench --bench paired   # 5 rounds
@@ -178,14 +180,19 @@ fn latency_rows(s: &clients::Setup, rounds: usize, filter: Option<&str>) {
         if filter.is_some_and(|f| !row.contains(f)) {
             continue;
         }
-        // Baseline first: the library before grouping, else the raw client.
+        // Baseline first: the library before grouping, else the raw client;
+        // where both exist (PGMQ), the raw client gets a row too.
         let mut pair: Vec<(Client, String, String)> = Vec::new();
+        let raw = clients
+            .get(1)
+            .map(|(raw, queue)| (raw.clone(), queue.clone(), raw.label()));
         match s.rt.block_on(clients::ungrouped(*provider)) {
             Some((client, queue)) => {
-                pair.push((client, queue, "tasker, ungrouped (before)".into()))
+                pair.push((client, queue, "tasker, ungrouped (before)".into()));
+                pair.extend(raw);
             }
-            None => match clients.get(1) {
-                Some((raw, queue)) => pair.push((raw.clone(), queue.clone(), raw.label())),
+            None => match raw {
+                Some(raw) => pair.push(raw),
                 None => continue,
             },
         }

@@ -26,6 +26,10 @@ pub struct Capabilities {
     /// connection that received it, and elsewhere a receipt is
     /// `LeaseExpired`). In-memory: from any clone.
     pub portable_receipts: bool,
+    /// `receive_count` counts hand-outs to callers and nothing else
+    /// (RabbitMQ's delivery count may also count a dispatch to a consumer
+    /// cancelled before it handed the message out: CONTRACT.md, C28).
+    pub exact_receive_count: bool,
 }
 
 impl Capabilities {
@@ -37,6 +41,7 @@ impl Capabilities {
         broker_confirmed_delete: true,
         durable: true,
         portable_receipts: true,
+        exact_receive_count: true,
     };
     /// RabbitMQ: confirms per message, fire-and-forget acks, and a broker that
     /// does not say what consumers hold or how old a message is.
@@ -47,6 +52,7 @@ impl Capabilities {
         broker_confirmed_delete: false,
         durable: true,
         portable_receipts: false,
+        exact_receive_count: false,
     };
     /// In-memory: everything under one lock, nothing on disk.
     pub(crate) const IN_MEMORY: Self = Self {
@@ -56,6 +62,7 @@ impl Capabilities {
         broker_confirmed_delete: true,
         durable: false,
         portable_receipts: true,
+        exact_receive_count: true,
     };
 
     /// What both `self` and `other` guarantee: a migrating backend's, whose
@@ -68,6 +75,7 @@ impl Capabilities {
             broker_confirmed_delete: self.broker_confirmed_delete && other.broker_confirmed_delete,
             durable: self.durable && other.durable,
             portable_receipts: self.portable_receipts && other.portable_receipts,
+            exact_receive_count: self.exact_receive_count && other.exact_receive_count,
         }
     }
 }

@@ -206,6 +206,7 @@ async fn peek_shows_messages_and_leaves_them_ready() {
         .receive_messages::<SimpleStepMessage>(&queue, 5, Duration::from_secs(30))
         .await
         .unwrap();
+    assert_eq!(again.len(), 2, "both peeked messages are ready again");
     assert!(
         again.iter().all(|m| m.metadata.receive_count == 2),
         "the peek counted"

@@ -244,6 +244,23 @@ fn check(
         }
     }
 
+    // Cases -> the macro every provider's suite is expanded from.
+    match suite
+        .iter()
+        .find_map(|(file, text)| macro_cases(text).map(|listed| (file, listed)))
+    {
+        None => errors.push("src/conformance: no `macro_rules! conformance_tests` found".into()),
+        Some((macro_file, listed)) => {
+            for (case, (file, _)) in &cases {
+                if !listed.contains(case.as_str()) {
+                    errors.push(format!(
+                        "{file}: case `{case}` is not listed in `conformance_tests!` ({macro_file}), so no provider runs it"
+                    ));
+                }
+            }
+        }
+    }
+
     // Cases -> rules.
     for (case, (file, cited)) in &cases {
         if cited.is_empty() {
@@ -260,6 +277,21 @@ fn check(
         }
     }
     errors
+}
+
+/// The case names `conformance_tests!` lists (identifiers followed by a
+/// comma in its body), or `None` when `source` does not define it.
+fn macro_cases(source: &str) -> Option<BTreeSet<&str>> {
+    let start = source.find("macro_rules! conformance_tests")?;
+    let body = &source[start..];
+    let end = body[1..].find("macro_rules!").map_or(body.len(), |i| i + 1);
+    Some(
+        body[..end]
+            .split(|c: char| c.is_whitespace() || c == ';')
+            .filter_map(|word| word.strip_suffix(','))
+            .filter(|word| is_identifier(word))
+            .collect(),
+    )
 }
 
 fn repository() -> &'static Path {
@@ -339,6 +371,15 @@ pub async fn case_b() {}
 pub async fn case_c() {}
 
 async fn private_helper() {}
+
+macro_rules! conformance_tests {
+    ($backend:expr) => {
+        cases!($backend;
+            case_a,
+            case_b,
+        );
+    };
+}
 "
         .to_string(),
     )];
@@ -355,6 +396,7 @@ async fn private_helper() {}
         "case `case_c` cites no rule",
         "case `case_b` does not cite C4, which names it",
         "old `§` citation",
+        "case `case_c` is not listed in `conformance_tests!`",
     ] {
         assert!(
             errors.contains(expected),
@@ -363,6 +405,7 @@ async fn private_helper() {}
     }
     assert!(!errors.contains("private_helper"), "{errors}");
     assert!(!errors.contains("tests/x.rs::helper"), "{errors}");
+    assert!(!errors.contains("`case_a` is not listed"), "{errors}");
 
     let renumbered = "### C1. A\n\nChecked by: `case_a`.\n\n### C1. B\n\nChecked by: `case_a`.\n\n### C3. C\n\nChecked by: `case_a`.\n";
     let mut errors = Vec::new();

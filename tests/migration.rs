@@ -95,14 +95,13 @@ async fn migrate_under_load(from: Provider, to: Provider) {
             .unwrap_or_else(|e| panic!("sweeping {queue}: {e}"));
         swept += report.sent();
     }
+    let exact_in_flight = old.capabilities().exact_in_flight;
     for queue in &queues {
         let stats = old.get_queue_stats(queue).await.expect("source stats");
         assert_eq!(stats.message_count, 0, "left on the source: {stats:?}");
-        assert_eq!(
-            stats.in_flight_count.unwrap_or(0),
-            0,
-            "leased on the source: {stats:?}"
-        );
+        if exact_in_flight {
+            assert_eq!(stats.in_flight_count, Some(0), "leased on the source");
+        }
     }
 
     let summary = tokio::time::timeout(Duration::from_secs(120), run)
@@ -111,6 +110,23 @@ async fn migrate_under_load(from: Provider, to: Provider) {
         .expect("the run's task")
         .expect("the run succeeds");
     println!("{summary}");
+    if !exact_in_flight {
+        // The source cannot count its leases (RabbitMQ): close the old
+        // connection, which gives back any lease it still held, and look.
+        drop(handle);
+        let old =
+            Arc::try_unwrap(old).unwrap_or_else(|_| panic!("the old backend is still shared"));
+        drop(old);
+        let source = connect(common::config(from), from).await;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            for queue in &queues {
+                let stats = source.get_queue_stats(queue).await.expect("source stats");
+                assert_eq!(stats.message_count, 0, "leased on the source: {stats:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let elapsed = started.elapsed();
     let lost = summary.missing;
     println!(

@@ -203,6 +203,7 @@ async fn acknowledged_sends_survive_forced_connection_closes() {
     )
     .await;
     report.print("fault test (a), two forced connection closes, two consuming backends");
+    assert_eq!(report.disruptions, 2, "both closes ran mid-stream");
     // The second close may land after the last message was received.
     let after = (
         await_reconnect(&producer, before.0 + 1).await,
@@ -446,23 +447,25 @@ async fn circuit_breaker_opens_while_the_broker_is_down_and_recovers() {
         down.elapsed()
     );
 
-    let started = Instant::now();
-    let stats = backend.get_queue_stats(&queue).await;
-    let send = backend.send_message(&queue, &step()).await;
-    let receive = backend
-        .receive_messages::<SimpleStepMessage>(&queue, 1, Duration::from_secs(5))
-        .await;
-    for result in [stats.map(drop), send.map(drop), receive.map(drop)] {
-        assert!(
-            matches!(result, Err(MessagingError::CircuitOpen { .. })),
-            "{result:?}"
-        );
-    }
-    assert!(
-        started.elapsed() < Duration::from_millis(50),
-        "an open circuit fails fast: {:?}",
-        started.elapsed()
-    );
+    let (backend_ref, queue_ref) = (&backend, &queue);
+    common::within_twice(
+        Duration::from_millis(50),
+        "an open circuit fails fast",
+        || async move {
+            let stats = backend_ref.get_queue_stats(queue_ref).await;
+            let send = backend_ref.send_message(queue_ref, &step()).await;
+            let receive = backend_ref
+                .receive_messages::<SimpleStepMessage>(queue_ref, 1, Duration::from_secs(5))
+                .await;
+            for result in [stats.map(drop), send.map(drop), receive.map(drop)] {
+                assert!(
+                    matches!(result, Err(MessagingError::CircuitOpen { .. })),
+                    "{result:?}"
+                );
+            }
+        },
+    )
+    .await;
     seen.push(("fail fast", breaker.state()));
 
     tokio::time::sleep(Duration::from_millis(1_100)).await;
@@ -542,14 +545,14 @@ async fn a_stopped_broker_fails_fast_and_recovers_within_a_second() {
     let queue = queue_name("stopped");
     backend.create_queue(&queue).await.expect("create_queue");
     let _restart = RestartBroker;
-    let figures = common::outage::stopped_server(
+    common::outage::stopped_server_within_bounds(
         Arc::clone(&backend),
         &queue,
         &broker_address(),
         || rabbitmqctl(&["stop_app"]),
         start_broker,
+        "RabbitMQ",
     )
     .await;
-    figures.check("RabbitMQ");
     backend.delete_queue(&queue).await.expect("delete_queue");
 }

@@ -3,7 +3,11 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use tasker_messaging::{
     conformance::{step, unique_queue},
@@ -11,6 +15,8 @@ use tasker_messaging::{
 };
 
 const LEASE: Duration = Duration::from_secs(30);
+/// How long a wait's future must sit unpolled to count as parked.
+const PARKED: Duration = Duration::from_millis(300);
 
 /// A backend whose fallback poll is longer than any test here, so only an
 /// arrival signal can end a wait in time.
@@ -22,30 +28,63 @@ async fn without_poll(provider: Provider) -> MessageBackend {
         .unwrap_or_else(|e| panic!("{provider:?} backend: {e}"))
 }
 
-fn wait_forever(
-    backend: &MessageBackend,
-    queue: &str,
-) -> tokio::task::JoinHandle<
-    Result<Vec<tasker_messaging::QueuedMessage<SimpleStepMessage>>, MessagingError>,
-> {
+type Waited = Result<Vec<tasker_messaging::QueuedMessage<SimpleStepMessage>>, MessagingError>;
+
+/// A wait running in a task of its own, with a record of when its future
+/// was last polled: evidence that it is parked, not yet to start.
+struct Waiting {
+    task: tokio::task::JoinHandle<Waited>,
+    last_poll: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Waiting {
+    /// Returns once the wait has been polled and then left alone for
+    /// `quiet`, still pending: it checked the queue, found it empty and is
+    /// parked on its signal (a receive in flight is polled as its I/O
+    /// completes). Fails if that does not happen within 10 s.
+    async fn until_parked(&self, quiet: Duration) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(!self.task.is_finished(), "an empty queue ended the wait");
+            let last = *self.last_poll.lock().expect("poll record");
+            if last.is_some_and(|at| at.elapsed() >= quiet) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the wait was not parked within 10 s (last polled {:?} ago)",
+                last.map(|at| at.elapsed())
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn wait_forever(backend: &MessageBackend, queue: &str) -> Waiting {
     let (backend, queue) = (backend.clone(), queue.to_owned());
-    tokio::spawn(async move {
+    let last_poll = Arc::new(Mutex::new(None));
+    let record = Arc::clone(&last_poll);
+    let mut wait = Box::pin(async move {
         backend
             .receive_messages_wait::<SimpleStepMessage>(&queue, 1, LEASE, Duration::MAX)
             .await
-    })
+    });
+    let task = tokio::spawn(std::future::poll_fn(move |cx| {
+        let polled = wait.as_mut().poll(cx);
+        *record.lock().expect("poll record") = Some(Instant::now());
+        polled
+    }));
+    Waiting { task, last_poll }
 }
 
 async fn duration_max_wait_returns_the_message_sent(backend: MessageBackend) {
     let queue = unique_queue("wait_max");
     backend.create_queue(&queue).await.unwrap();
     let waiting = wait_forever(&backend, &queue);
-    // Long enough for the wait to find the queue empty and start waiting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "an empty queue ended the wait");
+    waiting.until_parked(PARKED).await;
     let sent = step();
     backend.send_message(&queue, &sent).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), waiting)
+    let got = tokio::time::timeout(Duration::from_secs(10), waiting.task)
         .await
         .expect("the send woke the wait")
         .expect("the wait did not panic")
@@ -99,10 +138,9 @@ async fn delete_ends_a_wait_on_the_queue(backend: MessageBackend) {
     let queue = unique_queue("wait_deleted");
     backend.create_queue(&queue).await.unwrap();
     let waiting = wait_forever(&backend, &queue);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "an empty queue ended the wait");
+    waiting.until_parked(PARKED).await;
     backend.delete_queue(&queue).await.unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(10), waiting)
+    let ended = tokio::time::timeout(Duration::from_secs(10), waiting.task)
         .await
         .expect("the delete ended the wait")
         .expect("the wait did not panic");

@@ -28,7 +28,8 @@ use amqprs::{
 use pgmq::PGMQueueExt;
 use tasker_messaging::{
     conformance::{step, unique_queue},
-    MessageBackend, MessagingConfig, MessagingService, Provider, RabbitMqConfig, SimpleStepMessage,
+    MessageBackend, MessagingConfig, MessagingService, PgmqConfig, Provider, RabbitMqConfig,
+    SimpleStepMessage,
 };
 use tokio::{runtime::Runtime, sync::mpsc};
 
@@ -409,7 +410,7 @@ pub async fn ungrouped(provider: Provider) -> Option<(Client, String)> {
     if provider != Provider::Pgmq {
         return None;
     }
-    let mut config = common::config(provider);
+    let mut config = config(provider);
     config.pgmq.as_mut()?.max_send_group = 1;
     let backend = MessageBackend::connect(&config).await.expect("connect");
     let queue = unique_queue("bench");
@@ -482,11 +483,16 @@ pub fn setup() -> Setup {
 }
 
 /// The library as a user configures it: the tests' settings, but the
-/// default cap on one receive (the tests lower it to reach it quickly).
+/// default cap on one receive and the default PGMQ pool (the tests lower
+/// both). The raw PGMQ client shares that pool, so both sides run on the
+/// same, default, number of connections.
 fn config(provider: Provider) -> MessagingConfig {
     let mut config = common::config(provider);
     if let Some(rabbitmq) = config.rabbitmq.as_mut() {
         rabbitmq.prefetch_count = RabbitMqConfig::new(rabbitmq.url.clone()).prefetch_count;
+    }
+    if let Some(pgmq) = config.pgmq.as_mut() {
+        pgmq.pool_size = PgmqConfig::new(pgmq.database_url.clone()).pool_size;
     }
     config
 }

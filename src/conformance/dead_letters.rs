@@ -49,6 +49,36 @@ pub async fn max_receive_count_moves_message_to_dead_letter_queue(backend: &Mess
     cleanup(backend, &queue).await;
 }
 
+/// C18: the crash path: a message whose every lease runs out (its consumers
+/// die, no release) moves to the dead-letter queue at the delivery after
+/// its `max_receive_count`-th, just as one released each time does.
+pub async fn expired_last_lease_moves_message_to_dead_letter_queue(backend: &MessageBackend) {
+    let queue = fresh_queue(backend, "expired_last_lease").await;
+    let dlq = dead_letter_queue(backend, &queue);
+    let max = backend.queues_config().max_receive_count;
+    let doomed = step();
+    send(backend, &queue, &doomed).await;
+    for attempt in 1..=max {
+        // Each consumer crashes holding the message: its lease runs out.
+        let got = receive_one(backend, &queue, LEASE).await;
+        assert_eq!(got.message, doomed);
+        assert_eq!(got.metadata.receive_count, attempt);
+        drop(got);
+        tokio::time::sleep(LEASE + SLACK).await;
+    }
+    let next = receive_n(backend, &queue, 1, LONG_LEASE, Duration::from_secs(2)).await;
+    assert!(
+        next.is_empty(),
+        "delivered after {max} expired leases: {:?}",
+        next.first().map(|m| (&m.message, m.metadata.receive_count))
+    );
+    let stats = backend.get_queue_stats(&queue).await.expect("stats");
+    assert_eq!(stats.dead_letter_count, Some(1));
+    let dead = receive_one(backend, &dlq, LONG_LEASE).await;
+    assert_eq!(dead.message, doomed, "the dead letter keeps its body");
+    cleanup(backend, &queue).await;
+}
+
 /// C19: a body of another shape is released at once for receivers that read
 /// it (an "old" worker's receive skips a "new" message, and the "new" worker
 /// gets every one), and such a read is no hand-out: the new worker sees

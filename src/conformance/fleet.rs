@@ -101,11 +101,22 @@ async fn hand_back(
         }
         None => {
             let held = receive_one(holder, queue, LEASE).await;
-            tokio::time::sleep(LEASE + SLACK).await;
+            // Timed from the lease's end as the provider stated it.
+            let left = (held.metadata.visibility_timeout_expires - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default();
+            tokio::time::sleep(left + SLACK).await;
             held
         }
     };
-    let got = receive(receiver, queue, 10, LONG_LEASE).await;
+    let mut got = receive(receiver, queue, 10, LONG_LEASE).await;
+    if got.is_empty() {
+        // One look can land in a scheduling stall (a RabbitMQ lease ends on
+        // a timer task): measured once more, after the slack, before failing.
+        println!("{what}: not receivable at once; looking once more");
+        tokio::time::sleep(SLACK).await;
+        got = receive(receiver, queue, 10, LONG_LEASE).await;
+    }
     assert_eq!(uuids(&got), vec![message.step_uuid], "{what}");
     assert_eq!(
         got[0].metadata.receive_count,
@@ -322,9 +333,10 @@ pub async fn batch_settle_spares_other_processes_leases(a: &MessageBackend, b: &
 
 /// C12, C28: four receivers in two processes take messages sent in a steady
 /// trickle, mixing plain and waiting receives: every message is received, none
-/// twice, and none is dead-lettered. A hand-out no caller saw is counted
-/// for at most 1 message in 100: the RabbitMQ race CONTRACT.md states under
-/// C28 (measured at about 1 in 2,000; PGMQ and in-memory: none).
+/// twice, and none is dead-lettered. A hand-out no caller saw is counted for
+/// no message where `exact_receive_count` holds, and for at most 1 in 100
+/// where it does not: the RabbitMQ race CONTRACT.md states under C28
+/// (measured at about 1 in 2,000).
 pub async fn a_fleet_keeps_up_with_a_trickle_of_sends(a: &MessageBackend, b: &MessageBackend) {
     const MESSAGES: usize = 1_500;
     let queue = fresh_queue(a, "fleet_trickle").await;
@@ -374,12 +386,18 @@ pub async fn a_fleet_keeps_up_with_a_trickle_of_sends(a: &MessageBackend, b: &Me
     assert_eq!(received, MESSAGES);
     let recounted = recounted.into_inner();
     println!("trickle: {recounted} of {MESSAGES} came back counted without a hand-out");
+    let tolerance = if a.capabilities().exact_receive_count {
+        0
+    } else {
+        MESSAGES / 100
+    };
     assert!(
-        recounted <= MESSAGES / 100,
-        "{recounted} of {MESSAGES} messages came back counted without a hand-out"
+        recounted <= tolerance,
+        "{recounted} of {MESSAGES} messages came back counted without a hand-out \
+         (allowed: {tolerance})"
     );
     let stats = a.get_queue_stats(&queue).await.expect("stats");
-    assert_eq!(stats.dead_letter_count.unwrap_or(0), 0);
+    assert_eq!(stats.dead_letter_count, Some(0), "nothing dead-lettered");
     cleanup(a, &queue).await;
 }
 

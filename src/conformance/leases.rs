@@ -74,19 +74,51 @@ pub async fn dropped_lease_is_redelivered_with_higher_receive_count(backend: &Me
 /// C10, C11: sub-second visibility timeouts round up to whole seconds.
 pub async fn visibility_timeout_rounds_up_to_whole_seconds(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "round_up").await;
-    send(backend, &queue, &step()).await;
-    let got = receive_one(backend, &queue, Duration::from_millis(100)).await;
-    let lease = got.metadata.visibility_timeout_expires - chrono::Utc::now();
-    assert!(
-        lease > chrono::Duration::milliseconds(500),
-        "lease of {lease} not rounded up"
-    );
-    // Still leased well after 100 ms.
-    assert_empty_for(backend, &queue, Duration::from_millis(400)).await;
-    tokio::time::sleep(LEASE + SLACK).await;
-    let again = receive_one(backend, &queue, LONG_LEASE).await;
-    assert_eq!(again.metadata.receive_count, 2);
+    // A stalled machine can eat a 1 s lease before it is looked at: a miss
+    // is measured once more, on a fresh message, before it fails.
+    let mut misses = Vec::new();
+    while let Some(miss) = rounded_up_lease(backend, &queue).await {
+        misses.push(miss);
+        assert!(
+            misses.len() < 2,
+            "a 100 ms lease was not rounded up: {misses:?}"
+        );
+        println!("{}; measuring once more", misses[0]);
+    }
     cleanup(backend, &queue).await;
+}
+
+/// Receives a fresh message with a 100 ms lease and checks, timed from the
+/// receive, that the lease runs about a second: `None`, or what was seen.
+async fn rounded_up_lease(backend: &MessageBackend, queue: &str) -> Option<String> {
+    send(backend, queue, &step()).await;
+    let got = receive_one(backend, queue, Duration::from_millis(100)).await;
+    let received = Instant::now();
+    let lease = got.metadata.visibility_timeout_expires - chrono::Utc::now();
+    // Still leased well after 100 ms.
+    let back = receive_n(backend, queue, 1, LONG_LEASE, Duration::from_millis(400)).await;
+    let looked = received.elapsed();
+    for message in &back {
+        backend
+            .delete_message(queue, message.receipt())
+            .await
+            .expect("delete");
+    }
+    if lease <= chrono::Duration::milliseconds(500) || !back.is_empty() {
+        backend.delete_message(queue, got.receipt()).await.ok();
+        return Some(format!(
+            "lease of {lease} left after the receive, message back {} within {looked:?}",
+            !back.is_empty()
+        ));
+    }
+    tokio::time::sleep(LEASE + SLACK).await;
+    let again = receive_one(backend, queue, LONG_LEASE).await;
+    assert_eq!(again.metadata.receive_count, 2);
+    backend
+        .delete_message(queue, again.receipt())
+        .await
+        .expect("delete");
+    None
 }
 
 /// C14: delete removes for good; a receipt whose lease ended is
@@ -126,6 +158,7 @@ pub async fn delete_removes_message_and_stale_receipts_are_lease_expired(backend
         is_lease_expired,
         "stale receipt while another consumer holds the message",
     );
+    assert_stale_release_is_refused(backend, &queue, &stale).await;
     backend
         .delete_message(&queue, current.receipt())
         .await
@@ -259,10 +292,11 @@ pub async fn change_visibility_extends_and_releases_leases(backend: &MessageBack
         is_lease_expired,
         "released lease",
     );
+    assert_stale_release_is_refused(backend, &queue, &got).await;
     backend
         .delete_message(&queue, again.receipt())
         .await
-        .expect("delete");
+        .expect("the live lease survives the stale calls");
     assert_err(
         backend
             .change_message_visibility(&queue, again.receipt(), LEASE)
@@ -271,6 +305,26 @@ pub async fn change_visibility_extends_and_releases_leases(backend: &MessageBack
         "deleted message",
     );
     cleanup(backend, &queue).await;
+}
+
+/// Releases (visibility 0) with `stale`, whose lease ended while another
+/// lease holds its message: `LeaseExpired`, and the live lease is neither
+/// released nor shortened (nothing becomes receivable for a while).
+async fn assert_stale_release_is_refused(
+    backend: &MessageBackend,
+    queue: &str,
+    stale: &QueuedMessage<SimpleStepMessage>,
+) {
+    assert_err(
+        backend
+            .change_message_visibility(queue, stale.receipt(), Duration::ZERO)
+            .await,
+        is_lease_expired,
+        "stale release while another lease holds the message",
+    );
+    // A released message is ready at once (C17): a RabbitMQ requeue reaches
+    // the queue within milliseconds, far inside this window.
+    assert_empty_for(backend, queue, Duration::from_millis(1_500)).await;
 }
 
 /// C12: concurrent receivers never hold the same message at once; with
@@ -356,9 +410,13 @@ pub async fn cancelled_calls_lose_nothing(backend: &MessageBackend) {
             None => None,
         })
         .collect();
+    // A send that goes over the network cannot finish within a few yields:
+    // some must have been abandoned, or this case tested no cancellation.
+    let abandoned = outcomes.iter().filter(|(_, o)| o.is_none()).count();
     assert!(
-        confirmed.len() >= MESSAGES / 2,
-        "the sends left alone all finish"
+        abandoned > 0 || backend.provider() == crate::Provider::InMemory,
+        "no send was abandoned on {}: the case cancelled nothing",
+        backend.provider()
     );
     // The publisher still works after the abandoned sends.
     let after = step();

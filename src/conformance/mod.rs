@@ -112,6 +112,7 @@ macro_rules! conformance_tests {
             change_visibility_extends_and_releases_leases,
             delete_messages_settles_each_receipt_on_its_own,
             max_receive_count_moves_message_to_dead_letter_queue,
+            expired_last_lease_moves_message_to_dead_letter_queue,
             message_of_another_shape_is_released_then_dead_lettered,
             a_receive_of_one_that_meets_another_shape_first_returns_nothing,
             a_rolling_deploy_hands_newer_messages_to_the_newer_worker,

@@ -48,6 +48,9 @@ pub struct Report {
     pub consumer_errors: usize,
     /// Acknowledged messages never received.
     pub lost: usize,
+    /// Disruptions that ran: the test checks it against `disrupt_at`, or a
+    /// run that ended before a point would pass without its fault.
+    pub disruptions: usize,
     /// Wall time of the run.
     pub elapsed: Duration,
 }
@@ -57,7 +60,7 @@ impl Report {
     pub fn print(&self, name: &str) {
         println!(
             "{name}: acknowledged {} (send attempts {}, send errors {}), received {}, \
-             duplicates {}, consumer errors {}, lost {}, in {:.1?}",
+             duplicates {}, consumer errors {}, lost {}, disruptions {}, in {:.1?}",
             self.acknowledged,
             self.send_attempts,
             self.send_errors,
@@ -65,6 +68,7 @@ impl Report {
             self.duplicates,
             self.consumer_errors,
             self.lost,
+            self.disruptions,
             self.elapsed
         );
     }
@@ -245,10 +249,12 @@ where
         .collect();
 
     let mut points = load.disrupt_at.into_iter().peekable();
+    let mut disruptions = 0;
     while !producer_task.is_finished() {
         if points.peek().is_some_and(|&at| acknowledged() >= at) {
             points.next();
             disrupt().await;
+            disruptions += 1;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -271,6 +277,7 @@ where
         duplicates: tally.received.values().map(|n| n - 1).sum(),
         consumer_errors: consumer_errors.load(Ordering::Relaxed),
         lost: tally.acknowledged.len() - received,
+        disruptions,
         elapsed: started.elapsed(),
     }
 }

@@ -217,9 +217,45 @@ async fn drain(
     want
 }
 
+/// Runs [`stopped_server`] and checks its bounds, stopping and starting the
+/// server once more before failing: one scheduling stall on a loaded machine
+/// can push one run's timings over a bound, not two runs'. Each bound is
+/// timed from its event (the stop, the port accepting), as before.
+pub async fn stopped_server_within_bounds(
+    backend: Arc<MessageBackend>,
+    queue: &str,
+    address: &str,
+    stop: impl Fn() + Clone + Send + 'static,
+    start: impl Fn() + Clone + Send + 'static,
+    provider: &str,
+) {
+    let mut misses = Vec::new();
+    for run in 1..=2 {
+        let figures = stopped_server(
+            Arc::clone(&backend),
+            queue,
+            address,
+            stop.clone(),
+            start.clone(),
+        )
+        .await;
+        match figures.check(provider) {
+            Ok(()) => return,
+            Err(miss) => {
+                println!("{provider}, run {run}: {miss}");
+                misses.push(miss);
+            }
+        }
+    }
+    panic!(
+        "{provider}: bounds missed in both runs:\n{}",
+        misses.join("\n")
+    );
+}
+
 impl Figures {
-    /// Prints the figures and asserts the issue's bounds.
-    pub fn check(&self, provider: &str) {
+    /// Prints the figures and checks the issue's bounds, naming those missed.
+    pub fn check(&self, provider: &str) -> Result<(), String> {
         println!(
             "{provider} stopped: health_check {:.0?} (slowest of 3); one send {:.0?}, one \
              receive {:.0?}; {TASKS}x{SENDS} sends in {:.0?}, {} CircuitOpen; after the \
@@ -232,18 +268,39 @@ impl Figures {
             self.first_ok,
             self.first_healthy
         );
-        assert!(self.health_down < Duration::from_secs(1), "{self:?}");
-        assert!(self.one_send < Duration::from_secs(2), "{self:?}");
-        assert!(self.one_receive < Duration::from_secs(2), "{self:?}");
-        assert!(self.burst < Duration::from_secs(5), "{self:?}");
-        assert!(
-            self.circuit_open > TASKS * SENDS / 2,
-            "most sends fail at once on the open circuit: {self:?}"
-        );
-        assert!(self.first_ok < Duration::from_millis(1_500), "{self:?}");
-        assert!(
-            self.first_healthy < Duration::from_millis(1_500),
-            "{self:?}"
-        );
+        let bounds = [
+            (
+                self.health_down < Duration::from_secs(1),
+                "health_check under 1 s",
+            ),
+            (self.one_send < Duration::from_secs(2), "one send under 2 s"),
+            (
+                self.one_receive < Duration::from_secs(2),
+                "one receive under 2 s",
+            ),
+            (self.burst < Duration::from_secs(5), "the burst under 5 s"),
+            (
+                self.circuit_open > TASKS * SENDS / 2,
+                "most sends fail at once on the open circuit",
+            ),
+            (
+                self.first_ok < Duration::from_millis(1_500),
+                "first Ok under 1.5 s",
+            ),
+            (
+                self.first_healthy < Duration::from_millis(1_500),
+                "healthy under 1.5 s",
+            ),
+        ];
+        let missed: Vec<&str> = bounds
+            .iter()
+            .filter(|(met, _)| !met)
+            .map(|(_, bound)| *bound)
+            .collect();
+        if missed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("missed {}: {self:?}", missed.join(", ")))
+        }
     }
 }

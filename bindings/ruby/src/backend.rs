@@ -296,6 +296,7 @@ impl Backend {
                 ("broker_confirmed_delete", c.broker_confirmed_delete),
                 ("durable", c.durable),
                 ("portable_receipts", c.portable_receipts),
+                ("exact_receive_count", c.exact_receive_count),
             ] {
                 hash.aset(ruby.to_symbol(key), value)?;
             }

@@ -60,9 +60,13 @@ module TestSupport
     TaskerCore::Types::SimpleStepMessage.new(task_uuid: SecureRandom.uuid, step_uuid: SecureRandom.uuid)
   end
 
+  def now
+    Process.clock_gettime(Process::CLOCK_MONOTONIC)
+  end
+
   def elapsed
-    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    started = now
     yield
-    Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
+    now - started
   end
 end
