@@ -209,7 +209,8 @@ impl TrackedChannel {
             && lock(&self.events.closed).is_none()
     }
 
-    fn dead(&self) -> CallError {
+    /// Why the channel is unusable: the broker's close, or a broken link.
+    pub(super) fn dead(&self) -> CallError {
         match lock(&self.events.closed).clone() {
             Some(closed) => CallError::Closed(closed),
             None => CallError::broken("the channel is closed", None),

@@ -13,8 +13,9 @@
 //!    or the queue is empty.
 //! 3. Otherwise a consumer whose `basic.qos` window is what the receive
 //!    still wants. Once full it has no credit left, so its `basic.cancel` is
-//!    not awaited. A quorum queue dispatches after `consume-ok`, so a second
-//!    `basic.qos` (a barrier for what was dispatched before it) can answer
+//!    not awaited. The consume is sent `nowait` (see [`Slot::open`]) and a
+//!    `basic.qos` after it is its reply. A quorum queue dispatches after it
+//!    starts the consumer, so that `basic.qos` (a barrier for what was dispatched before it) can answer
 //!    first: while the broker then says messages are ready, the receive
 //!    waits for the deliveries its credit draws (`fill`), and only once none
 //!    are, a last barrier passes and the consumer is cancelled with a reply.
@@ -31,11 +32,11 @@
 //! first barrier), 0 after.
 //!
 //! Round trips: an empty receive 1; a receive of n messages by gets n (+1
-//! when the queue empties); a bulk receive 2 (get, consume; the cancel is
-//! not awaited), 3 when the barrier answers first, and 2 more (a ready count
+//! when the queue empties); a bulk receive 2 (get, consume with its
+//! barrier; the cancel is not awaited), 3 when the barrier answers first, and 2 more (a ready count
 //! on the admin connection, a barrier) per check when another process took
 //! part of it. Dropped at any await, a receive strands nothing: its consumer
-//! is owned from `consume-ok` on, by the request's task until the receive
+//! is owned from the moment its consume is sent, by the request's task until the receive
 //! holds it. The options weighed,
 //! measured on RabbitMQ 3.10 here (quorum queue, loopback):
 //! - one long-lived consumer with a window narrowed to the callers' demand:
@@ -215,10 +216,18 @@ impl Slot {
         }
         let n = self.consumers.fetch_add(1, Ordering::Relaxed);
         let tag = format!("tasker-messaging.{}.{}.{n}", self.queue, line.epoch);
+        // `nowait`: RabbitMQ can answer one `basic.consume` with two
+        // `consume-ok`s (the queue deleted and re-created under it: the
+        // broker retries the consume on the new queue and sends its reply
+        // again), and amqprs panics its dispatcher on the second, taking the
+        // connection and every lease on it. Without a reply nothing can be
+        // unmatched; the barrier that follows in `consume` is the round trip
+        // that says whether the consume failed (the channel closes, 404).
         let args = BasicConsumeArguments::new(&self.queue, &tag)
             .manual_ack(true)
+            .no_wait(true)
             .finish();
-        // The consumer is owned from the moment the broker answers, inside
+        // The consumer is owned from the moment its frame is queued, inside
         // the request's task: should the caller be gone by then, the task
         // drops it, and its guard cancels it (no orphan takes messages).
         let channel = Arc::clone(&line.channel);
@@ -398,7 +407,8 @@ impl Slot {
                     queue: self.queue.clone(),
                 }
             } else {
-                errors::connection("the channel closed during a receive", None)
+                // A 404 here is the (unawaited) consume finding no queue.
+                errors::call_error(RECEIVE, consumer.channel.dead(), Some(&self.queue))
             });
         }
         consumer.close(self, epoch, lease).await
