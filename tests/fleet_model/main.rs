@@ -29,6 +29,14 @@
 //!   those sources of disorder (to narrow down a finding). For example:
 //!   `TASKER_FLEET_SECS=120 cargo test --test fleet_model -- --nocapture pgmq::`.
 //!
+//! Where a process sends to RabbitMQ, the random run deletes and re-creates
+//! no queue unless `TASKER_FLEET_RABBITMQ_RECREATE=1`: RabbitMQ 3.10 crashes
+//! the channel of a publish that meets a queue being deleted and closes that
+//! whole connection (`541 INTERNAL_ERROR`), so the publisher's leases on
+//! every other queue end at once and their messages are handed out again
+//! while their holders still work on them (CONTRACT.md, C12's RabbitMQ
+//! exception). The summary line says when this applies.
+//!
 //! The `regressions` module keeps the cases this check found, shrunk by
 //! hand to small deterministic tests.
 
@@ -64,6 +72,14 @@ pub enum Variant {
 }
 
 impl Variant {
+    /// Whether its sends go to RabbitMQ (see the module documentation).
+    fn publishes_to_rabbitmq(self) -> bool {
+        matches!(
+            self,
+            Self::Plain(Provider::RabbitMq) | Self::Migrating(_, Provider::RabbitMq)
+        )
+    }
+
     pub async fn connect(self) -> MessageBackend {
         match self {
             Self::Plain(provider) => common::connect(fleet_config(provider), provider).await,
@@ -98,8 +114,8 @@ fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
     )
 }
 
-/// The plan the environment asks for.
-fn plan() -> driver::Plan {
+/// The plan the environment asks for, on `variant`.
+fn plan(variant: Variant) -> driver::Plan {
     let seed = env("TASKER_FLEET_SEED").unwrap_or_else(rand::random::<u64>);
     let secs: f64 = env("TASKER_FLEET_SECS").unwrap_or(3.0);
     let off: String = env("TASKER_FLEET_OFF").unwrap_or_default();
@@ -116,7 +132,9 @@ fn plan() -> driver::Plan {
         workers_per_process: 2,
         cancel_rate: if off.contains(&"cancel") { 0.0 } else { 0.25 },
         cross_receipts: !off.contains(&"cross"),
-        recreate: !off.contains(&"recreate"),
+        recreate: !off.contains(&"recreate")
+            && (!variant.publishes_to_rabbitmq()
+                || env::<u8>("TASKER_FLEET_RABBITMQ_RECREATE") == Some(1)),
         purge: !off.contains(&"purge"),
     }
 }
@@ -124,7 +142,7 @@ fn plan() -> driver::Plan {
 /// Runs the fleet on `variant` as the environment says, and fails with the
 /// seed and the violations.
 pub async fn fleet_keeps_the_contract(name: &str, variant: Variant) {
-    run_and_check(name, variant, plan()).await;
+    run_and_check(name, variant, plan(variant)).await;
 }
 
 /// Runs `plan` on `variant` and fails with the seed and the violations.

@@ -115,8 +115,11 @@ pub async fn a_queue_recreated_under_use_spares_other_leases(variant: Variant) {
     a.send_message(&kept, &step()).await.expect("send");
     let held = receive_one(a, &kept).await;
     for round in 0..20u64 {
+        // Sent before B deletes, not during: a publish meeting the delete
+        // makes RabbitMQ 3.10 close A's connection (C12's exception), which
+        // ends every lease A holds; this case is about consumes and settles.
+        let _ = a.send_message(&doomed, &step()).await;
         let use_it = async {
-            let _ = a.send_message(&doomed, &step()).await;
             let got = a
                 .receive_messages::<SimpleStepMessage>(&doomed, 1, LEASE)
                 .await;
