@@ -71,6 +71,7 @@ mod migration;
 
 mod capabilities;
 mod codec;
+mod compact_json;
 mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -224,6 +224,15 @@ pub(crate) mod provide {
             visibility_timeout: Duration,
         ) -> Result<(), MessagingError>;
 
+        /// Makes a leased message ready again at once without counting the
+        /// receive that leased it: for a read that reached no caller (a move
+        /// that could not move it). `LeaseExpired` if the lease is not live.
+        async fn put_back_uncounted(
+            &self,
+            queue: &QueueName,
+            receipt: &ReceiptHandle,
+        ) -> Result<(), MessagingError>;
+
         async fn get_queue_stats(&self, queue: &QueueName) -> Result<QueueStats, MessagingError>;
 
         async fn purge_queue(&self, queue: &QueueName) -> Result<u64, MessagingError>;

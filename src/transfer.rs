@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::{
-    MessageBackend, MessagingError, MessagingService, QueueMessage, QueuedMessage, ReceiptHandle,
+    queue_name::QueueName, service::provide, MessageBackend, MessagingError, MessagingService,
+    QueueMessage, QueuedMessage, ReceiptHandle,
 };
 
 /// Messages taken per round: one receive, one `send_batch`, one `delete_messages`.
@@ -29,6 +30,16 @@ impl RawMessage {
     /// The body's JSON text.
     pub fn json(&self) -> &str {
         self.0.get()
+    }
+}
+
+impl RawMessage {
+    /// The same JSON value in its compact text (see `compact_json`): what a
+    /// move sends, so that a body is measured about the way it was accepted.
+    fn compacted(&self) -> RawMessage {
+        RawValue::from_string(crate::compact_json::compact(self.json()))
+            .map(RawMessage)
+            .unwrap_or_else(|_| self.clone())
     }
 }
 
@@ -96,7 +107,9 @@ impl std::error::Error for MoveError {
 /// At-least-once: a message is deleted from the source only after the
 /// destination confirmed it, so a crash or error mid-way duplicates at
 /// worst. A moved message gets a new id, `enqueued_at` and `receive_count`
-/// (1 at its next receive); its source receive counted one delivery there.
+/// (1 at its next receive). A body is sent in its compact JSON text, so a
+/// PGMQ body (jsonb text, longer) is measured about as it was accepted (C7).
+/// A message taken but not moved goes back uncounted (C18).
 /// A body that is not JSON is never handed to the move: the receive
 /// dead-letters it (or, in a dead-letter queue, leaves it leased).
 pub async fn move_messages(
@@ -171,7 +184,7 @@ async fn move_rounds(
         if round.is_empty() {
             break;
         }
-        let bodies: Vec<RawMessage> = round.iter().map(|m| m.message.clone()).collect();
+        let bodies: Vec<RawMessage> = round.iter().map(|m| m.message.compacted()).collect();
         let mut failed = None;
         match to.send_batch(to_queue, &bodies).await {
             Ok(_) => {}
@@ -179,7 +192,7 @@ async fn move_rounds(
                 // One message the destination refuses must not hold back the
                 // rest: the round goes one by one.
                 (round, failed) =
-                    send_one_by_one(from, from_queue, to, to_queue, round, refused).await;
+                    send_one_by_one(from, from_queue, to, to_queue, round, bodies, refused).await;
             }
             Err(error) => {
                 release(from, from_queue, &round).await;
@@ -237,12 +250,13 @@ async fn send_one_by_one(
     to: &MessageBackend,
     to_queue: &str,
     round: Vec<QueuedMessage<RawMessage>>,
+    bodies: Vec<RawMessage>,
     refused: &mut Vec<QueuedMessage<RawMessage>>,
 ) -> (Vec<QueuedMessage<RawMessage>>, Option<MessagingError>) {
     let mut sent = Vec::with_capacity(round.len());
-    let mut rest = round.into_iter();
-    while let Some(message) = rest.next() {
-        match to.send_message(to_queue, &message.message).await {
+    let mut rest = round.into_iter().zip(bodies);
+    while let Some((message, body)) = rest.next() {
+        match to.send_message(to_queue, &body).await {
             Ok(_) => sent.push(message),
             Err(error) if is_refusal(&error) => {
                 tracing::warn!(queue = from_queue, %error,
@@ -250,7 +264,9 @@ async fn send_one_by_one(
                 refused.push(message);
             }
             Err(error) => {
-                let left: Vec<_> = std::iter::once(message).chain(rest).collect();
+                let left: Vec<_> = std::iter::once(message)
+                    .chain(rest.map(|(message, _)| message))
+                    .collect();
                 release(from, from_queue, &left).await;
                 return (sent, Some(error));
             }
@@ -262,10 +278,14 @@ async fn send_one_by_one(
 /// Gives a round that could not be sent back to the source at once; what
 /// cannot be released comes back when its lease ends.
 async fn release(from: &MessageBackend, queue: &str, round: &[QueuedMessage<RawMessage>]) {
+    let Ok(name) = QueueName::new(queue) else {
+        return;
+    };
     for message in round {
-        if let Err(error) = from
-            .change_message_visibility(queue, message.receipt(), Duration::ZERO)
-            .await
+        // The move's read reached no worker: it must not count toward
+        // dead-lettering.
+        if let Err(error) =
+            provide::Provide::put_back_uncounted(from, name, message.receipt()).await
         {
             tracing::warn!(queue, %error, "could not release a message; it returns when its lease ends");
         }

@@ -128,7 +128,9 @@ async fn a_failed_send_loses_nothing(from: Provider, to: Provider) {
         "{error}"
     );
     assert_eq!(error.done.sent(), 0);
-    // Released at once, each counted once for the move's receive.
+    // Released at once; the move's receive counts on RabbitMQ only (there
+    // the put-back is a counted requeue).
+    let count = if from == Provider::RabbitMq { 2 } else { 1 };
     let back = source
         .receive_messages::<SimpleStepMessage>(&queue, 10, Duration::from_secs(30))
         .await
@@ -138,8 +140,50 @@ async fn a_failed_send_loses_nothing(from: Provider, to: Provider) {
         bodies, sent,
         "every message is back in the source, in order"
     );
-    assert!(back.iter().all(|m| m.metadata.receive_count == 2));
+    assert!(back.iter().all(|m| m.metadata.receive_count == count));
     source.delete_queue(&queue).await.unwrap();
+}
+
+/// Moves that fail (the destination queue is missing) more times than
+/// `max_receive_count`: no message is dead-lettered, and the next real
+/// receive is each message's first.
+async fn failed_moves_never_count(from: Provider, to: Provider) {
+    let (source, target) = (common::backend(from).await, common::backend(to).await);
+    let queue = unique_queue("move_uncounted");
+    let missing = unique_queue("move_nowhere");
+    source.create_queue(&queue).await.unwrap();
+    let sent = steps(4);
+    source.send_batch(&queue, &sent).await.unwrap();
+    for _ in 0..5 {
+        let error = move_messages(&source, &queue, &target, &missing, 10)
+            .await
+            .expect_err("the destination queue does not exist");
+        assert_eq!(error.done.sent(), 0, "{error}");
+    }
+    let stats = source.get_queue_stats(&queue).await.unwrap();
+    assert_eq!(stats.dead_letter_count, Some(0), "{stats:?}");
+    let back = source
+        .receive_messages::<SimpleStepMessage>(&queue, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let counts: Vec<u32> = back.iter().map(|m| m.metadata.receive_count).collect();
+    assert_eq!(counts, vec![1; 4], "a failed move is no delivery");
+    source.delete_queue(&queue).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_moves_within_pgmq_never_count() {
+    failed_moves_never_count(Provider::Pgmq, Provider::Pgmq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_moves_pgmq_to_rabbitmq_never_count() {
+    failed_moves_never_count(Provider::Pgmq, Provider::RabbitMq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_moves_within_in_memory_never_count() {
+    failed_moves_never_count(Provider::InMemory, Provider::InMemory).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,17 +216,21 @@ async fn failed_send_to_pgmq_loses_nothing() {
     a_failed_send_loses_nothing(Provider::RabbitMq, Provider::Pgmq).await;
 }
 
-/// A body PGMQ accepted, under `max_message_bytes`, that comes back longer
-/// (jsonb text has a space after every `,`): a move whose destination refuses
-/// it as too large still moves the messages around it, reports it as
-/// refused, and leaves it ready in the source.
+/// A backend with `max_message_bytes` set to `max`.
+async fn backend_limited(provider: Provider, max: usize) -> MessageBackend {
+    let mut config = common::config(provider);
+    config.queues.max_message_bytes = max;
+    common::connect(config, provider).await
+}
+
+/// A message the destination refuses on its own (its limit is lower than
+/// the source's): a move still moves the messages around it, reports it as
+/// refused, and leaves it ready in the source, its count as it was.
 async fn a_refused_message_never_blocks_the_rest(to: Provider) {
     let source = common::backend(Provider::Pgmq).await;
-    let target = common::backend(to).await;
-    let max = source.queues_config().max_message_bytes;
-    let items = vec!["1"; max / 2 - 8].join(",");
-    let text = format!("{{\"n\":[{items}]}}");
-    assert!(text.len() < max && text.len() + max / 2 - 9 > max);
+    let target = backend_limited(to, 1024).await;
+    let text = format!("{{\"n\":\"{}\"}}", "x".repeat(2000));
+    assert!(text.len() < source.queues_config().max_message_bytes);
     let big: tasker_messaging::RawMessage = serde_json::from_str(&text).unwrap();
 
     let queue = unique_queue("move_refused");
@@ -210,8 +258,72 @@ async fn a_refused_message_never_blocks_the_rest(to: Provider) {
         .await
         .unwrap();
     assert_eq!(left.len(), 1, "the refused message is back in the source");
+    assert_eq!(
+        left[0].metadata.receive_count, 1,
+        "the move's read did not count"
+    );
     source.delete_queue(&queue).await.unwrap();
     target.delete_queue(&dest).await.unwrap();
+}
+
+/// Bodies PGMQ accepted under the default 256 KiB limit that come back
+/// longer (jsonb text: a space after every `:` and `,`, `1e1000` as 1,001
+/// digits) move at the size they were accepted at: nothing is refused.
+async fn an_accepted_body_moves(to: Provider) {
+    const LIMIT: usize = 262_144;
+    let source = backend_limited(Provider::Pgmq, LIMIT).await;
+    let target = backend_limited(to, LIMIT).await;
+    let items = vec!["1"; 100_002].join(",");
+    let text = format!("{{\"n\":[{items}]}}");
+    assert_eq!(text.len(), 200_011);
+    let big: tasker_messaging::RawMessage = serde_json::from_str(&text).unwrap();
+    let huge_number: tasker_messaging::RawMessage =
+        serde_json::from_str(r#"{"big": 1e1000}"#).unwrap();
+
+    let queue = unique_queue("move_size");
+    let dest = unique_queue("move_size_to");
+    source.create_queue(&queue).await.unwrap();
+    target.create_queue(&dest).await.unwrap();
+    source.send_message(&queue, &big).await.expect("accepted");
+    source
+        .send_message(&queue, &huge_number)
+        .await
+        .expect("accepted");
+    source.send_batch(&queue, &steps(2)).await.unwrap();
+
+    let report = move_messages(&source, &queue, &target, &dest, usize::MAX)
+        .await
+        .expect("move");
+    assert_eq!((report.moved, report.refused), (4, 0), "{report:?}");
+    let got = target
+        .receive_messages::<tasker_messaging::RawMessage>(&dest, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 4);
+    let value = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+    assert_eq!(value(got[0].message.json()), value(&text));
+    let digits: String = got[1]
+        .message
+        .json()
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'e')
+        .collect();
+    assert!(
+        digits == "1e1000" || digits == format!("1{}", "0".repeat(1000)),
+        "{digits}"
+    );
+    source.delete_queue(&queue).await.unwrap();
+    target.delete_queue(&dest).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_body_moves_within_pgmq() {
+    an_accepted_body_moves(Provider::Pgmq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_body_moves_pgmq_to_rabbitmq() {
+    an_accepted_body_moves(Provider::RabbitMq).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -398,6 +398,16 @@ impl Provide for MigratingMessageService {
             .await
     }
 
+    async fn put_back_uncounted(
+        &self,
+        queue: &QueueName,
+        receipt: &ReceiptHandle,
+    ) -> Result<(), MessagingError> {
+        self.issuer(receipt)?
+            .put_back_uncounted(queue, receipt)
+            .await
+    }
+
     async fn get_queue_stats(&self, queue: &QueueName) -> Result<QueueStats, MessagingError> {
         let (source, target) = tokio::join!(
             self.source.get_queue_stats(queue),

@@ -286,6 +286,22 @@ impl crate::service::provide::Provide for InMemoryMessageService {
         Ok(())
     }
 
+    async fn put_back_uncounted(
+        &self,
+        queue: &QueueName,
+        receipt: &ReceiptHandle,
+    ) -> Result<(), MessagingError> {
+        let queue = queue.as_str();
+        let lease = self.lease_of(queue, receipt)?;
+        self.with_queue(queue, |q| {
+            q.put_back_uncounted(lease, None)
+                .then_some(())
+                .ok_or_else(|| Self::lease_expired(queue, receipt))
+        })?;
+        self.arrivals.notify(queue);
+        Ok(())
+    }
+
     async fn get_queue_stats(&self, queue: &QueueName) -> Result<QueueStats, MessagingError> {
         let queue = queue.as_str();
         let now = tokio::time::Instant::now();

@@ -115,20 +115,32 @@ impl Queue {
     /// back of the line, taking that read back out of its receive count (it
     /// was no hand-out).
     pub fn release_other_shape(&mut self, receipt: Receipt, now: Instant) {
+        // Places and ids come from one counter: a new place is behind every message.
+        let place = self.next_id + 1;
+        if self.put_back_uncounted(receipt, Some(place)) {
+            self.next_id = place;
+            if let Some(stored) = self.messages.get_mut(&receipt.id) {
+                stored.other_shape_since.get_or_insert(now);
+            }
+        }
+    }
+
+    /// Makes a leased message ready again at once, taking the read that
+    /// leased it back out of its receive count (it reached no caller): at
+    /// its place, or at `new_place`. False if the lease is not live.
+    pub fn put_back_uncounted(&mut self, receipt: Receipt, new_place: Option<u64>) -> bool {
         let Some(deadline) = self.live_lease(receipt) else {
-            return;
+            return false;
         };
         self.leases.remove(&(deadline, receipt.id));
-        // Places and ids come from one counter: a new place is behind every message.
-        self.next_id += 1;
-        let place = self.next_id;
-        if let Some(stored) = self.messages.get_mut(&receipt.id) {
-            stored.lease = None;
-            stored.receive_count = stored.receive_count.saturating_sub(1);
-            stored.other_shape_since.get_or_insert(now);
-            stored.place = place;
-            self.ready.insert((place, receipt.id));
-        }
+        let Some(stored) = self.messages.get_mut(&receipt.id) else {
+            return false;
+        };
+        stored.lease = None;
+        stored.receive_count = stored.receive_count.saturating_sub(1);
+        stored.place = new_place.unwrap_or(stored.place);
+        self.ready.insert((stored.place, receipt.id));
+        true
     }
 
     /// Removes a message outright, returning its body.

@@ -88,6 +88,9 @@ struct ReadRow {
 /// The header key that records when a receiver that could not read a
 /// message first met it (seconds since the epoch, the database's clock).
 const OTHER_SHAPE_SINCE: &str = "tasker_other_shape_since";
+/// Takes a read that reached no caller back out of `read_ct`: the one place
+/// a PGMQ release does so (a message of another shape, a move that failed).
+const UNCOUNT: &str = "read_ct = greatest(read_ct - 1, 0)";
 
 impl PgmqMessageService {
     /// Connects a pool to `[pgmq] database_url` and installs PGMQ if absent.
@@ -391,7 +394,7 @@ impl PgmqMessageService {
         let release = format!(
             "UPDATE pgmq.q_{queue}
              SET msg_id = DEFAULT, vt = clock_timestamp(),
-                 read_ct = greatest(read_ct - 1, 0),
+                 {UNCOUNT},
                  headers = coalesce(headers, '{{}}'::jsonb) || jsonb_build_object(
                      '{OTHER_SHAPE_SINCE}',
                      CASE WHEN jsonb_typeof(headers->'{OTHER_SHAPE_SINCE}') = 'number'
@@ -656,6 +659,22 @@ impl crate::service::provide::Provide for PgmqMessageService {
             Some(secs),
         )
         .await
+    }
+
+    async fn put_back_uncounted(
+        &self,
+        queue: &QueueName,
+        receipt: &ReceiptHandle,
+    ) -> Result<(), MessagingError> {
+        let queue = queue.as_str();
+        // One statement: the release and the count restored together.
+        let sql = format!(
+            "UPDATE pgmq.q_{queue} SET vt = clock_timestamp(), {UNCOUNT}
+             WHERE msg_id = $1 AND read_ct = $2 AND tableoid::bigint = $3
+               AND vt > clock_timestamp()"
+        );
+        self.on_live_lease("put_back_uncounted", &sql, queue, receipt, None)
+            .await
     }
 
     async fn get_queue_stats(&self, queue: &QueueName) -> Result<QueueStats, MessagingError> {

@@ -562,6 +562,18 @@ impl crate::service::provide::Provide for RabbitMqMessageService {
         }
     }
 
+    async fn put_back_uncounted(
+        &self,
+        queue: &QueueName,
+        receipt: &ReceiptHandle,
+    ) -> Result<(), MessagingError> {
+        // The uncounted put-back (`other_shape`) republishes the delivery's
+        // body and properties, which a lease does not keep: this requeue is
+        // counted by the broker.
+        self.settle("put_back_uncounted", queue.as_str(), receipt, true)
+            .await
+    }
+
     async fn get_queue_stats(&self, queue: &QueueName) -> Result<QueueStats, MessagingError> {
         let queue = queue.as_str();
         self.resilience
