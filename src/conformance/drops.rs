@@ -71,3 +71,85 @@ pub async fn dropped_receives_strand_nothing(backend: &MessageBackend) {
     );
     cleanup(backend, &queue).await;
 }
+
+/// Queues in [`dropped_put_backs_leave_one_copy`], one message each.
+const PUT_BACK_ROUNDS: usize = 40;
+
+/// C13, C19: a receive dropped while it puts back a message of another shape
+/// leaves exactly one copy of it. [`PUT_BACK_ROUNDS`] queues each hold one
+/// message an old worker cannot read; its receive on queue `i` is dropped
+/// after `i` × 0.5 ms, so some drops land in every step of the put-back
+/// (on RabbitMQ: publishing the copy, awaiting its confirm, acking the
+/// original). Once every lease has ended, a newer worker finds the message
+/// once on every queue: not lost, and not both the copy and an original that
+/// came back when its lease ran out.
+pub async fn dropped_put_backs_leave_one_copy(backend: &MessageBackend) {
+    let mut queues = Vec::with_capacity(PUT_BACK_ROUNDS);
+    for i in 0..PUT_BACK_ROUNDS {
+        let queue = fresh_queue(backend, "dropped_put_back").await;
+        let newer = NotAStep {
+            garbage: format!("a newer message {i}"),
+        };
+        backend
+            .send_message(&queue, &newer)
+            .await
+            .expect("send the newer message");
+        queues.push(queue);
+    }
+    let old_workers: Vec<_> = queues
+        .iter()
+        .enumerate()
+        .map(|(i, queue)| {
+            let (backend, queue) = (backend.clone(), queue.clone());
+            tokio::spawn(async move {
+                let call = backend.receive_messages::<SimpleStepMessage>(&queue, 1, LEASE);
+                let drop_after = Duration::from_micros(500 * i as u64);
+                if let Ok(outcome) = tokio::time::timeout(drop_after, call).await {
+                    let got = outcome.unwrap_or_else(|e| panic!("receive_messages({queue}): {e}"));
+                    assert!(got.is_empty(), "an old worker got a newer message");
+                }
+            })
+        })
+        .collect();
+    for worker in old_workers {
+        worker.await.expect("an old worker's task");
+    }
+    tokio::time::sleep(LEASE + SLACK).await;
+    // First the one copy each queue must hold, then, after a little longer,
+    // any second one.
+    let mut found = vec![0usize; PUT_BACK_ROUNDS];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while found.contains(&0) && Instant::now() < deadline {
+        for (i, queue) in queues.iter().enumerate() {
+            if found[i] == 0 {
+                found[i] += read_newer(backend, queue).await;
+            }
+        }
+    }
+    tokio::time::sleep(SLACK).await;
+    for (i, queue) in queues.iter().enumerate() {
+        found[i] += read_newer(backend, queue).await;
+    }
+    let wrong: Vec<(usize, usize)> = found
+        .iter()
+        .enumerate()
+        .filter(|(_, copies)| **copies != 1)
+        .map(|(i, copies)| (i, *copies))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "queues (i: dropped after i × 0.5 ms, copies found) without exactly one copy: {wrong:?}"
+    );
+    for queue in &queues {
+        cleanup(backend, queue).await;
+    }
+}
+
+/// How many messages of another shape a newer worker reads from `queue`.
+async fn read_newer(backend: &MessageBackend, queue: &str) -> usize {
+    let read: Vec<QueuedMessage<NotAStep>> = backend
+        .receive_messages(queue, 10, LONG_LEASE)
+        .await
+        .unwrap_or_else(|e| panic!("the newer worker's receive_messages({queue}): {e}"));
+    read.len()
+}

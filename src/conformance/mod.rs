@@ -119,6 +119,7 @@ macro_rules! conformance_tests {
             concurrent_receivers_never_share_a_message,
             cancelled_calls_lose_nothing,
             dropped_receives_strand_nothing,
+            dropped_put_backs_leave_one_copy,
             queue_stats_count_ready_leased_and_dead_letters,
             purge_removes_ready_messages_only,
             health_check_answers_true_when_server_is_up,

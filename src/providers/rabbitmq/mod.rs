@@ -305,13 +305,23 @@ impl RabbitMqMessageService {
             })
             .await?;
         let put_back = !received.released.is_empty();
-        if put_back {
-            self.put_back_other_shapes(&slot, received.epoch, received.released)
-                .await;
-        }
-        if !received.dead.is_empty() {
-            self.move_dead_letters(&slot, received.epoch, received.dead)
-                .await;
+        if put_back || !received.dead.is_empty() {
+            // Publish, confirm, then ack (C13, C19): in a task of its own, so
+            // a caller dropped halfway never leaves both the copy and a
+            // leased original that comes back counted.
+            let (service, epoch) = (self.clone(), received.epoch);
+            let (released, dead) = (received.released, received.dead);
+            let task = tokio::spawn(async move {
+                if !released.is_empty() {
+                    service.put_back_other_shapes(&slot, epoch, released).await;
+                }
+                if !dead.is_empty() {
+                    service.move_dead_letters(&slot, epoch, dead).await;
+                }
+            });
+            if let Err(error) = task.await {
+                tracing::debug!(?error, queue, "putting back or dead-lettering failed");
+            }
         }
         Ok((received.messages, put_back))
     }
