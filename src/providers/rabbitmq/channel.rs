@@ -4,9 +4,12 @@
 //! amqprs keys a channel's pending replies by method, so two requests of the
 //! same kind in flight on one channel cross their replies (and a reply nobody
 //! waits for panics its dispatcher task). Every synchronous request therefore
-//! runs one at a time per channel, inside a spawned task so that a caller
-//! dropping its future cannot abandon a request half-way; a request that
-//! times out leaves a reply pending, so the channel is marked unusable.
+//! runs one at a time per channel, inside a spawned task that is never
+//! dropped, so neither a caller going away nor a timeout abandons a request
+//! half-way. A request that times out or fails gives the channel up: it is
+//! closed once that request has ended, so the broker cancels its consumers
+//! and requeues its deliveries instead of keeping them while the connection
+//! lives (C13).
 
 use crate::sync::lock;
 use std::{
@@ -159,8 +162,10 @@ pub(super) const CLOSED_CHANNEL_LIMIT: u32 = 1_000;
 pub(super) struct TrackedChannel {
     channel: Channel,
     events: Arc<Events>,
-    requests: tokio::sync::Mutex<()>,
+    requests: Arc<tokio::sync::Mutex<()>>,
     poisoned: AtomicBool,
+    /// Set once a close was scheduled by [`TrackedChannel::give_up`].
+    closing: AtomicBool,
     timeout: Duration,
 }
 
@@ -192,8 +197,9 @@ impl TrackedChannel {
             Ok(Arc::new(Self {
                 channel,
                 events,
-                requests: tokio::sync::Mutex::new(()),
+                requests: Arc::new(tokio::sync::Mutex::new(())),
                 poisoned: AtomicBool::new(false),
+                closing: AtomicBool::new(false),
                 timeout,
             }))
         });
@@ -228,30 +234,71 @@ impl TrackedChannel {
         let this = Arc::clone(self);
         let task = tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + this.timeout;
-            let Ok(_turn) = tokio::time::timeout_at(deadline, this.requests.lock()).await else {
+            let Ok(turn) =
+                tokio::time::timeout_at(deadline, Arc::clone(&this.requests).lock_owned()).await
+            else {
                 return Err(CallError::broken("timed out waiting for the channel", None));
             };
             if !this.usable() {
                 return Err(this.dead());
             }
-            match tokio::time::timeout_at(deadline, request(this.channel.clone())).await {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(error)) => {
-                    // The reply never came: the channel or its connection closed.
-                    this.poisoned.store(true, Ordering::Release);
-                    match lock(&this.events.closed).clone() {
-                        Some(closed) => Err(CallError::Closed(closed)),
-                        None => Err(CallError::broken("the request failed", Some(error))),
-                    }
-                }
-                Err(_) => {
-                    this.poisoned.store(true, Ordering::Release);
-                    Err(CallError::broken("timed out waiting for the broker", None))
-                }
+            // The request keeps its turn, and amqprs its responder, until the
+            // broker answers, even when we stop waiting for it: a reply that
+            // found no responder would panic the channel's dispatcher.
+            let pending = request(this.channel.clone());
+            let mut request = tokio::spawn(async move {
+                let outcome = pending.await;
+                drop(turn);
+                outcome
+            });
+            let outcome = tokio::time::timeout_at(deadline, &mut request).await;
+            if !matches!(outcome, Ok(Ok(Ok(_)))) {
+                this.give_up();
+            }
+            match outcome {
+                Ok(Ok(Ok(value))) => Ok(value),
+                // The reply never came: the channel or its connection closed.
+                Ok(Ok(Err(error))) => match lock(&this.events.closed).clone() {
+                    Some(closed) => Err(CallError::Closed(closed)),
+                    None => Err(CallError::broken("the request failed", Some(error))),
+                },
+                Ok(Err(e)) => Err(CallError::broken(format!("request task failed: {e}"), None)),
+                Err(_) => Err(CallError::broken("timed out waiting for the broker", None)),
             }
         });
         task.await
             .unwrap_or_else(|e| Err(CallError::broken(format!("request task failed: {e}"), None)))
+    }
+
+    /// Marks the channel unusable and closes it from a task once the request
+    /// in flight (if any) has ended, within a bound: a channel left open
+    /// would keep its consumers and unacknowledged deliveries on the broker
+    /// for as long as the connection lives. Leases on it are already dead
+    /// (their receipts report `LeaseExpired`).
+    pub(super) fn give_up(self: &Arc<Self>) {
+        self.poisoned.store(true, Ordering::Release);
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // Without a runtime the connection is gone too.
+        };
+        let this = Arc::clone(self);
+        runtime.spawn(async move {
+            // Wait (bounded) for a request in flight, so its reply still
+            // finds its responder; the close is sent either way.
+            let _turn =
+                tokio::time::timeout(this.timeout, Arc::clone(&this.requests).lock_owned()).await;
+            if lock(&this.events.closed).is_some() {
+                return; // The broker closed it already.
+            }
+            let closing = this.channel.clone().close();
+            match tokio::time::timeout(this.timeout, closing).await {
+                Ok(Ok(())) => tracing::debug!("closed a channel given up"),
+                Ok(Err(error)) => tracing::debug!(?error, "could not close a channel given up"),
+                Err(_) => tracing::debug!("timed out closing a channel given up"),
+            }
+        });
     }
 
     /// Acknowledges (`requeue == false`) or requeues a delivery.

@@ -113,8 +113,13 @@ impl Consumer {
             .channel
             .call(move |c| async move { c.basic_cancel(args).await })
             .await;
-        if cancelled.is_ok() && !full {
-            self.drain(slot, epoch, lease);
+        match &cancelled {
+            Ok(_) if !full => {
+                self.drain(slot, epoch, lease);
+            }
+            Ok(_) => {}
+            // An unsent cancel must not leave a consumer nobody owns.
+            Err(_) => self.channel.give_up(),
         }
         self.deliveries = None;
         let taken = std::mem::take(&mut self.taken);
@@ -159,7 +164,11 @@ impl Drop for Consumer {
                 .call(move |c| async move { c.basic_cancel(args).await })
                 .await;
             if cancelled.is_err() {
-                return; // The channel is gone, and its deliveries with it.
+                // A cancel that was not sent (e.g. its turn timed out) would
+                // leave a consumer nobody owns: close the channel instead, and
+                // the broker cancels it and requeues its deliveries.
+                channel.give_up();
+                return;
             }
             while let Ok(message) = deliveries.try_recv() {
                 if let Some(tag) = message.deliver.map(|d| d.delivery_tag()) {
