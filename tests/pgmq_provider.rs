@@ -151,3 +151,48 @@ async fn grouped_sends_answer_each_caller_for_its_own_message() {
     }
     backend.delete_queue(&queue).await.expect("delete_queue");
 }
+
+/// A backend shared between runtimes keeps sending after runtimes that sent
+/// through it shut down mid-send: a flush task dropped before its first poll
+/// hands its place back, so later sends neither hang nor queue forever.
+#[test]
+fn a_shared_backend_outlives_runtimes_that_sent_through_it() {
+    use tasker_messaging::conformance;
+
+    let main = tokio::runtime::Runtime::new().unwrap();
+    let (backend, queue) = main.block_on(async {
+        let backend = common::backend(Provider::Pgmq).await;
+        let queue = conformance::unique_queue("shared_runtimes");
+        backend.create_queue(&queue).await.expect("create_queue");
+        (backend, queue)
+    });
+    for round in 0..20u64 {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        for _ in 0..16 {
+            let (backend, queue) = (backend.clone(), queue.clone());
+            runtime.spawn(async move {
+                loop {
+                    let _ = backend.send_message(&queue, &conformance::step()).await;
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5 + round % 7));
+        drop(runtime);
+    }
+    main.block_on(async {
+        for _ in 0..20 {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                backend.send_message(&queue, &conformance::step()),
+            )
+            .await
+            .expect("a send after the runtimes are gone answers")
+            .expect("and stores its message");
+        }
+        backend.delete_queue(&queue).await.expect("delete_queue");
+    });
+}

@@ -48,6 +48,7 @@ pub fn check(history: &History) -> Vec<Violation> {
     let mut settles: HashMap<usize, Vec<SettleRef>> = HashMap::new();
     // (queue, span, outcome, what, by which process; `usize::MAX`: any).
     let mut wipes: Vec<(usize, Span, &Outcome, &'static str, usize)> = Vec::new();
+    let mut lost_receives: Vec<(usize, Span)> = Vec::new();
     for event in &history.events {
         match event {
             Event::Send {
@@ -86,8 +87,16 @@ pub fn check(history: &History) -> Vec<Violation> {
                 span,
                 outcome,
             } => wipes.push((*queue, *span, outcome, "delete_queue", *backend)),
+            Event::LostReceive { queue, span } => lost_receives.push((*queue, *span)),
         }
     }
+    // A receive that returned nothing to its caller and overlapped
+    // [from, to] on `queue`: it may have counted a hand-out no one saw.
+    let lost_receive_between = |queue: usize, from: Duration, to: Duration| {
+        lost_receives
+            .iter()
+            .any(|(q, span)| *q == queue && span.end > from && span.start < to)
+    };
     let mut by_message: HashMap<(Uuid, MessageId), Vec<usize>> = HashMap::new();
     let mut by_payload: HashMap<Uuid, Vec<usize>> = HashMap::new();
     for (i, delivery) in d.iter().enumerate() {
@@ -161,6 +170,24 @@ pub fn check(history: &History) -> Vec<Violation> {
     }
 
     for (key, leases) in &by_message {
+        // Where counts are exact, a message's first hand-out counts 1.
+        if let Some(first) = leases
+            .iter()
+            .map(|&l| &d[l])
+            .min_by_key(|l| l.receive_count)
+        {
+            let sent_at = sends.get(&key.0).map_or(Duration::ZERO, |s| s.2.start);
+            if history.exact_receive_count
+                && first.receive_count != 1
+                && !lost_receive_between(first.queue, sent_at, first.span.end)
+            {
+                found.push(Violation {
+                    rule: "receive_count skipped a hand-out",
+                    at: first.span.end,
+                    detail: story(key.0),
+                });
+            }
+        }
         let deletes = ok_deletes(key);
         // At most one Ok delete per message.
         if deletes.len() > 1 {
@@ -195,6 +222,19 @@ pub fn check(history: &History) -> Vec<Violation> {
                 if first.span.end < then.span.start && then.receive_count <= first.receive_count {
                     found.push(Violation {
                         rule: "receive_count not monotonic",
+                        at: then.span.end,
+                        detail: story(key.0),
+                    });
+                }
+                // Where counts are exact, one more per hand-out, unless a
+                // receive that returned nothing to its caller ran between.
+                if history.exact_receive_count
+                    && first.span.end < then.span.start
+                    && then.receive_count > first.receive_count + 1
+                    && !lost_receive_between(first.queue, first.span.start, then.span.end)
+                {
+                    found.push(Violation {
+                        rule: "receive_count skipped a hand-out",
                         at: then.span.end,
                         detail: story(key.0),
                     });
@@ -338,7 +378,7 @@ fn history_of(
                 outcome,
                 ..
             } => ("deleted", queue, span, outcome),
-            Event::Send { .. } | Event::Settle { .. } => continue,
+            Event::Send { .. } | Event::Settle { .. } | Event::LostReceive { .. } => continue,
         };
         if q == queue && span.end > sent.start && span.start < last {
             let _ = write!(text, "\n    q{q} {what} {} -> {outcome:?}", at(span));

@@ -94,7 +94,12 @@ pub async fn run(processes: Vec<MessageBackend>, drain: MessageBackend, plan: Pl
     let shared = Arc::new(Shared {
         t0: Instant::now(),
         queues,
-        history: Mutex::new(History::default()),
+        history: Mutex::new(History {
+            exact_receive_count: processes
+                .iter()
+                .all(|p| p.capabilities().exact_receive_count),
+            ..History::default()
+        }),
         kept: Mutex::new(Vec::new()),
         plan: plan.clone(),
     });
@@ -391,6 +396,9 @@ impl Worker {
             .await
         };
         let span = self.span(start);
+        if !matches!(result, Some(Ok(_))) {
+            self.shared.record(Event::LostReceive { queue: q, span });
+        }
         if let Some(Ok(got)) = &result {
             let mut history = self.shared.history.lock().unwrap();
             let mut kept = self.shared.kept.lock().unwrap();

@@ -104,6 +104,9 @@ pub enum Event {
         span: Span,
         outcome: Outcome,
     },
+    /// A receive that did not return `Ok`: it may have leased (and counted)
+    /// messages no caller saw (C13).
+    LostReceive { queue: usize, span: Span },
     DeleteQueue {
         /// The process that deleted it.
         backend: usize,
@@ -143,4 +146,7 @@ pub struct History {
     pub deliveries: Vec<Delivery>,
     /// Calls that did not return in time: when they started, and what.
     pub hung: Vec<(Duration, String)>,
+    /// Every hand-out adds exactly one to `receive_count`
+    /// (`Capabilities::exact_receive_count`).
+    pub exact_receive_count: bool,
 }

@@ -224,8 +224,7 @@ impl PgmqMessageService {
 
     /// A flush task of the send line: stores group after group until the
     /// line is empty (see `send_group`).
-    async fn flush_sends(self) {
-        let guard = FlushGuard(&self.sends);
+    async fn flush_sends(self, guard: FlushGuard) {
         while let Some(group) = self.sends.next_group() {
             let bodies: Vec<_> = group.iter().map(|send| Json(&*send.body)).collect();
             let stored = self.store("send_message", &group[0].queue, &bodies).await;
@@ -237,11 +236,11 @@ impl PgmqMessageService {
 
     /// Starts a flush task for the send line (its place already taken).
     fn start_flush(&self) {
+        // Dropped with the task, polled or not: what waits fails rather than
+        // strands (also when there is no runtime to flush on).
+        let guard = FlushGuard(self.sends.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(self.clone().flush_sends());
-        } else {
-            // No runtime to flush on: fail what waits rather than strand it.
-            self.sends.abandon();
+            runtime.spawn(self.clone().flush_sends(guard));
         }
     }
 

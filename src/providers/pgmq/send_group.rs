@@ -26,7 +26,7 @@
 use std::{
     collections::VecDeque,
     fmt,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use serde_json::value::RawValue;
@@ -162,10 +162,11 @@ impl SendGroups {
 }
 
 /// Gives a flush task's place back if it ends early; defused once
-/// `next_group` returned `None`.
-pub(super) struct FlushGuard<'a>(pub &'a SendGroups);
+/// `next_group` returned `None`. Armed before the task is spawned, so a task
+/// dropped unpolled (its runtime shut down) hands its place back too.
+pub(super) struct FlushGuard(pub Arc<SendGroups>);
 
-impl Drop for FlushGuard<'_> {
+impl Drop for FlushGuard {
     fn drop(&mut self) {
         self.0.abandon();
     }
@@ -308,10 +309,10 @@ mod tests {
 
     #[test]
     fn an_abandoned_flush_fails_what_waits() {
-        let groups = SendGroups::new(10);
+        let groups = Arc::new(SendGroups::new(10));
         let (send, mut answer) = pending("a");
         assert!(groups.push(send));
-        drop(FlushGuard(&groups));
+        drop(FlushGuard(groups.clone()));
         assert!(answer.try_recv().is_err(), "the reply was dropped");
         assert_eq!(groups.lock().flushing, 0);
         let (send, _answer) = pending("a");
