@@ -13,7 +13,7 @@ use std::{
     collections::HashSet,
     process::Command,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -313,20 +313,42 @@ async fn acknowledged_sends_survive_a_crash() {
             .unwrap_or_else(|e| panic!("PostgreSQL is not usable: {e}")),
     );
     let queue = fresh_queue(&backend, "crash").await;
+    // The claim holds only with the server's durability settings on.
+    let mut admin = PgConnection::connect(&common::database_url())
+        .await
+        .expect("PostgreSQL is not reachable");
+    for setting in ["fsync", "synchronous_commit"] {
+        let value: String = sqlx::query_scalar(&format!("SHOW {setting}"))
+            .fetch_one(&mut admin)
+            .await
+            .expect("SHOW");
+        assert_eq!(
+            value, "on",
+            "{setting} must be on for this test to mean anything"
+        );
+    }
+    drop(admin);
     let acknowledged = Arc::new(Mutex::new(HashSet::new()));
     let sending = Arc::new(AtomicBool::new(true));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
     let senders: Vec<_> = (0..8)
         .map(|_| {
             let (backend, queue) = (Arc::clone(&backend), queue.clone());
             let (acknowledged, sending) = (Arc::clone(&acknowledged), Arc::clone(&sending));
+            let (in_flight, failed) = (Arc::clone(&in_flight), Arc::clone(&failed));
             tokio::spawn(async move {
                 while sending.load(Ordering::Acquire) {
                     let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-                    match backend.send_message(&queue, &step).await {
+                    in_flight.fetch_add(1, Ordering::AcqRel);
+                    let sent = backend.send_message(&queue, &step).await;
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                    match sent {
                         Ok(id) => {
                             acknowledged.lock().expect("tally").insert(id);
                         }
                         Err(e) if e.is_transient() => {
+                            failed.fetch_add(1, Ordering::AcqRel);
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                         Err(e) => panic!("send_message: {e}"),
@@ -341,6 +363,8 @@ async fn acknowledged_sends_survive_a_crash() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Killed mid-stream: sends are committing as it goes down.
+    let in_flight_at_kill = in_flight.load(Ordering::Acquire);
+    assert!(in_flight_at_kill > 0, "no send was in flight at the kill");
     tokio::task::spawn_blocking(|| pg_ctl_with("stop", &["-m", "immediate"]))
         .await
         .expect("crash");
@@ -367,10 +391,15 @@ async fn acknowledged_sends_survive_a_crash() {
         }
     }
     let lost = want.difference(&seen).count();
+    let failed = failed.load(Ordering::Acquire);
     println!(
-        "crash: {} sends acknowledged ({at_crash} when the kill returned), {} received, {lost} lost",
+        "crash: {in_flight_at_kill} sends in flight at the kill, {failed} failed by it, {} acknowledged ({at_crash} when the kill returned), {} received, {lost} lost",
         want.len(),
         seen.len()
+    );
+    assert!(
+        failed > 0,
+        "the kill failed no send: it did not interrupt the stream"
     );
     assert_eq!(lost, 0, "sends that returned Ok did not survive the crash");
     backend.delete_queue(&queue).await.expect("delete_queue");

@@ -477,8 +477,9 @@ pub async fn a_receipt_used_in_another_process_spares_that_process_lease(
 }
 
 /// C8, C28: one receiver in each of [`FLEET`] processes takes 1,000 messages,
-/// 10 per receive, while they are sent in batches of 20, with leases none
-/// outlives. A receive made while at least 10 messages were surely ready
+/// 10 per receive, half of them queued before the receivers start and the
+/// rest sent in batches of 20 meanwhile, with leases none outlives. A
+/// receive made while at least 10 messages per receiver were surely ready
 /// (sent before it began, and no more than one receive's worth held by each
 /// other receiver) returns 10. A message no caller was handed before shows
 /// `receive_count` 1, but for the RabbitMQ race CONTRACT.md states under
@@ -490,12 +491,23 @@ pub async fn a_fleet_drains_with_bulk_receives(a: &MessageBackend, others: &[Mes
     let queue = fresh_queue(a, "fleet_bulk").await;
     let seen = Mutex::new(HashSet::new());
     let (sent, handled) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    let recounted = AtomicUsize::new(0);
+    let (recounted, checked) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let short = Mutex::new(Vec::new());
+    // Half is queued before the receivers start, so that the rule on short
+    // receives applies from the first receive on; the rest arrives meanwhile.
+    let send_twenty = || async {
+        let batch: Vec<SimpleStepMessage> = (0..20).map(|_| step()).collect();
+        a.send_batch(&queue, &batch).await.expect("send_batch");
+        sent.fetch_add(batch.len(), Ordering::SeqCst);
+    };
+    for _ in 0..MESSAGES / 40 {
+        send_twenty().await;
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     let receiver = |process: &MessageBackend| {
         let (queue, seen, sent, handled) = (&queue, &seen, &sent, &handled);
-        let (recounted, short, process) = (&recounted, &short, process.clone());
+        let (recounted, checked) = (&recounted, &checked);
+        let (short, process) = (&short, process.clone());
         async move {
             while handled.load(Ordering::SeqCst) < MESSAGES && Instant::now() < deadline {
                 let stored = sent.load(Ordering::SeqCst);
@@ -503,8 +515,11 @@ pub async fn a_fleet_drains_with_bulk_receives(a: &MessageBackend, others: &[Mes
                 // Handled after the receive: no more were at any point during
                 // it, and each other receiver held one receive's worth at most.
                 let ready = stored.saturating_sub(handled.load(Ordering::SeqCst));
-                if ready >= RECEIVERS * MAX && got.len() < MAX {
-                    crate::sync::lock(short).push((got.len(), ready));
+                if ready >= RECEIVERS * MAX {
+                    checked.fetch_add(1, Ordering::Relaxed);
+                    if got.len() < MAX {
+                        crate::sync::lock(short).push((got.len(), ready));
+                    }
                 }
                 if got.is_empty() {
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -530,10 +545,8 @@ pub async fn a_fleet_drains_with_bulk_receives(a: &MessageBackend, others: &[Mes
         }
     };
     let sender = async {
-        for _ in 0..MESSAGES / 20 {
-            let batch: Vec<SimpleStepMessage> = (0..20).map(|_| step()).collect();
-            a.send_batch(&queue, &batch).await.expect("send_batch");
-            sent.fetch_add(batch.len(), Ordering::SeqCst);
+        for _ in 0..MESSAGES / 40 {
+            send_twenty().await;
         }
     };
     let receivers: Vec<_> = std::iter::once(a).chain(others).map(receiver).collect();
@@ -541,9 +554,16 @@ pub async fn a_fleet_drains_with_bulk_receives(a: &MessageBackend, others: &[Mes
     assert_eq!(crate::sync::lock(&seen).len(), MESSAGES);
     let recounted = recounted.into_inner();
     let short = short.into_inner().unwrap_or_else(|p| p.into_inner());
+    let checked = checked.into_inner();
     println!(
         "bulk drain: {recounted} of {MESSAGES} came back counted without a hand-out; \
-         short receives (got, surely ready): {short:?}"
+         {checked} receives while at least {} were surely ready, short ones (got, ready): {short:?}",
+        RECEIVERS * MAX
+    );
+    assert!(
+        checked >= RECEIVERS,
+        "only {checked} receives ran while {} were surely ready: the rule on short receives went untested",
+        RECEIVERS * MAX
     );
     assert!(
         recounted <= MESSAGES / 500,

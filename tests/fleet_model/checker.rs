@@ -4,7 +4,8 @@
 //! Uncertain calls (dropped, or an error that cannot say) count as "maybe
 //! happened" in whichever direction excuses an observation, so they never
 //! raise an alarm; a purge or a queue deletion excuses a missing message that
-//! was sent before it ended. Lease timing is judged with [`SLACK`] either
+//! was sent before it ended (an uncertain one: before `LANDS_LATE` after
+//! it, since a statement its caller stopped waiting for still runs). Lease timing is judged with [`SLACK`] either
 //! way, from the receive calls' spans (a lease starts somewhere inside its
 //! receive).
 
@@ -153,9 +154,9 @@ pub fn check(history: &History) -> Vec<Violation> {
                 .iter()
                 .any(|s| s.kind == Settle::Delete && s.outcome.maybe())
         });
-        let wiped = wipes
-            .iter()
-            .any(|(q, span, outcome, _, _)| q == queue && outcome.maybe() && span.end > sent.start);
+        let wiped = wipes.iter().any(|(q, span, outcome, _, _)| {
+            q == queue && outcome.maybe() && outcome.lands_by(*span) > sent.start
+        });
         if !deleted && !wiped {
             found.push(Violation {
                 rule: if seen.is_empty() {
@@ -170,22 +171,25 @@ pub fn check(history: &History) -> Vec<Violation> {
     }
 
     for (key, leases) in &by_message {
-        // Where counts are exact, a message's first hand-out counts 1.
-        if let Some(first) = leases
-            .iter()
-            .map(|&l| &d[l])
-            .min_by_key(|l| l.receive_count)
-        {
+        // Where counts are exact, hand-outs count 1, 2, 3, ...: no number is
+        // skipped unless a receive that returned nothing to its caller ran
+        // between the two hand-outs (it may have counted one, C13).
+        if history.exact_receive_count {
+            let mut by_count: Vec<&Delivery> = leases.iter().map(|&l| &d[l]).collect();
+            by_count.sort_by_key(|l| l.receive_count);
             let sent_at = sends.get(&key.0).map_or(Duration::ZERO, |s| s.2.start);
-            if history.exact_receive_count
-                && first.receive_count != 1
-                && !lost_receive_between(first.queue, sent_at, first.span.end)
-            {
-                found.push(Violation {
-                    rule: "receive_count skipped a hand-out",
-                    at: first.span.end,
-                    detail: story(key.0),
-                });
+            let mut before = (0, sent_at);
+            for then in by_count {
+                if then.receive_count > before.0 + 1
+                    && !lost_receive_between(then.queue, before.1, then.span.end)
+                {
+                    found.push(Violation {
+                        rule: "receive_count skipped a hand-out",
+                        at: then.span.end,
+                        detail: story(key.0),
+                    });
+                }
+                before = (then.receive_count, then.span.start);
             }
         }
         let deletes = ok_deletes(key);
@@ -222,19 +226,6 @@ pub fn check(history: &History) -> Vec<Violation> {
                 if first.span.end < then.span.start && then.receive_count <= first.receive_count {
                     found.push(Violation {
                         rule: "receive_count not monotonic",
-                        at: then.span.end,
-                        detail: story(key.0),
-                    });
-                }
-                // Where counts are exact, one more per hand-out, unless a
-                // receive that returned nothing to its caller ran between.
-                if history.exact_receive_count
-                    && first.span.end < then.span.start
-                    && then.receive_count > first.receive_count + 1
-                    && !lost_receive_between(first.queue, first.span.start, then.span.end)
-                {
-                    found.push(Violation {
-                        rule: "receive_count skipped a hand-out",
                         at: then.span.end,
                         detail: story(key.0),
                     });
@@ -321,7 +312,7 @@ pub fn check(history: &History) -> Vec<Violation> {
                         && *what == "delete_queue"
                         && outcome.maybe()
                         && span.start < call.span.end
-                        && span.end > leased.span.start
+                        && outcome.lands_by(*span) > leased.span.start
                 });
                 if !ended && !wiped {
                     flag("live lease refused to its holder");
@@ -380,7 +371,7 @@ fn history_of(
             } => ("deleted", queue, span, outcome),
             Event::Send { .. } | Event::Settle { .. } | Event::LostReceive { .. } => continue,
         };
-        if q == queue && span.end > sent.start && span.start < last {
+        if q == queue && outcome.lands_by(*span) > sent.start && span.start < last {
             let _ = write!(text, "\n    q{q} {what} {} -> {outcome:?}", at(span));
         }
     }

@@ -14,6 +14,9 @@ pub struct Span {
     pub end: Duration,
 }
 
+/// How long after an uncertain call ended its effect may still land.
+pub const LANDS_LATE: Duration = Duration::from_secs(2);
+
 /// What a call did, as far as the caller can know.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -52,6 +55,16 @@ impl Outcome {
     /// It may have happened (returned `Ok`, or cannot say).
     pub fn maybe(&self) -> bool {
         !matches!(self, Self::Refused(_))
+    }
+
+    /// Until when the call may take effect: a call dropped or cut off after
+    /// its request left may still run on the server after its span ended
+    /// (a `DELETE` the caller stopped waiting for still commits).
+    pub fn lands_by(&self, span: Span) -> Duration {
+        match self {
+            Self::Uncertain(_) => span.end + LANDS_LATE,
+            _ => span.end,
+        }
     }
 
     pub fn is_lease_refusal(&self) -> bool {

@@ -29,11 +29,11 @@
 //!   those sources of disorder (to narrow down a finding). For example:
 //!   `TASKER_FLEET_SECS=120 cargo test --test fleet_model -- --nocapture pgmq::`.
 //!
-//! Where a process sends to RabbitMQ, the random run deletes and re-creates
-//! no queue unless `TASKER_FLEET_RABBITMQ_RECREATE=1`: RabbitMQ 3.10 crashes
-//! the channel of a publish that meets a queue being deleted and closes that
-//! whole connection (`541 INTERNAL_ERROR`), so the publisher's leases on
-//! every other queue end at once and their messages are handed out again
+//! Where a process talks to RabbitMQ, the random run deletes and re-creates
+//! no queue unless `TASKER_FLEET_RABBITMQ_RECREATE=1`: RabbitMQ 3.10 closes
+//! the whole connection of a publish or a `basic.get` that meets a queue
+//! being deleted (`541 INTERNAL_ERROR`, `noproc`), so that process's leases
+//! on every other queue end at once and their messages are handed out again
 //! while their holders still work on them (CONTRACT.md, C12's RabbitMQ
 //! exception). The summary line says when this applies.
 //!
@@ -72,11 +72,13 @@ pub enum Variant {
 }
 
 impl Variant {
-    /// Whether its sends go to RabbitMQ (see the module documentation).
-    fn publishes_to_rabbitmq(self) -> bool {
+    /// Whether its processes talk to RabbitMQ (see the module documentation).
+    pub fn uses_rabbitmq(self) -> bool {
         matches!(
             self,
-            Self::Plain(Provider::RabbitMq) | Self::Migrating(_, Provider::RabbitMq)
+            Self::Plain(Provider::RabbitMq)
+                | Self::Migrating(_, Provider::RabbitMq)
+                | Self::Migrating(Provider::RabbitMq, _)
         )
     }
 
@@ -133,8 +135,7 @@ fn plan(variant: Variant) -> driver::Plan {
         cancel_rate: if off.contains(&"cancel") { 0.0 } else { 0.25 },
         cross_receipts: !off.contains(&"cross"),
         recreate: !off.contains(&"recreate")
-            && (!variant.publishes_to_rabbitmq()
-                || env::<u8>("TASKER_FLEET_RABBITMQ_RECREATE") == Some(1)),
+            && (!variant.uses_rabbitmq() || env::<u8>("TASKER_FLEET_RABBITMQ_RECREATE") == Some(1)),
         purge: !off.contains(&"purge"),
     }
 }

