@@ -316,6 +316,89 @@ async fn an_accepted_body_moves(to: Provider) {
     target.delete_queue(&dest).await.unwrap();
 }
 
+/// Floats PGMQ writes out longer (`1e-7` as `0.0000001`, `0e-50` as 50
+/// zeros) move under the limit they were accepted under (C7).
+async fn accepted_floats_move(to: Provider) {
+    const LIMIT: usize = 4096;
+    let source = backend_limited(Provider::Pgmq, LIMIT).await;
+    let target = backend_limited(to, LIMIT).await;
+    let weights = serde_json::json!({ "w": vec![1e-7; 700] }).to_string();
+    assert!(
+        weights.len() > 3_500 && weights.len() <= LIMIT,
+        "{}",
+        weights.len()
+    );
+    let queue = unique_queue("move_floats");
+    let dest = unique_queue("move_floats_to");
+    source.create_queue(&queue).await.unwrap();
+    target.create_queue(&dest).await.unwrap();
+    for text in [weights.as_str(), r#"{"x":0e-5000}"#] {
+        let body: tasker_messaging::RawMessage = serde_json::from_str(text).unwrap();
+        source.send_message(&queue, &body).await.expect("accepted");
+    }
+    let report = move_messages(&source, &queue, &target, &dest, 10)
+        .await
+        .expect("move");
+    source.delete_queue(&queue).await.unwrap();
+    target.delete_queue(&dest).await.unwrap();
+    assert_eq!((report.moved, report.refused), (2, 0), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_floats_move_within_pgmq() {
+    accepted_floats_move(Provider::Pgmq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_floats_move_pgmq_to_rabbitmq() {
+    accepted_floats_move(Provider::RabbitMq).await;
+}
+
+/// A typed message whose integers end in long runs of zeros still reads as
+/// its own type after a move: integers are never written as floats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_integers_stay_integers() {
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Order {
+        order_id: u64,
+        placed_at_ms: i64,
+    }
+    impl tasker_messaging::QueueMessage for Order {}
+
+    let sent = Order {
+        order_id: 1_200_000_000,
+        placed_at_ms: -1_700_000_000_000,
+    };
+    for (from, to) in [
+        (Provider::Pgmq, Provider::RabbitMq),
+        (Provider::Pgmq, Provider::Pgmq),
+        (Provider::RabbitMq, Provider::RabbitMq),
+        (Provider::InMemory, Provider::InMemory),
+    ] {
+        let source = common::backend(from).await;
+        let target = match to == from && from == Provider::InMemory {
+            true => source.clone(),
+            false => common::backend(to).await,
+        };
+        let (queue, dest) = (unique_queue("move_ints"), unique_queue("move_ints_to"));
+        source.create_queue(&queue).await.unwrap();
+        target.create_queue(&dest).await.unwrap();
+        source.send_message(&queue, &sent).await.unwrap();
+        let report = move_messages(&source, &queue, &target, &dest, 10)
+            .await
+            .expect("move");
+        let got = target
+            .receive_messages::<Order>(&dest, 10, Duration::from_secs(30))
+            .await
+            .unwrap();
+        source.delete_queue(&queue).await.unwrap();
+        target.delete_queue(&dest).await.unwrap();
+        assert_eq!(report.moved, 1, "{from:?} -> {to:?}");
+        let got: Vec<Order> = got.into_iter().map(|m| m.message).collect();
+        assert_eq!(got, vec![sent.clone()], "{from:?} -> {to:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_body_moves_within_pgmq() {
     an_accepted_body_moves(Provider::Pgmq).await;

@@ -18,7 +18,7 @@ use std::{
 use tasker_messaging::MessageId;
 use uuid::Uuid;
 
-use crate::history::{Delivery, Event, History, Outcome, Settle, Span};
+use crate::history::{Delivery, Event, History, Outcome, Settle, Span, LANDS_LATE};
 
 /// Scheduling slack allowed around a lease's end.
 pub const SLACK: Duration = Duration::from_millis(250);
@@ -96,7 +96,7 @@ pub fn check(history: &History) -> Vec<Violation> {
     let lost_receive_between = |queue: usize, from: Duration, to: Duration| {
         lost_receives
             .iter()
-            .any(|(q, span)| *q == queue && span.end > from && span.start < to)
+            .any(|(q, span)| *q == queue && span.end + LANDS_LATE > from && span.start < to)
     };
     let mut by_message: HashMap<(Uuid, MessageId), Vec<usize>> = HashMap::new();
     let mut by_payload: HashMap<Uuid, Vec<usize>> = HashMap::new();

@@ -53,6 +53,41 @@ class BoundaryTest < Minitest::Test
     end
   end
 
+  # Issue 26 bug 8 from Ruby: a waiting receive ended by Timeout at a random
+  # moment (mid consume, say) strands nothing. Every message sent afterwards
+  # is receivable once the 1 s leases of anything a cut receive took are over.
+  def test_waiting_receives_cut_at_random_strand_nothing
+    %i[rabbitmq pgmq].each do |provider|
+      service = TestSupport.service(provider)
+      queue = TestSupport.unique_queue("cut_waits")
+      service.create_queue(queue)
+      begin
+        cut = 0
+        150.times do
+          Timeout.timeout(rand(0.0005..0.02)) do
+            service.receive_messages_wait(queue, max_messages: 5, visibility_timeout: 1, wait: 5)
+          end
+        rescue Timeout::Error
+          cut += 1
+        end
+        assert_operator cut, :>, 100, "#{provider}: most receives were cut"
+        sent = Array.new(100) { TestSupport.step }.each_slice(20).sum { |b| service.send_batch(queue, b).size }
+        assert_equal 100, sent
+        sleep 1.5 # any lease a cut receive took has ended
+        seen = {}
+        deadline = TestSupport.now + 10
+        while seen.size < 100 && TestSupport.now < deadline
+          got = service.receive_messages(queue, max_messages: 10, visibility_timeout: 30)
+          sleep 0.05 if got.empty?
+          got.each { |m| seen[m[:message]] = true }
+        end
+        assert_equal 100, seen.size, "#{provider}: receivable after #{cut} cut receives"
+      ensure
+        service.delete_queue(queue)
+      end
+    end
+  end
+
   # A lone main thread takes Ruby's async-signal-safe unblocking path.
   def test_ctrl_c_ends_a_waiting_call_on_a_lone_main_thread
     script = <<~RUBY
