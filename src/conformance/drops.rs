@@ -15,9 +15,9 @@ fn drop_after(i: usize) -> Duration {
     Duration::from_micros(200 + (i as u64 * 7_919) % 2_800)
 }
 
-/// C13: receives dropped at any point strand nothing. [`DROPPED_WAITS`]
+/// C13: receives dropped at any point strand nothing. `DROPPED_WAITS` (300)
 /// waiting receives on an empty queue are each dropped after 0.2-3 ms; then
-/// [`MESSAGES`] are sent and taken by plain receives of 10 with 1 s leases,
+/// `MESSAGES` (200) are sent and taken by plain receives of 10 with 1 s leases,
 /// each dropped after 0.2-3 ms too. Once those leases have ended, every sent
 /// message is receivable (from the queue, or from its dead-letter queue once
 /// expired leases counted it out): none is held by a consumer nobody owns.
@@ -76,7 +76,7 @@ pub async fn dropped_receives_strand_nothing(backend: &MessageBackend) {
 const PUT_BACK_ROUNDS: usize = 40;
 
 /// C13, C19: a receive dropped while it puts back a message of another shape
-/// leaves exactly one copy of it. [`PUT_BACK_ROUNDS`] queues each hold one
+/// leaves exactly one copy of it. `PUT_BACK_ROUNDS` (40) queues each hold one
 /// message an old worker cannot read; its receive on queue `i` is dropped
 /// after `i` × 0.5 ms, so some drops land in every step of the put-back
 /// (on RabbitMQ: publishing the copy, awaiting its confirm, acking the
