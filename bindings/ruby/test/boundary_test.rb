@@ -93,6 +93,9 @@ class BoundaryTest < Minitest::Test
     script = <<~RUBY
       $LOAD_PATH.unshift #{File.expand_path("../lib", __dir__).inspect}
       require "tasker_core"
+      # A shell that runs a job in the background without job control starts
+      # it with SIGINT ignored, and Ruby keeps an inherited SIG_IGN.
+      trap("INT", "DEFAULT")
       service = TaskerCore::Services::MessageServiceFactory.create(provider: :in_memory)
       service.create_queue("lonely")
       $stdout.puts "waiting"; $stdout.flush
