@@ -59,6 +59,7 @@ CONF
 case ${1:-} in
 start)
     if running; then
+        bash "$here/tls-certs.sh" "$BASE/certs"  # adds any certificate missing
         echo "$NODE already running (amqps on $AMQPS_PORT)"
         exit 0
     fi

@@ -3,7 +3,8 @@
 #   DIR/ca.pem, ca.key            a CA
 #   DIR/server.pem, server.key    for localhost and 127.0.0.1, signed by the CA
 #   DIR/client.pem, client.key    a client certificate, signed by the CA
-#   DIR/wrong-ca.pem, wrong-ca.key  another CA, which signed none of them
+#   DIR/wrong-ca.pem, wrong-ca.key  another CA, which signed none of the above
+#   DIR/wrong-client.pem, .key    a client certificate signed by wrong-ca
 # Idempotent: files already there are kept (delete DIR to make new ones).
 # Keys are readable by all (0644) so a broker running as another user can
 # read server.key; they protect nothing but tests.
@@ -21,11 +22,12 @@ ca() { # name subject
         -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
 }
 
-leaf() { # name subject extensions
+leaf() { # name subject extensions [signing CA]
+    local signer=${4:-ca}
     [ -s "$1.pem" ] && [ -s "$1.key" ] && return
     openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
     printf '%s\n' "$3" > "$1.ext"
-    openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial \
+    openssl x509 -req -in "$1.csr" -CA "$signer.pem" -CAkey "$signer.key" -CAcreateserial \
         -out "$1.pem" -days "$days" -extfile "$1.ext" 2>/dev/null
     rm -f "$1.csr" "$1.ext"
 }
@@ -39,5 +41,9 @@ subjectAltName=DNS:localhost,IP:127.0.0.1"
 leaf client "/CN=tasker-messaging test client" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth"
+leaf wrong-client "/CN=tasker-messaging untrusted client" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth" wrong-ca
 chmod 0644 ./*.pem ./*.key
 openssl verify -CAfile ca.pem server.pem client.pem >/dev/null
+openssl verify -CAfile wrong-ca.pem wrong-client.pem >/dev/null

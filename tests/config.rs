@@ -339,7 +339,10 @@ ca_file = "/etc/tasker/ca.pem"
         jail.clear_env();
         jail.set_env("TASKER_MESSAGING_RABBITMQ__TLS__CLIENT_CERT_FILE", "/c.pem");
         let message = config_error(MessagingConfig::load());
-        assert!(message.contains("rabbitmq.tls.client_key_file"), "{message}");
+        assert!(
+            message.contains("rabbitmq.tls.client_key_file"),
+            "{message}"
+        );
 
         // Misspelt keys are refused.
         jail.clear_env();

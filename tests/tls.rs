@@ -99,6 +99,7 @@ async fn pg_session_is_tls(url: &str) -> bool {
 /// Asserts `error` is a TLS error saying `says`, without the password.
 fn assert_tls_error(error: &MessagingError, says: &str) {
     let text = error.to_string();
+    println!("{text}");
     assert!(
         matches!(error, MessagingError::Tls { .. }),
         "not a Tls error: {error:?}"
@@ -137,11 +138,19 @@ async fn pg_sslmode_require_encrypts_and_disable_does_not() {
 
 #[tokio::test]
 async fn pg_verify_ca_accepts_the_snakeoil_certificate_as_its_own_root() {
-    let url = pg_url(
-        "127.0.0.1",
-        &format!("sslmode=verify-ca&sslrootcert={SNAKEOIL}"),
-    );
+    // rustls takes a self-signed end-entity certificate (CA:FALSE) as the
+    // trust anchor that verifies itself.
+    let root = format!("sslrootcert={SNAKEOIL}");
+    let url = pg_url("localhost", &format!("sslmode=verify-ca&{root}"));
     assert!(pg_session_is_tls(&url).await);
+    // Known limitation: sqlx 0.8.6 skips the host name for verify-ca only on
+    // rustls' old `NotValidForName`; rustls >= 0.23.24 reports
+    // `NotValidForNameContext`, so verify-ca checks the name like
+    // verify-full (fixed in sqlx 0.9, which pgmq 0.33 does not take). When
+    // this starts to connect, drop the limitation from the README.
+    let url = pg_url("127.0.0.1", &format!("sslmode=verify-ca&{root}"));
+    let error = connect_fails(&pgmq_config(&url)).await;
+    assert_tls_error(&error, "not valid for name \"127.0.0.1\"");
 }
 
 #[tokio::test]
@@ -152,7 +161,7 @@ async fn pg_verify_full_checks_the_host_name() {
     // The snakeoil certificate names localhost only, not 127.0.0.1.
     let url = pg_url("127.0.0.1", &format!("sslmode=verify-full&{root}"));
     let error = connect_fails(&pgmq_config(&url)).await;
-    assert_tls_error(&error, "NotValidForName");
+    assert_tls_error(&error, "not valid for name \"127.0.0.1\"");
 }
 
 #[tokio::test]
@@ -246,6 +255,17 @@ async fn rabbitmq_amqps_presents_a_client_certificate() {
     let config = rabbit_config("amqps://guest:guest@localhost:5692/%2f", tls);
     let backend = common::connect(config, Provider::RabbitMq).await;
     round_trip(&backend).await;
+    // The node verifies a certificate it is shown: one from another CA is refused.
+    let tls = RabbitMqTlsConfig::new()
+        .ca_file(certs.join("ca.pem"))
+        .client_auth(
+            certs.join("wrong-client.pem"),
+            certs.join("wrong-client.key"),
+        );
+    let url = format!("amqps://guest:{PASSWORD}@localhost:5692/%2f");
+    let error = connect_fails(&rabbit_config(&url, tls)).await;
+    assert_tls_error(&error, "refused the TLS handshake");
+    assert_tls_error(&error, "UnknownCA");
 }
 
 #[tokio::test]

@@ -143,9 +143,12 @@ pub(super) fn open_error(
 ) -> MessagingError {
     let text = error.to_string();
     if tls && HANDSHAKE_FAILURES.iter().any(|f| text.contains(f)) {
-        let hint = match text.contains("invalid peer certificate") {
-            true => "the broker's certificate is not trusted (see rabbitmq.tls.ca_file)",
-            false => "the TLS handshake failed",
+        let hint = if text.contains("invalid peer certificate") {
+            "the broker's certificate is not trusted (see rabbitmq.tls.ca_file)"
+        } else if text.contains("received fatal alert") {
+            "the broker refused the TLS handshake (see rabbitmq.tls.client_cert_file)"
+        } else {
+            "the TLS handshake failed"
         };
         return MessagingError::Tls {
             provider: Provider::RabbitMq,
