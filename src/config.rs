@@ -240,6 +240,7 @@ impl RabbitMqConfig {
             heartbeat_interval_secs: defaults::heartbeat_interval_secs(),
             connection_timeout_ms: defaults::connection_timeout_ms(),
             broker_consumer_timeout_ms: defaults::broker_consumer_timeout_ms(),
+            tls: RabbitMqTlsConfig::default(),
         }
     }
 }
@@ -289,6 +290,52 @@ pub struct RabbitMqConfig {
     /// the broker's value if that was changed.
     #[serde(default = "defaults::broker_consumer_timeout_ms")]
     pub broker_consumer_timeout_ms: u64,
+    /// Certificates for an `amqps://` URL; empty means the bundled public roots
+    /// and no client certificate. Refused with an `amqp://` URL.
+    #[serde(default)]
+    pub tls: RabbitMqTlsConfig,
+}
+
+/// The `[rabbitmq.tls]` section: PEM files for `amqps://`. Unreadable or
+/// invalid files fail `connect` with a `Config` error naming the key.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RabbitMqTlsConfig {
+    /// The CA certificate(s) the broker's certificate must chain to. Without
+    /// it, the Mozilla roots built into the library (webpki-roots) are used;
+    /// the operating system's store is not read.
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate (chain) to present, for brokers that verify
+    /// peers; needs `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// The private key of `client_cert_file` (PKCS#8, PKCS#1 or SEC1 PEM).
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl RabbitMqTlsConfig {
+    /// No files: the bundled roots, no client certificate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trusts the CA certificate(s) in `path` instead of the bundled roots.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Presents the certificate in `cert` with the private key in `key`.
+    pub fn client_auth(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client_cert_file = Some(cert.into());
+        self.client_key_file = Some(key.into());
+        self
+    }
+
+    /// Whether no key is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 mod defaults {
@@ -402,6 +449,12 @@ impl MessagingConfig {
                 return bad(
                     "rabbitmq.connection_timeout_ms",
                     "must be at least 1".into(),
+                );
+            }
+            if rabbit.tls.client_cert_file.is_some() != rabbit.tls.client_key_file.is_some() {
+                return bad(
+                    "rabbitmq.tls.client_cert_file",
+                    "and rabbitmq.tls.client_key_file go together".into(),
                 );
             }
             if rabbit.broker_consumer_timeout_ms < 1_000 {

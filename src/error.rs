@@ -28,6 +28,21 @@ pub enum MessagingError {
         source: Option<BoxError>,
     },
 
+    /// The TLS handshake with the server failed: its certificate was not
+    /// trusted (unknown CA, wrong host name, expired), it refused ours, or
+    /// it does not speak TLS on that port. Not transient: a retry meets the
+    /// same certificates.
+    #[error("{provider} TLS error: {message}")]
+    Tls {
+        /// Which provider failed.
+        provider: Provider,
+        /// What went wrong, free of secrets.
+        message: String,
+        /// The TLS library's error, if there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+
     /// The queue does not exist (create it with `create_queue`).
     #[error("queue `{queue}` does not exist")]
     QueueNotFound {

@@ -94,7 +94,7 @@ pub use backend::MessageBackend;
 pub use capabilities::Capabilities;
 pub use config::{
     MessagingConfig, MigrationConfig, PgmqConfig, Provider, QueuesConfig, RabbitMqConfig,
-    MAX_RECEIVE_COUNT,
+    RabbitMqTlsConfig, MAX_RECEIVE_COUNT,
 };
 pub use error::{BoxError, MessagingError};
 pub use lease::MAX_VISIBILITY_TIMEOUT;

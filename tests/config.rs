@@ -312,3 +312,43 @@ fn bad_migrations_are_errors_that_name_the_key() {
         });
     }
 }
+
+#[test]
+fn rabbitmq_tls_keys_load_from_the_file_and_the_environment() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file(
+            FILE,
+            r#"
+provider = "rabbitmq"
+[rabbitmq]
+url = "amqps://guest:guest@rabbit.example:5671/%2f"
+[rabbitmq.tls]
+ca_file = "/etc/tasker/ca.pem"
+"#,
+        )?;
+        jail.set_env("TASKER_MESSAGING_RABBITMQ__TLS__CLIENT_CERT_FILE", "/c.pem");
+        jail.set_env("TASKER_MESSAGING_RABBITMQ__TLS__CLIENT_KEY_FILE", "/c.key");
+        let config = MessagingConfig::load().expect("load");
+        let tls = config.rabbitmq.expect("[rabbitmq]").tls;
+        assert_eq!(tls.ca_file.as_deref(), Some("/etc/tasker/ca.pem".as_ref()));
+        assert_eq!(tls.client_cert_file.as_deref(), Some("/c.pem".as_ref()));
+        assert_eq!(tls.client_key_file.as_deref(), Some("/c.key".as_ref()));
+
+        // A certificate without its key names the keys.
+        jail.clear_env();
+        jail.set_env("TASKER_MESSAGING_RABBITMQ__TLS__CLIENT_CERT_FILE", "/c.pem");
+        let message = config_error(MessagingConfig::load());
+        assert!(
+            message.contains("rabbitmq.tls.client_key_file"),
+            "{message}"
+        );
+
+        // Misspelt keys are refused.
+        jail.clear_env();
+        jail.set_env("TASKER_MESSAGING_RABBITMQ__TLS__CA_PATH", "/x.pem");
+        let message = config_error(MessagingConfig::load());
+        assert!(message.contains("ca_path"), "{message}");
+        Ok(())
+    });
+}

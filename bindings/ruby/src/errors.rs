@@ -25,6 +25,7 @@ fn class_name(error: &MessagingError) -> &'static str {
         MessagingError::MessageTooLarge { .. } => "MessageTooLarge",
         MessagingError::CircuitOpen { .. } => "CircuitOpen",
         MessagingError::Config(_) => "ConfigurationError",
+        MessagingError::Tls { .. } => "TlsError",
         MessagingError::Provider { .. } => "ProviderError",
         // A variant added later still arrives as a MessagingError.
         _ => "MessagingError",

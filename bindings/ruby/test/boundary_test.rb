@@ -128,7 +128,7 @@ class BoundaryTest < Minitest::Test
 
   def test_errors_mirror_messaging_error
     %w[ConnectionError QueueNotFound InvalidQueueName InvalidArgument SerializationError InvalidReceipt
-       LeaseExpired MessageTooLarge CircuitOpen ConfigurationError ProviderError].each do |name|
+       LeaseExpired MessageTooLarge CircuitOpen ConfigurationError TlsError ProviderError].each do |name|
       assert_operator Services.const_get(name), :<, Services::MessagingError
     end
     assert Services::ConnectionError.new("down", true).transient?

@@ -3,6 +3,7 @@
 # The factory layers configuration exactly as the Rust MessagingConfig::load:
 # file, then TASKER_MESSAGING_* variables, then the call's arguments. It
 # changes the process environment, so scripts/test.sh runs it in its own process.
+require "English"
 require_relative "test_helper"
 
 class ConfigTest < Minitest::Test
@@ -71,5 +72,38 @@ class ConfigTest < Minitest::Test
     with_env("TASKER_MESSAGING_CONFIG" => file("missing.toml")) do
       assert_raises(Services::ConfigurationError) { Factory.from_env }
     end
+  end
+
+  # [rabbitmq.tls] reaches the Rust loader from arguments and the environment
+  # alike; the amqps node is the private one tests/tls.rs uses.
+  TLS_CERTS = "/var/tmp/tasker-rabbitmq-tls/certs"
+  TLS_SECRET = "hunter2-ruby-tls"
+
+  def tls_node
+    out = IO.popen(["bash", File.join(TestSupport::REPO, "scripts/rabbitmq-tls-node.sh"), "start"],
+                   err: %i[child out], &:read)
+    assert $CHILD_STATUS.success?, "scripts/rabbitmq-tls-node.sh start failed:\n#{out}"
+  end
+
+  def amqps(ca_file)
+    { provider: :rabbitmq, config_file: file("messaging.toml"),
+      rabbitmq: { url: "amqps://guest:#{TLS_SECRET}@localhost:5692/%2f", connection_timeout_ms: 3000,
+                  tls: { ca_file: ca_file } } }
+  end
+
+  def test_rabbitmq_tls_keys
+    tls_node
+    error = assert_raises(Services::TlsError) { Factory.create(**amqps(File.join(TLS_CERTS, "wrong-ca.pem"))) }
+    assert_includes error.message, "UnknownIssuer"
+    refute_includes error.message, TLS_SECRET
+    refute error.transient?
+    with_env("TASKER_MESSAGING_RABBITMQ__TLS__CA_FILE" => File.join(TLS_CERTS, "ca.pem"),
+             "TASKER_MESSAGING_RABBITMQ__URL" => "amqps://guest:guest@localhost:5692/%2f") do
+      service = Factory.create(provider: :rabbitmq, config_file: file("messaging.toml"))
+      assert service.healthy?, "amqps with the CA from the environment"
+    end
+    error = assert_raises(Services::ConfigurationError) { Factory.create(**amqps("/nonexistent/ca.pem")) }
+    assert_includes error.message, "rabbitmq.tls.ca_file"
+    refute_includes error.message, TLS_SECRET
   end
 end

@@ -30,9 +30,9 @@ impl Failure {
         let text = format!("{what}: {error}");
         match error {
             MessagingError::Config(_) => Self::Config(text),
-            MessagingError::Connection { .. } | MessagingError::CircuitOpen { .. } => {
-                Self::Unreachable(text)
-            }
+            MessagingError::Connection { .. }
+            | MessagingError::CircuitOpen { .. }
+            | MessagingError::Tls { .. } => Self::Unreachable(text),
             _ => Self::Failed(text),
         }
     }

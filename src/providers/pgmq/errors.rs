@@ -19,7 +19,10 @@ pub(super) fn db_error(
                 queue: queue.to_owned(),
             }
         }
-        (E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed, _) => {
+        _ if super::tls::is_tls_failure(&error) => {
+            super::tls::tls_error(format!("{operation}: cannot connect"), error)
+        }
+        (E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed, _) => {
             MessagingError::connection(Provider::Pgmq, error.to_string(), Some(error.into()))
         }
         _ => MessagingError::Provider {

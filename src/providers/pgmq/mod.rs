@@ -14,17 +14,14 @@ mod install;
 mod listener;
 mod outage;
 mod send_group;
+mod tls;
 mod tx;
 
-use std::{collections::HashSet, future::Future, str::FromStr, sync::Arc, time::Duration};
+use std::{collections::HashSet, future::Future, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
-use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
-    types::Json,
-    PgPool,
-};
+use sqlx::{postgres::PgPoolOptions, types::Json, PgPool};
 
 use self::{
     errors::db_error,
@@ -102,9 +99,7 @@ impl PgmqMessageService {
             .as_ref()
             .ok_or_else(|| MessagingError::Config("pgmq.database_url is required".into()))?;
         let url = &pgmq.database_url;
-        let options = PgConnectOptions::from_str(url.expose()).map_err(|_| {
-            MessagingError::Config(format!("pgmq.database_url is not a PostgreSQL URL: {url}"))
-        })?;
+        let options = tls::connect_options(url)?;
         // No ping before each acquire: it would double the round trips of
         // every call, and a connection that died meanwhile fails its call
         // with a transient error that the retry layer absorbs. Connections
@@ -121,12 +116,13 @@ impl PgmqMessageService {
             .acquire_timeout(Duration::from_millis(pgmq.connection_timeout_ms))
             .connect_with(options.clone())
             .await
-            .map_err(|e| {
-                MessagingError::connection(
+            .map_err(|e| match tls::is_tls_failure(&e) {
+                true => tls::tls_error(format!("cannot connect to {url}"), e),
+                false => MessagingError::connection(
                     Provider::Pgmq,
                     format!("cannot connect to {url}: {e}"),
                     Some(e.into()),
-                )
+                ),
             })?;
         install::ensure_installed(&options, &pool).await?;
         Ok(Self::build(pool, config, last_down))

@@ -63,9 +63,8 @@ impl Settings {
         let bad = |why: &str| MessagingError::Config(format!("rabbitmq.url {why}: {shown}"));
         let url = Url::parse(config.url.expose()).map_err(|_| bad("is not a URL"))?;
         match url.scheme() {
-            "amqp" => {}
-            "amqps" => return Err(bad("uses amqps, which this build does not support")),
-            _ => return Err(bad("must start with amqp://")),
+            "amqp" | "amqps" => {}
+            _ => return Err(bad("must start with amqp:// or amqps://")),
         }
         let host = url.host_str().ok_or_else(|| bad("has no host"))?;
         let decode = |text: &str| -> Result<String, MessagingError> {
@@ -92,6 +91,7 @@ impl Settings {
         );
         args.virtual_host(&vhost)
             .heartbeat(config.heartbeat_interval_secs);
+        super::tls::configure(&mut args, &url, host, config)?;
         Ok(Self {
             args,
             shown,
@@ -106,10 +106,12 @@ impl Settings {
         let connection = match tokio::time::timeout(self.timeout, Connection::open(&args)).await {
             Ok(Ok(connection)) => connection,
             Ok(Err(e)) => {
-                return Err(errors::connection(
-                    format!("cannot connect to {}: {e}", self.shown),
-                    Some(e),
-                ))
+                let tls = self.args.get_tls_adaptor().is_some();
+                return Err(super::tls::open_error(
+                    tls,
+                    format!("cannot connect to {}", self.shown),
+                    e,
+                ));
             }
             Err(_) => {
                 return Err(errors::connection(
@@ -447,6 +449,7 @@ mod tests {
             heartbeat_interval_secs: 10,
             connection_timeout_ms: 1_000,
             broker_consumer_timeout_ms: 1_800_000,
+            tls: Default::default(),
         }
     }
 
@@ -492,7 +495,10 @@ mod tests {
         assert_eq!((s.args.get_port(), s.args.get_virtual_host()), (5672, "/"));
         let s = Settings::new(&config("amqp://h/tasker")).unwrap();
         assert_eq!(s.args.get_virtual_host(), "tasker");
-        for bad in ["http://h/", "amqps://u:secret@h/"] {
+        let s = Settings::new(&config("amqps://u:secret@h/")).unwrap();
+        assert_eq!(s.args.get_port(), super::super::tls::AMQPS_PORT);
+        assert!(s.args.get_tls_adaptor().is_some());
+        for bad in ["http://h/", "ftp://u:secret@h/"] {
             let e = Settings::new(&config(bad)).err().unwrap().to_string();
             assert!(!e.contains("secret"), "{e}");
         }

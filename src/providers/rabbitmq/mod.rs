@@ -61,6 +61,7 @@ mod other_shape;
 mod properties;
 mod publisher;
 mod slot;
+mod tls;
 
 use crate::sync::lock;
 use std::{

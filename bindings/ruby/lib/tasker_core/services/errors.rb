@@ -28,6 +28,7 @@ module TaskerCore
     class MessageTooLarge < MessagingError; end     # over queues.max_message_bytes; nothing sent
     class CircuitOpen < MessagingError; end         # the breaker is open (transient)
     class ConfigurationError < MessagingError; end  # Config: invalid configuration
+    class TlsError < MessagingError; end            # Tls: TLS handshake failed (certificate)
     class ProviderError < MessagingError; end       # Provider: any other provider failure
 
     # Not MessagingError variants: failures of the Ruby binding itself.
