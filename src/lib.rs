@@ -86,6 +86,7 @@ mod receipt;
 mod resilience;
 mod router;
 mod secret;
+mod shutdown;
 mod sync;
 mod transfer;
 mod wait;

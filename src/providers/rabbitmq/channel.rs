@@ -301,6 +301,33 @@ impl TrackedChannel {
         });
     }
 
+    /// Closes the channel, awaiting the broker's close-ok: every frame sent
+    /// on it before (acks above all) has then reached the broker, which
+    /// requeues the deliveries still unacknowledged. Waits (bounded) for a
+    /// request in flight first, as [`give_up`](Self::give_up) does. A
+    /// channel given up or closed by the broker earlier is left as it is:
+    /// nothing sent on it since can be waiting.
+    pub(super) async fn close(&self) -> Result<(), CallError> {
+        self.poisoned.store(true, Ordering::Release);
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let _turn =
+            tokio::time::timeout(self.timeout, Arc::clone(&self.requests).lock_owned()).await;
+        if lock(&self.events.closed).is_some() {
+            return Ok(());
+        }
+        // amqprs reports success without a handshake once the connection is gone.
+        if !self.channel.is_connection_open() {
+            return Err(CallError::broken("the connection was lost", None));
+        }
+        match tokio::time::timeout(self.timeout, self.channel.clone().close()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(CallError::broken("cannot close a channel", Some(error))),
+            Err(_) => Err(CallError::broken("timed out closing a channel", None)),
+        }
+    }
+
     /// Acknowledges (`requeue == false`) or requeues a delivery.
     pub(super) async fn settle(
         self: &Arc<Self>,
