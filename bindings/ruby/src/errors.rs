@@ -26,6 +26,7 @@ fn class_name(error: &MessagingError) -> &'static str {
         MessagingError::CircuitOpen { .. } => "CircuitOpen",
         MessagingError::Config(_) => "ConfigurationError",
         MessagingError::Provider { .. } => "ProviderError",
+        MessagingError::Closed { .. } => "Closed",
         // A variant added later still arrives as a MessagingError.
         _ => "MessagingError",
     }

@@ -29,6 +29,7 @@ module TaskerCore
     class CircuitOpen < MessagingError; end         # the breaker is open (transient)
     class ConfigurationError < MessagingError; end  # Config: invalid configuration
     class ProviderError < MessagingError; end       # Provider: any other provider failure
+    class Closed < MessagingError; end              # the service was closed (#close); never transient
 
     # Not MessagingError variants: failures of the Ruby binding itself.
     # A Rust panic caught at the boundary (a bug); the call's effect is unknown.
