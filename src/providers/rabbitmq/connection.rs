@@ -369,15 +369,16 @@ impl DataConnection {
     pub(super) async fn close(&self) -> Result<(), CallError> {
         let link = self.current();
         let publisher = link.lock_publisher().take();
-        if let Some(publisher) = publisher {
-            publisher.tracked().close().await?;
-        }
+        let channel = match publisher {
+            Some(publisher) => publisher.tracked().close().await,
+            None => Ok(()),
+        };
         // amqprs reports success without a handshake once the connection is gone.
         if !link.connection.is_open() {
             return Err(CallError::broken("the connection was lost", None));
         }
         match tokio::time::timeout(self.settings.timeout, link.connection.clone().close()).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => channel,
             Ok(Err(e)) => Err(CallError::broken("cannot close the connection", Some(e))),
             Err(_) => Err(CallError::broken("timed out closing the connection", None)),
         }
