@@ -161,9 +161,11 @@ pub trait MessagingService {
     ///
     /// - Once `close` returns `Ok`, every delete and settle (ack, release,
     ///   visibility change) that returned `Ok` has reached the server.
-    ///   RabbitMQ queues acks for a writer task: closing each channel and
-    ///   then the connection, each awaiting the broker's close-ok, flushes
-    ///   them. A PGMQ delete is committed when it returns.
+    ///   RabbitMQ queues acks for a writer task, and a quorum queue's
+    ///   channel may hold acks back for a moment: `close` lets each channel
+    ///   that settled rest 250 ms after its last settle, then closes it and
+    ///   then the connection, each awaiting the broker's close-ok. A PGMQ
+    ///   delete is committed when it returns.
     /// - Leases not settled come back as the provider brings them back:
     ///   on RabbitMQ at once (the broker requeues a closed channel's
     ///   deliveries), on PGMQ when their visibility timeout ends.

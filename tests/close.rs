@@ -40,11 +40,13 @@ async fn redelivered_after_child(provider: Provider, close: bool) -> usize {
     .expect("child task");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        output.status.success() && stdout.contains(&format!("deleted {MESSAGES}")),
+        output.status.success()
+            && stdout.contains(&format!("deleted {MESSAGES} ({MESSAGES} distinct)")),
         "child failed: {:?}\n{stdout}\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
+    eprintln!("child: {}", stdout.trim());
     if provider == Provider::Pgmq {
         // A delete lost on PGMQ would show only once its lease ended.
         tokio::time::sleep(LEASE + Duration::from_secs(1)).await;
@@ -135,6 +137,7 @@ async fn child_process() {
     let backend: MessageBackend = common::backend(provider).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut deleted = 0;
+    let mut distinct = std::collections::HashSet::new();
     while deleted < MESSAGES && tokio::time::Instant::now() < deadline {
         let got = backend
             .receive_messages_wait::<SimpleStepMessage>(queue, 100, LEASE, Duration::from_secs(1))
@@ -146,9 +149,10 @@ async fn child_process() {
                 .await
                 .expect("delete_message");
             deleted += 1;
+            distinct.insert(message.message.step_uuid);
         }
     }
-    println!("deleted {deleted}");
+    println!("deleted {deleted} ({} distinct)", distinct.len());
     if close == "true" {
         backend.close().await.expect("close");
     } else {

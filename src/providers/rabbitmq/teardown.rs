@@ -2,10 +2,11 @@
 //! clone is dropped without it.
 //!
 //! amqprs hands every frame to a writer task, so an ack that returned `Ok`
-//! may still be queued. Closing each channel, then the connection, and
-//! awaiting the broker's close-ok each time means those frames were
-//! written and processed; the broker requeues the deliveries still
-//! unacknowledged at once.
+//! may still be queued, and a quorum queue's channel may hold acks back
+//! while earlier ones are applied. Each channel rests a moment after its
+//! last settle (`SETTLE_GRACE`), then each channel and then the connection
+//! close, awaiting the broker's close-ok each time; the broker requeues the
+//! deliveries still unacknowledged at once.
 
 use std::sync::Arc;
 
