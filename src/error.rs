@@ -106,6 +106,14 @@ pub enum MessagingError {
     #[error("configuration error: {0}")]
     Config(String),
 
+    /// The backend was closed ([`MessagingService::close`](crate::MessagingService::close)):
+    /// it makes no more calls. Never transient: connect a new backend.
+    #[error("the {provider} backend is closed")]
+    Closed {
+        /// The provider of the closed backend.
+        provider: Provider,
+    },
+
     /// Any other provider failure, with the driver error kept as `source`.
     #[error("{provider} error during {operation}: {message}")]
     Provider {
@@ -166,6 +174,10 @@ mod tests {
         .is_transient());
         assert!(!MessagingError::QueueNotFound { queue: "q".into() }.is_transient());
         assert!(!MessagingError::MessageTooLarge { size: 2, max: 1 }.is_transient());
+        assert!(!MessagingError::Closed {
+            provider: Provider::RabbitMq
+        }
+        .is_transient());
         assert!(!MessagingError::LeaseExpired {
             queue: "q".into(),
             receipt: "r".into()

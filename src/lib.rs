@@ -32,7 +32,7 @@
 //! ## The contract
 //!
 //! The contract is written out in `docs/CONTRACT.md` (in the repository and
-//! the published package): numbered rules C1–C32, each naming the
+//! the published package): numbered rules C1–C33, each naming the
 //! conformance cases that check it on every provider (the `conformance`
 //! module, behind the cargo feature of that name). In brief:
 //! - sends return once the message is durable (C5);
@@ -86,6 +86,7 @@ mod receipt;
 mod resilience;
 mod router;
 mod secret;
+mod shutdown;
 mod sync;
 mod transfer;
 mod wait;

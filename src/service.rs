@@ -153,6 +153,45 @@ pub trait MessagingService {
     /// The circuit breaker guarding this provider's server; `None` for a
     /// provider without one (in-memory: nothing to protect).
     fn circuit_breaker(&self) -> Option<&CircuitBreaker>;
+
+    /// Shuts the backend down, for it and every clone (C33). New calls are
+    /// refused at once; waiting receives in progress end with `Closed`;
+    /// other calls in flight are waited for (they end within their
+    /// timeouts and retries). Then the provider lets go of the server:
+    ///
+    /// - Once `close` returns `Ok`, every delete and settle (ack, release,
+    ///   visibility change) that returned `Ok` has reached the server.
+    ///   RabbitMQ queues acks for a writer task, and a quorum queue's
+    ///   channel may hold acks back for a moment: `close` lets each channel
+    ///   that settled rest 250 ms after its last settle, then closes it and
+    ///   then the connection, each awaiting the broker's close-ok. A PGMQ
+    ///   delete is committed when it returns.
+    /// - Leases not settled come back as the provider brings them back:
+    ///   on RabbitMQ at once (the broker requeues a closed channel's
+    ///   deliveries), on PGMQ when their visibility timeout ends.
+    /// - Channels, connections and background tasks are closed or stopped;
+    ///   a pool PGMQ built (`connect`) is closed, one passed to
+    ///   `PgmqMessageService::from_pool` is left open.
+    ///
+    /// Every later call (`health_check` included) fails with
+    /// [`MessagingError::Closed`], which is not transient; `provider`,
+    /// `capabilities`, `queues_config` and `circuit_breaker` still answer.
+    ///
+    /// Idempotent: a second call waits for the first one's teardown and
+    /// returns `Ok`. `Err` (from the call that ran the teardown) means the
+    /// server could not confirm the close, e.g. the connection was lost:
+    /// settles sent just before may not have reached it, so those messages
+    /// may come back (duplicates, never losses). Resources are let go
+    /// either way.
+    ///
+    /// Dropping the last clone without `close` is safe: RabbitMQ runs the
+    /// same teardown from a task when a runtime is there to run it, but a
+    /// process that exits right after loses that task, and with it acks
+    /// not yet written (their messages come back as duplicates).
+    async fn close(&self) -> Result<(), MessagingError>;
+
+    /// Whether [`close`](Self::close) has been called on this backend or a clone.
+    fn is_closed(&self) -> bool;
 }
 
 /// What a provider implements: the operations of [`MessagingService`] with
@@ -165,6 +204,7 @@ pub(crate) mod provide {
 
     use enum_dispatch::enum_dispatch;
 
+    pub(crate) use crate::shutdown::Shutdown;
     use crate::{
         queue_name::QueueName, Capabilities, CircuitBreaker, MessageId, MessagingError, Provider,
         QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
@@ -246,6 +286,13 @@ pub(crate) mod provide {
         fn queues_config(&self) -> &QueuesConfig;
 
         fn circuit_breaker(&self) -> Option<&CircuitBreaker>;
+
+        /// The closed state the gate checks, shared by clones.
+        fn shutdown(&self) -> &Shutdown;
+
+        /// Lets go of the server once no call is in flight (see
+        /// [`MessagingService::close`](crate::MessagingService::close)).
+        async fn teardown(&self) -> Result<(), MessagingError>;
     }
 }
 
@@ -253,10 +300,12 @@ pub(crate) mod provide {
 /// it (C1), so a provider only ever handles valid names.
 impl<P: provide::Provide> MessagingService for P {
     async fn health_check(&self) -> Result<bool, MessagingError> {
+        let _pass = enter(self)?;
         provide::Provide::health_check(self).await
     }
 
     async fn create_queue(&self, queue: &str) -> Result<(), MessagingError> {
+        let _pass = enter(self)?;
         let suffix = &provide::Provide::queues_config(self).dead_letter_queue_suffix;
         let queue = QueueName::new_queue(queue, suffix)?;
         provide::Provide::create_queue(self, queue).await
@@ -267,6 +316,7 @@ impl<P: provide::Provide> MessagingService for P {
         queue: &str,
         message: &T,
     ) -> Result<MessageId, MessagingError> {
+        let _pass = enter(self)?;
         provide::Provide::send_message(self, QueueName::new(queue)?, message).await
     }
 
@@ -275,6 +325,7 @@ impl<P: provide::Provide> MessagingService for P {
         queue: &str,
         messages: &[T],
     ) -> Result<Vec<MessageId>, MessagingError> {
+        let _pass = enter(self)?;
         provide::Provide::send_batch(self, QueueName::new(queue)?, messages).await
     }
 
@@ -284,6 +335,7 @@ impl<P: provide::Provide> MessagingService for P {
         max_messages: usize,
         visibility_timeout: Duration,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        let _pass = enter(self)?;
         let queue = QueueName::new(queue)?;
         provide::Provide::receive_messages(self, queue, max_messages, visibility_timeout).await
     }
@@ -295,8 +347,18 @@ impl<P: provide::Provide> MessagingService for P {
         visibility_timeout: Duration,
         wait: Duration,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
+        let _pass = enter(self)?;
         let queue = QueueName::new(queue)?;
-        provide::Provide::receive_messages_wait(self, queue, max_messages, visibility_timeout, wait)
+        let wait = provide::Provide::receive_messages_wait(
+            self,
+            queue,
+            max_messages,
+            visibility_timeout,
+            wait,
+        );
+        let provider = provide::Provide::provider(self);
+        provide::Provide::shutdown(self)
+            .unless_closed(provider, wait)
             .await
     }
 
@@ -305,6 +367,7 @@ impl<P: provide::Provide> MessagingService for P {
         queue: &str,
         receipt: &ReceiptHandle,
     ) -> Result<(), MessagingError> {
+        let _pass = enter(self)?;
         provide::Provide::delete_message(self, QueueName::new(queue)?, receipt).await
     }
 
@@ -313,6 +376,7 @@ impl<P: provide::Provide> MessagingService for P {
         queue: &str,
         receipts: &[ReceiptHandle],
     ) -> Result<Vec<Result<(), MessagingError>>, MessagingError> {
+        let _pass = enter(self)?;
         provide::Provide::delete_messages(self, QueueName::new(queue)?, receipts).await
     }
 
@@ -322,19 +386,23 @@ impl<P: provide::Provide> MessagingService for P {
         receipt: &ReceiptHandle,
         visibility_timeout: Duration,
     ) -> Result<(), MessagingError> {
+        let _pass = enter(self)?;
         let queue = QueueName::new(queue)?;
         provide::Provide::change_message_visibility(self, queue, receipt, visibility_timeout).await
     }
 
     async fn get_queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError> {
+        let _pass = enter(self)?;
         provide::Provide::get_queue_stats(self, QueueName::new(queue)?).await
     }
 
     async fn purge_queue(&self, queue: &str) -> Result<u64, MessagingError> {
+        let _pass = enter(self)?;
         provide::Provide::purge_queue(self, QueueName::new(queue)?).await
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), MessagingError> {
+        let _pass = enter(self)?;
         provide::Provide::delete_queue(self, QueueName::new(queue)?).await
     }
 
@@ -353,4 +421,20 @@ impl<P: provide::Provide> MessagingService for P {
     fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
         provide::Provide::circuit_breaker(self)
     }
+
+    async fn close(&self) -> Result<(), MessagingError> {
+        provide::Provide::shutdown(self)
+            .close(|| provide::Provide::teardown(self))
+            .await
+    }
+
+    fn is_closed(&self) -> bool {
+        provide::Provide::shutdown(self).is_closed()
+    }
+}
+
+/// Admits one call on `service`, or refuses it once the backend is closed (C33).
+fn enter<P: provide::Provide>(service: &P) -> Result<crate::shutdown::Pass<'_>, MessagingError> {
+    let provider = provide::Provide::provider(service);
+    provide::Provide::shutdown(service).enter(provider)
 }

@@ -32,6 +32,7 @@ fn every_backend_future_is_send(backend: Arc<MessageBackend>) {
     ));
     drop(assert_send(b.get_queue_stats("q")));
     drop(assert_send(b.purge_queue("q")));
+    drop(assert_send(b.close()));
     drop(assert_send(b.delete_queue("q")));
     drop(assert_send(MessageBackend::connect(&Default::default())));
 }

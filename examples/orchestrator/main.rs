@@ -144,7 +144,9 @@ async fn run(args: Args) -> Result<ExitCode, MessagingError> {
     if args.measure_wake_up {
         let router = NamespaceQueueRouter::new(&config.queues.namespace_pattern);
         let queue = router.route_to_queue("wake_up_probe", "SimpleStepMessage");
-        let wake_up = engine::measure_wake_up(Arc::clone(&backend), &queue, 20).await?;
+        let wake_up = engine::measure_wake_up(Arc::clone(&backend), &queue, 20).await;
+        backend.close().await?;
+        let wake_up = wake_up?;
         println!("{}: {wake_up}", backend.provider());
         return Ok(ExitCode::SUCCESS);
     }
@@ -165,9 +167,13 @@ async fn run(args: Args) -> Result<ExitCode, MessagingError> {
         orchestrator.lease().as_secs(),
     );
     tokio::spawn(stop_on_signal(orchestrator.handle()));
+    // Closed once the run ends, so its last deletes and releases reach the
+    // server before the process exits (C33).
+    let mut backends = vec![Arc::clone(&backend)];
     if let Some(path) = &args.switch_to {
         // Connected up front, so a bad file fails before the run starts.
         let next = Arc::new(MessageBackend::connect(&MessagingConfig::from_file(path)?).await?);
+        backends.push(Arc::clone(&next));
         let (handle, after, path) = (orchestrator.handle(), args.switch_after, path.display());
         let path = path.to_string();
         tokio::spawn(async move {
@@ -185,7 +191,11 @@ async fn run(args: Args) -> Result<ExitCode, MessagingError> {
             }
         });
     }
-    let summary = orchestrator.run().await?;
+    let summary = orchestrator.run().await;
+    for backend in &backends {
+        backend.close().await?;
+    }
+    let summary = summary?;
     println!("{summary}");
     Ok(if summary.ok() || summary.interrupted {
         ExitCode::SUCCESS

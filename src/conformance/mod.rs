@@ -27,6 +27,7 @@
 //! The cases panic on a broken contract, like any test.
 
 mod cancels;
+mod close;
 mod dead_letters;
 mod drops;
 pub mod fleet;
@@ -37,6 +38,7 @@ mod settle;
 mod stats;
 mod wait;
 
+pub use close::*;
 pub use dead_letters::*;
 pub use drops::*;
 pub use leases::*;
@@ -89,6 +91,9 @@ macro_rules! conformance_tests {
             a_receipt_used_in_another_process_spares_that_process_lease,
             cancelled_calls_never_undo_other_calls,
         );
+        $crate::__conformance_pair_cases!($backend, $other_process;
+            close_keeps_settles_and_refuses_later_calls,
+        );
         $crate::__conformance_wide_fleet_cases!($backend, $other_process;
             a_fleet_drains_with_bulk_receives,
         );
@@ -140,6 +145,21 @@ macro_rules! __conformance_cases {
             async fn $case() {
                 let backend = $backend.await;
                 $crate::conformance::$case(&backend).await;
+            }
+        )+
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_pair_cases {
+    ($backend:expr, $other_process:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let a = $backend.await;
+                let b = ($other_process)(&a).await;
+                $crate::conformance::$case(&a, &b).await;
             }
         )+
     };

@@ -22,9 +22,13 @@ use std::{
 };
 
 use crate::{
-    lease, queue_name::QueueName, receipt, service::provide::Provide, sync::lock, Capabilities,
-    CircuitBreaker, MessageBackend, MessageId, MessagingConfig, MessagingError, Provider,
-    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
+    lease,
+    queue_name::QueueName,
+    receipt,
+    service::provide::{Provide, Shutdown},
+    sync::lock,
+    Capabilities, CircuitBreaker, MessageBackend, MessageId, MessagingConfig, MessagingError,
+    Provider, QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
 };
 
 /// A [`MessageBackend::Migrating`](crate::MessageBackend::Migrating): the
@@ -62,6 +66,7 @@ pub struct MigratingMessageService {
     /// Per queue, until when the source is not looked at again: it had
     /// nothing ready then. Cleared by a receive that finds something.
     source_idle: Arc<Mutex<HashMap<String, Instant>>>,
+    shutdown: Arc<Shutdown>,
 }
 
 /// Queues whose idle source is remembered at most; past it the memory
@@ -86,6 +91,7 @@ impl MigratingMessageService {
             source: source?,
             target: target?,
             source_idle: Arc::default(),
+            shutdown: Arc::default(),
         })
     }
 
@@ -119,6 +125,7 @@ impl MigratingMessageService {
             source,
             target,
             source_idle: Arc::default(),
+            shutdown: Arc::default(),
         })
     }
 
@@ -448,5 +455,16 @@ impl Provide for MigratingMessageService {
 
     fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
         self.target.circuit_breaker()
+    }
+
+    fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Closes both sides, and so the backends it was built from (C33).
+    async fn teardown(&self) -> Result<(), MessagingError> {
+        use crate::MessagingService;
+        let (source, target) = tokio::join!(self.source.close(), self.target.close());
+        source.and(target)
     }
 }

@@ -303,6 +303,28 @@ impl Backend {
             Ok(hash)
         })
     }
+
+    /// Closes this process's backend (C33): settles that returned have
+    /// reached the server, waiting receives end with `Closed`, and every
+    /// later call raises `Closed`. Idempotent. In a forked child that never
+    /// used the service there is nothing of its own to close.
+    pub fn close(ruby: &Ruby, rb_self: &Self) -> Result<bool, Error> {
+        guard(ruby, || {
+            if lock(&rb_self.connected).pid != std::process::id() {
+                return Ok(true);
+            }
+            rb_self.call(ruby, |b| async move { b.close().await })?;
+            Ok(true)
+        })
+    }
+
+    /// Whether this process's backend was closed.
+    pub fn is_closed(ruby: &Ruby, rb_self: &Self) -> Result<bool, Error> {
+        guard(ruby, || {
+            let connected = lock(&rb_self.connected);
+            Ok(connected.pid == std::process::id() && connected.backend.is_closed())
+        })
+    }
 }
 
 impl Drop for Backend {

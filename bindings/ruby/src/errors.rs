@@ -27,6 +27,7 @@ fn class_name(error: &MessagingError) -> &'static str {
         MessagingError::Config(_) => "ConfigurationError",
         MessagingError::Tls { .. } => "TlsError",
         MessagingError::Provider { .. } => "ProviderError",
+        MessagingError::Closed { .. } => "Closed",
         // A variant added later still arrives as a MessagingError.
         _ => "MessagingError",
     }

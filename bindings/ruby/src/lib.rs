@@ -44,6 +44,8 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     backend.define_method("purge_queue", method!(backend::Backend::purge_queue, 1))?;
     backend.define_method("queues_config", method!(backend::Backend::queues_config, 0))?;
     backend.define_method("capabilities", method!(backend::Backend::capabilities, 0))?;
+    backend.define_method("close", method!(backend::Backend::close, 0))?;
+    backend.define_method("closed?", method!(backend::Backend::is_closed, 0))?;
 
     let router = native.define_class("Router", ruby.class_object())?;
     router.define_singleton_method("new", function!(router::Router::new, 1))?;

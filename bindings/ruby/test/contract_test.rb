@@ -211,6 +211,65 @@ module ContractCases
     returned - sent
   end
 
+  # C33 from Ruby: #close ends a waiting receive in another thread with
+  # Closed, is idempotent, and every later call raises Closed (never
+  # transient). Another service then gets the kept message back (at once on
+  # RabbitMQ, when its 2 s lease ends on PGMQ) and never the deleted one.
+  def test_close_keeps_deletes_and_refuses_later_calls
+    closing = TestSupport.connect(self.class::PROVIDER)
+    queue = TestSupport.unique_queue("close")
+    closing.create_queue(queue)
+    sent = [TestSupport.step, TestSupport.step]
+    closing.send_batch(queue, sent)
+    got = []
+    deadline = TestSupport.now + 5
+    while got.size < 2 && TestSupport.now < deadline
+      got.concat(closing.receive_messages(queue, max_messages: 2 - got.size, visibility_timeout: 2))
+    end
+    assert_equal 2, got.size
+    deleted, kept = got
+    assert_equal true, closing.delete_message(queue, deleted[:receipt_handle])
+
+    waiter = Thread.new do
+      closing.receive_messages_wait(queue, wait: 30)
+    rescue Services::MessagingError => e
+      e
+    end
+    sleep 0.3 # parked in the wait
+    refute closing.closed?
+    started = TestSupport.now
+    assert_equal true, closing.close
+    assert waiter.join(5), "the waiting receive outlived close"
+    assert_kind_of Services::Closed, waiter.value
+    assert_operator TestSupport.now - started, :<, 5
+    assert_equal true, closing.close, "close is idempotent"
+    assert closing.closed?
+
+    calls = {
+      healthy?: -> { closing.healthy? },
+      send_message: -> { closing.send_message(queue, TestSupport.step) },
+      receive_messages: -> { closing.receive_messages(queue) },
+      delete_message: -> { closing.delete_message(queue, kept[:receipt_handle]) },
+      queue_stats: -> { closing.queue_stats(queue) },
+    }
+    calls.each do |name, call|
+      error = assert_raises(Services::Closed, "#{name} after close") { call.call }
+      refute error.transient?, "#{name}: Closed is not transient"
+    end
+    # In memory the queues lived in the closed service: nothing left to look at.
+    return if self.class::PROVIDER == :in_memory
+
+    back = []
+    deadline = TestSupport.now + 4
+    while TestSupport.now < deadline
+      back.concat(service.receive_messages(queue, max_messages: 2, visibility_timeout: 30))
+      sleep 0.05
+    end
+    assert_equal [Step.from_hash(kept[:message])], back.map { |m| Step.from_hash(m[:message]) }
+  ensure
+    service.delete_queue(queue) if queue && self.class::PROVIDER != :in_memory
+  end
+
   def test_healthy_and_provider
     assert_equal true, service.healthy?
     assert_equal self.class::PROVIDER, service.provider

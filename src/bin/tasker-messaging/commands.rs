@@ -38,7 +38,13 @@ pub async fn health(config: &MessagingConfig) -> Result<(), Failure> {
     let mut down = Vec::new();
     for provider in providers(config) {
         let answer = match MessageBackend::connect(&config.for_provider(provider)).await {
-            Ok(backend) => backend.health_check().await.map_err(|e| e.to_string()),
+            Ok(backend) => {
+                let answer = backend.health_check().await.map_err(|e| e.to_string());
+                if let Err(error) = backend.close().await {
+                    eprintln!("warning: closing {provider}: {error}");
+                }
+                answer
+            }
             Err(error) => Err(error.to_string()),
         };
         match answer {
@@ -71,38 +77,42 @@ pub async fn stats(
 ) -> Result<(), Failure> {
     let queues = queues_or_namespaces(config, queues)?;
     let backend = connect(config).await?;
-    let mut all = Vec::new();
-    for queue in &queues {
-        let stats = backend
-            .get_queue_stats(queue)
-            .await
-            .map_err(|e| Failure::of(format!("stats of {queue} on {}", describe(config)), e))?;
-        all.push(stats);
-    }
-    if json {
-        let text = serde_json::to_string_pretty(&all)
-            .map_err(|e| Failure::Failed(format!("writing JSON: {e}")))?;
-        println!("{text}");
-        return Ok(());
-    }
-    println!(
-        "{:<40} {:<10} {:>8} {:>9} {:>12} {:>7}",
-        "queue", "provider", "ready", "in flight", "dead letters", "oldest"
-    );
-    for stats in &all {
-        match &stats.migration {
-            None => row(&stats.queue_name, &backend.provider().to_string(), stats),
-            Some(sides) => {
-                row(&stats.queue_name, "both", stats);
-                match &sides.source_stats {
-                    Some(source) => row("  source", sides.source.tag(), source),
-                    None => println!("{:<40} {:<10} (no such queue)", "  source", sides.source),
+    let outcome: Result<(), Failure> = async {
+        let mut all = Vec::new();
+        for queue in &queues {
+            let stats = backend
+                .get_queue_stats(queue)
+                .await
+                .map_err(|e| Failure::of(format!("stats of {queue} on {}", describe(config)), e))?;
+            all.push(stats);
+        }
+        if json {
+            let text = serde_json::to_string_pretty(&all)
+                .map_err(|e| Failure::Failed(format!("writing JSON: {e}")))?;
+            println!("{text}");
+            return Ok(());
+        }
+        println!(
+            "{:<40} {:<10} {:>8} {:>9} {:>12} {:>7}",
+            "queue", "provider", "ready", "in flight", "dead letters", "oldest"
+        );
+        for stats in &all {
+            match &stats.migration {
+                None => row(&stats.queue_name, &backend.provider().to_string(), stats),
+                Some(sides) => {
+                    row(&stats.queue_name, "both", stats);
+                    match &sides.source_stats {
+                        Some(source) => row("  source", sides.source.tag(), source),
+                        None => println!("{:<40} {:<10} (no such queue)", "  source", sides.source),
+                    }
+                    row("  target", sides.target.tag(), &sides.target_stats);
                 }
-                row("  target", sides.target.tag(), &sides.target_stats);
             }
         }
+        Ok(())
     }
-    Ok(())
+    .await;
+    crate::finish(&backend, outcome).await
 }
 
 fn row(name: &str, provider: &str, s: &QueueStats) {
@@ -131,72 +141,81 @@ pub async fn peek(config: &MessagingConfig, queue: &str, count: usize) -> Result
         return Err(Failure::Usage("-n must be at least 1".into()));
     }
     let backend = connect(config).await?;
-    eprintln!(
-        "peek: receives up to {count} ready messages of {queue} with a 1 s lease and releases \
+    let outcome: Result<(), Failure> = async {
+        eprintln!(
+            "peek: receives up to {count} ready messages of {queue} with a 1 s lease and releases \
          them at once (visibility 0). Each one's receive_count goes up by one, as for any \
          receive: a message peeked at max_receive_count ({}) moves to the dead-letter queue at \
          its next receive. Leased messages are not shown.",
-        config.queues.max_receive_count
-    );
-    let got: Vec<QueuedMessage<RawMessage>> = backend
-        .receive_messages(queue, count, Duration::from_secs(1))
-        .await
-        .map_err(|e| Failure::of(format!("peek {queue} on {}", describe(config)), e))?;
-    for message in &got {
-        let m = &message.metadata;
-        println!(
-            "id {}  receive_count {}  enqueued {}\n  {}",
-            m.message_id,
-            m.receive_count,
-            m.enqueued_at.to_rfc3339(),
-            message.message.json()
+            config.queues.max_receive_count
         );
-        if let Err(error) = backend
-            .change_message_visibility(queue, message.receipt(), Duration::ZERO)
+        let got: Vec<QueuedMessage<RawMessage>> = backend
+            .receive_messages(queue, count, Duration::from_secs(1))
             .await
-        {
-            eprintln!(
-                "warning: could not release {}: {error} (it returns when its 1 s lease ends)",
-                m.message_id
+            .map_err(|e| Failure::of(format!("peek {queue} on {}", describe(config)), e))?;
+        for message in &got {
+            let m = &message.metadata;
+            println!(
+                "id {}  receive_count {}  enqueued {}\n  {}",
+                m.message_id,
+                m.receive_count,
+                m.enqueued_at.to_rfc3339(),
+                message.message.json()
             );
+            if let Err(error) = backend
+                .change_message_visibility(queue, message.receipt(), Duration::ZERO)
+                .await
+            {
+                eprintln!(
+                    "warning: could not release {}: {error} (it returns when its 1 s lease ends)",
+                    m.message_id
+                );
+            }
         }
+        eprintln!("peek: {} message(s) shown and released", got.len());
+        Ok(())
     }
-    eprintln!("peek: {} message(s) shown and released", got.len());
-    Ok(())
+    .await;
+    crate::finish(&backend, outcome).await
 }
 
 /// Removes the ready messages of `queue`, after a confirmation.
 pub async fn purge(config: &MessagingConfig, queue: &str, yes: bool) -> Result<(), Failure> {
     let backend = connect(config).await?;
-    if !yes {
-        let ready = backend
-            .get_queue_stats(queue)
-            .await
-            .map_err(|e| Failure::of(format!("stats of {queue} on {}", describe(config)), e))?
-            .message_count;
-        eprint!(
-            "purge {ready} ready message(s) of {queue} on {}? Leased ones stay. [y/N] ",
-            describe(config)
-        );
-        let _ = std::io::stderr().flush();
-        let mut answer = String::new();
-        let confirmed = std::io::stdin().read_line(&mut answer).is_ok()
-            && matches!(answer.trim(), "y" | "Y" | "yes");
-        if !confirmed {
-            return Err(Failure::NotConfirmed);
+    let outcome: Result<(), Failure> = async {
+        if !yes {
+            let ready = backend
+                .get_queue_stats(queue)
+                .await
+                .map_err(|e| Failure::of(format!("stats of {queue} on {}", describe(config)), e))?
+                .message_count;
+            eprint!(
+                "purge {ready} ready message(s) of {queue} on {}? Leased ones stay. [y/N] ",
+                describe(config)
+            );
+            let _ = std::io::stderr().flush();
+            let mut answer = String::new();
+            let confirmed = std::io::stdin().read_line(&mut answer).is_ok()
+                && matches!(answer.trim(), "y" | "Y" | "yes");
+            if !confirmed {
+                return Err(Failure::NotConfirmed);
+            }
         }
+        let purged = backend
+            .purge_queue(queue)
+            .await
+            .map_err(|e| Failure::of(format!("purge {queue} on {}", describe(config)), e))?;
+        println!("purged {purged} ready message(s) from {queue}");
+        Ok(())
     }
-    let purged = backend
-        .purge_queue(queue)
-        .await
-        .map_err(|e| Failure::of(format!("purge {queue} on {}", describe(config)), e))?;
-    println!("purged {purged} ready message(s) from {queue}");
-    Ok(())
+    .await;
+    crate::finish(&backend, outcome).await
 }
 
 /// Moves dead letters of `queue` back into it.
 pub async fn redrive(config: &MessagingConfig, queue: &str, limit: usize) -> Result<(), Failure> {
     let backend = connect(config).await?;
+    let outcome: Result<(), Failure> = async {
     let dlq = format!("{queue}{}", config.queues.dead_letter_queue_suffix);
     match redrive_dead_letters(&backend, queue, limit).await {
         Ok(report) => {
@@ -222,6 +241,9 @@ pub async fn redrive(config: &MessagingConfig, queue: &str, limit: usize) -> Res
             error.error,
         )),
     }
+    }
+    .await;
+    crate::finish(&backend, outcome).await
 }
 
 /// Moves every ready message of the queues (and their dead-letter queues)
@@ -239,63 +261,74 @@ pub async fn migrate(
     let from = config.provider;
     let source = connect(&config.for_provider(from)).await?;
     let target = connect(&config.for_provider(to)).await?;
-    let suffix = &config.queues.dead_letter_queue_suffix;
-    let mut summary = Vec::new();
-    for queue in &queues {
-        target
-            .create_queue(queue)
-            .await
-            .map_err(|e| Failure::of(format!("create {queue} on {to}"), e))?;
-        for name in [queue.clone(), format!("{queue}{suffix}")] {
-            let progress = |done: &tasker_messaging::MoveReport| {
-                eprint!("\rmigrate {name}: {} moved", done.sent());
-                let _ = std::io::stderr().flush();
-            };
-            let report =
-                move_messages_with_progress(&source, &name, &target, &name, usize::MAX, progress)
-                    .await
-                    .map_err(|e| {
-                        eprintln!();
-                        Failure::of(
-                            format!(
-                                "migrate {name} from {from} to {to} after {} moved",
-                                e.done.sent()
-                            ),
-                            e.error,
-                        )
-                    })?;
-            eprintln!("\rmigrate {name}: {} moved", report.sent());
-            let left = source
-                .get_queue_stats(&name)
+    let outcome: Result<(), Failure> = async {
+        let suffix = &config.queues.dead_letter_queue_suffix;
+        let mut summary = Vec::new();
+        for queue in &queues {
+            target
+                .create_queue(queue)
                 .await
-                .map_err(|e| Failure::of(format!("stats of {name} on {from}"), e))?;
-            summary.push((name, report, left));
+                .map_err(|e| Failure::of(format!("create {queue} on {to}"), e))?;
+            for name in [queue.clone(), format!("{queue}{suffix}")] {
+                let progress = |done: &tasker_messaging::MoveReport| {
+                    eprint!("\rmigrate {name}: {} moved", done.sent());
+                    let _ = std::io::stderr().flush();
+                };
+                let report = move_messages_with_progress(
+                    &source,
+                    &name,
+                    &target,
+                    &name,
+                    usize::MAX,
+                    progress,
+                )
+                .await
+                .map_err(|e| {
+                    eprintln!();
+                    Failure::of(
+                        format!(
+                            "migrate {name} from {from} to {to} after {} moved",
+                            e.done.sent()
+                        ),
+                        e.error,
+                    )
+                })?;
+                eprintln!("\rmigrate {name}: {} moved", report.sent());
+                let left = source
+                    .get_queue_stats(&name)
+                    .await
+                    .map_err(|e| Failure::of(format!("stats of {name} on {from}"), e))?;
+                summary.push((name, report, left));
+            }
         }
-    }
-    println!(
-        "{:<40} {:>8} {:>10} {:>14} {:>15}",
-        "queue", "moved", "duplicated", "left (ready)", "left (leased)"
-    );
-    let (mut moved, mut leased) = (0, 0);
-    for (name, report, left) in &summary {
-        let held = left
-            .in_flight_count
-            .map_or_else(|| "?".to_owned(), |n| n.to_string());
         println!(
-            "{name:<40} {:>8} {:>10} {:>14} {held:>15}",
-            report.sent(),
-            report.duplicated,
-            left.message_count
+            "{:<40} {:>8} {:>10} {:>14} {:>15}",
+            "queue", "moved", "duplicated", "left (ready)", "left (leased)"
         );
-        moved += report.sent();
-        leased += left.in_flight_count.unwrap_or(0) + left.message_count;
-    }
-    println!("migrated {moved} message(s) from {from} to {to}");
-    if leased > 0 {
-        println!(
-            "{leased} message(s) still on {from} (leased by workers, or sent meanwhile): \
+        let (mut moved, mut leased) = (0, 0);
+        for (name, report, left) in &summary {
+            let held = left
+                .in_flight_count
+                .map_or_else(|| "?".to_owned(), |n| n.to_string());
+            println!(
+                "{name:<40} {:>8} {:>10} {:>14} {held:>15}",
+                report.sent(),
+                report.duplicated,
+                left.message_count
+            );
+            moved += report.sent();
+            leased += left.in_flight_count.unwrap_or(0) + left.message_count;
+        }
+        println!("migrated {moved} message(s) from {from} to {to}");
+        if leased > 0 {
+            println!(
+                "{leased} message(s) still on {from} (leased by workers, or sent meanwhile): \
              run migrate again once their workers are done or their leases ended"
-        );
+            );
+        }
+        Ok(())
     }
-    Ok(())
+    .await;
+    let outcome = crate::finish(&source, outcome).await;
+    crate::finish(&target, outcome).await
 }

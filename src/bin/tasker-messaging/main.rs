@@ -8,7 +8,9 @@ mod commands;
 use std::process::ExitCode;
 
 use args::{Command, USAGE};
-use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, Provider};
+use tasker_messaging::{
+    MessageBackend, MessagingConfig, MessagingError, MessagingService, Provider,
+};
 
 /// Why a command failed, and so its exit code.
 pub enum Failure {
@@ -49,6 +51,19 @@ pub async fn connect(config: &MessagingConfig) -> Result<MessageBackend, Failure
         .map_err(|e| Failure::of(what, e))
 }
 
+/// Closes `backend` once a command is done with it, so that what the
+/// command settled (peek's releases, the deletes of a move) has reached the
+/// server before the process exits (C33). A failed close fails a command
+/// that had succeeded.
+pub async fn finish(backend: &MessageBackend, outcome: Result<(), Failure>) -> Result<(), Failure> {
+    let closed = backend.close().await;
+    match (outcome, closed) {
+        (Err(failure), _) => Err(failure),
+        (Ok(()), Ok(())) => Ok(()),
+        (Ok(()), Err(error)) => Err(Failure::of("closing the connection", error)),
+    }
+}
+
 /// The providers a configuration uses: `provider`, and the migration target.
 pub fn providers(config: &MessagingConfig) -> Vec<Provider> {
     let mut providers = vec![config.provider];
@@ -70,18 +85,7 @@ async fn main() -> ExitCode {
         None => MessagingConfig::load(),
     };
     let outcome = match config {
-        Ok(config) => {
-            let outcome = run(&config, args.command).await;
-            // The command's backends are dropped by now. A RabbitMQ ack is a
-            // frame queued to the connection's writer task, and dropping the
-            // connection closes it from a task too: give those tasks a moment
-            // before the runtime ends, or the broker redelivers what a
-            // command deleted (a duplicate, never a loss, but a surprise).
-            if providers(&config).contains(&Provider::RabbitMq) {
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            }
-            outcome
-        }
+        Ok(config) => run(&config, args.command).await,
         Err(error) => Err(Failure::of("loading the configuration", error)),
     };
     match outcome {

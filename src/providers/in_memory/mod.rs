@@ -20,6 +20,7 @@ use crate::{
     lease,
     queue_name::QueueName,
     receipt::Receipt,
+    service::provide::Shutdown,
     wait::Arrivals,
     CircuitBreaker, MessageId, MessagingError, Provider, QueueMessage, QueueStats, QueuedMessage,
     QueuesConfig, ReceiptHandle,
@@ -35,6 +36,7 @@ pub struct InMemoryMessageService {
     config: Arc<QueuesConfig>,
     dead_letters: Arc<DeadLetterPolicy>,
     arrivals: Arc<Arrivals>,
+    shutdown: Arc<Shutdown>,
 }
 
 impl InMemoryMessageService {
@@ -45,6 +47,7 @@ impl InMemoryMessageService {
         Ok(Self {
             queues: Arc::default(),
             arrivals: Arc::default(),
+            shutdown: Arc::default(),
             dead_letters: Arc::new((&config).into()),
             config: Arc::new(config),
         })
@@ -366,6 +369,16 @@ impl crate::service::provide::Provide for InMemoryMessageService {
 
     fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
         None
+    }
+
+    fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Nothing to let go of: the queues live as long as a clone does, and
+    /// every clone is closed (C33).
+    async fn teardown(&self) -> Result<(), MessagingError> {
+        Ok(())
     }
 }
 

@@ -71,6 +71,15 @@ impl Listener {
         }
     }
 
+    /// Stops the listening task and closes its connection (the backend is
+    /// closing).
+    pub(super) async fn stop(&self) {
+        if let Some(task) = self.task.get() {
+            task.0.abort();
+        }
+        self.pool.close().await;
+    }
+
     /// The arrival signals, starting the listening task on first use.
     pub(super) fn arrivals(&self) -> &Arrivals {
         self.task.get_or_init(|| {

@@ -38,6 +38,7 @@ use crate::{
     queue_name::QueueName,
     receipt::Receipt,
     resilience::{CircuitBreaker, Resilience},
+    service::provide::Shutdown,
     MessageId, MessagingConfig, MessagingError, PgmqConfig, Provider, QueueMessage, QueueStats,
     QueuedMessage, QueuesConfig, ReceiptHandle,
 };
@@ -54,6 +55,10 @@ pub struct PgmqMessageService {
     outage: Arc<Outage>,
     connection_timeout: Duration,
     sends: Arc<SendGroups>,
+    shutdown: Arc<Shutdown>,
+    /// Whether `close` closes `pool`: it does for the pool `connect` built,
+    /// not for one passed to `from_pool`.
+    owns_pool: bool,
 }
 
 /// A flush place a send took for its own message ([`SendGroups::lead`]):
@@ -125,7 +130,7 @@ impl PgmqMessageService {
                 ),
             })?;
         install::ensure_installed(&options, &pool).await?;
-        Ok(Self::build(pool, config, last_down))
+        Ok(Self::build(pool, config, last_down, true))
     }
 
     /// Wraps an existing pool on a database where PGMQ is installed, with the
@@ -135,12 +140,20 @@ impl PgmqMessageService {
     /// connections (retried as transient failures); [`connect`](Self::connect)
     /// builds a pool that drops them. A config that fails
     /// [`MessagingConfig::validate`] is refused.
+    ///
+    /// [`close`](crate::MessagingService::close) leaves this pool open: it
+    /// is the caller's.
     pub fn from_pool(pool: PgPool, config: &MessagingConfig) -> Result<Self, MessagingError> {
         config.validate()?;
-        Ok(Self::build(pool, config, Arc::default()))
+        Ok(Self::build(pool, config, Arc::default(), false))
     }
 
-    fn build(pool: PgPool, config: &MessagingConfig, last_down: Arc<LastDown>) -> Self {
+    fn build(
+        pool: PgPool,
+        config: &MessagingConfig,
+        last_down: Arc<LastDown>,
+        owns_pool: bool,
+    ) -> Self {
         let (timeout_ms, max_send_group) = config.pgmq.as_ref().map_or(
             (
                 PgmqConfig::DEFAULT_CONNECTION_TIMEOUT_MS,
@@ -169,6 +182,8 @@ impl PgmqMessageService {
             outage: Arc::new(outage),
             connection_timeout,
             sends: Arc::new(SendGroups::new(max_send_group)),
+            shutdown: Arc::default(),
+            owns_pool,
         }
     }
 
@@ -240,7 +255,9 @@ impl PgmqMessageService {
         }
     }
 
-    /// The underlying pool, for running SQL in the same database.
+    /// The underlying pool, for running SQL in the same database. Closed by
+    /// [`close`](crate::MessagingService::close) when [`connect`](Self::connect)
+    /// built it.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -751,5 +768,20 @@ impl crate::service::provide::Provide for PgmqMessageService {
 
     fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
         Some(self.resilience.breaker())
+    }
+
+    fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Every delete and settle that returned `Ok` was committed; what is
+    /// left is to stop the background tasks and close the pools (C33).
+    async fn teardown(&self) -> Result<(), MessagingError> {
+        self.outage.stop();
+        self.listener.stop().await;
+        if self.owns_pool {
+            self.pool.close().await;
+        }
+        Ok(())
     }
 }

@@ -42,6 +42,8 @@ pub(super) struct Outage {
     probing: AtomicBool,
     last_probe: Mutex<Option<Instant>>,
     last_down: Arc<LastDown>,
+    /// Set by `close`: no probe starts, and a running one ends.
+    stopped: AtomicBool,
 }
 
 // By hand: the connect options hold the password.
@@ -87,7 +89,13 @@ impl Outage {
             probing: AtomicBool::new(false),
             last_probe: Mutex::new(None),
             last_down,
+            stopped: AtomicBool::new(false),
         }
+    }
+
+    /// Stops probing for good (the backend is closing).
+    pub(super) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
     }
 
     /// Runs one call attempt: fails at once while the server is down, and
@@ -122,6 +130,9 @@ impl Outage {
     /// Starts the probe loop, unless one runs or one started within
     /// [`SUSPECT_INTERVAL`] (while the server is up).
     fn suspect(self: &Arc<Self>) {
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
         {
             let mut last = lock(&self.last_probe);
             if last.is_some_and(|at| at.elapsed() < SUSPECT_INTERVAL) {
@@ -155,6 +166,9 @@ async fn probe_loop(outage: Weak<Outage>) {
     let mut attempt = 0;
     loop {
         let Some(this) = outage.upgrade() else { return };
+        if this.stopped.load(Ordering::Acquire) {
+            return;
+        }
         match this.probe().await {
             Ok(()) => {
                 if this.resilience.reach().is_down() {

@@ -74,6 +74,24 @@ impl Admin {
         }
     }
 
+    /// Closes the channel, then the connection (the backend is closing).
+    /// Nothing here settles deliveries, so failures are only logged.
+    pub(super) async fn close(&self) {
+        let mut state = self.state.lock().await;
+        if let Some(channel) = state.channel.take() {
+            if let Err(error) = channel.close().await {
+                tracing::debug!(?error, "could not close the admin channel");
+            }
+        }
+        if let Some(connection) = state.connection.take() {
+            match tokio::time::timeout(self.settings.timeout, connection.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "could not close the admin connection"),
+                Err(_) => tracing::debug!("timed out closing the admin connection"),
+            }
+        }
+    }
+
     async fn channel(&self, state: &mut State) -> Result<Arc<TrackedChannel>, MessagingError> {
         let worn_out = state.closures.load(Ordering::Relaxed) >= CLOSED_CHANNEL_LIMIT;
         if worn_out || !state.connection.as_ref().is_some_and(Connection::is_open) {

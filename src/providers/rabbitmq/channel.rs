@@ -166,8 +166,18 @@ pub(super) struct TrackedChannel {
     poisoned: AtomicBool,
     /// Set once a close was scheduled by [`TrackedChannel::give_up`].
     closing: AtomicBool,
+    /// When the last ack or nack was handed to amqprs (see [`SETTLE_GRACE`]).
+    last_settle: Mutex<Option<tokio::time::Instant>>,
     timeout: Duration,
 }
+
+/// How long [`TrackedChannel::close`] lets the last settle reach its queue.
+/// A quorum queue's channel may hold acks back while earlier ones are
+/// unapplied (a burst of single acks does this), and a channel closed
+/// meanwhile drops them: the broker returns those messages, acked or not.
+/// Measured: 8 to 17 of 1,000 acks lost when closing at once after 1,000
+/// single acks, none with a 20 ms pause; this is ten times that.
+const SETTLE_GRACE: Duration = Duration::from_millis(250);
 
 impl TrackedChannel {
     /// Opens a channel on `connection`. `confirms` receives publisher
@@ -200,6 +210,7 @@ impl TrackedChannel {
                 requests: Arc::new(tokio::sync::Mutex::new(())),
                 poisoned: AtomicBool::new(false),
                 closing: AtomicBool::new(false),
+                last_settle: Mutex::new(None),
                 timeout,
             }))
         });
@@ -301,6 +312,37 @@ impl TrackedChannel {
         });
     }
 
+    /// Closes the channel, awaiting the broker's close-ok: every frame sent
+    /// on it before (acks above all) has then reached the broker, which
+    /// requeues the deliveries still unacknowledged. Waits (bounded) for a
+    /// request in flight first, as [`give_up`](Self::give_up) does. A
+    /// channel given up or closed by the broker earlier is left as it is:
+    /// nothing sent on it since can be waiting.
+    pub(super) async fn close(&self) -> Result<(), CallError> {
+        self.poisoned.store(true, Ordering::Release);
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let _turn =
+            tokio::time::timeout(self.timeout, Arc::clone(&self.requests).lock_owned()).await;
+        if lock(&self.events.closed).is_some() {
+            return Ok(());
+        }
+        let last_settle = *lock(&self.last_settle);
+        if let Some(at) = last_settle {
+            tokio::time::sleep_until(at + SETTLE_GRACE).await;
+        }
+        // amqprs reports success without a handshake once the connection is gone.
+        if !self.channel.is_connection_open() {
+            return Err(CallError::broken("the connection was lost", None));
+        }
+        match tokio::time::timeout(self.timeout, self.channel.clone().close()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(CallError::broken("cannot close a channel", Some(error))),
+            Err(_) => Err(CallError::broken("timed out closing a channel", None)),
+        }
+    }
+
     /// Acknowledges (`requeue == false`) or requeues a delivery.
     pub(super) async fn settle(
         self: &Arc<Self>,
@@ -359,6 +401,7 @@ impl TrackedChannel {
                 .basic_ack(BasicAckArguments::new(delivery_tag, false))
                 .await
         };
+        *lock(&self.last_settle) = Some(tokio::time::Instant::now());
         sent.map_err(|e| CallError::broken("cannot settle a delivery", Some(e)))
     }
 

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use url::Url;
 
 use super::{
-    channel::{TrackedChannel, CLOSED_CHANNEL_LIMIT},
+    channel::{CallError, TrackedChannel, CLOSED_CHANNEL_LIMIT},
     errors,
     publisher::Publisher,
     Inner,
@@ -362,6 +362,27 @@ impl DataConnection {
                 _ = self.reach.changed() => {}
                 _ = tokio::time::sleep(remaining.min(LIVENESS_POLL)) => {}
             }
+        }
+    }
+
+    /// Closes the current link's publisher channel, then its connection,
+    /// each awaiting the broker's close-ok (the backend is closing; the
+    /// supervisor is stopped first).
+    pub(super) async fn close(&self) -> Result<(), CallError> {
+        let link = self.current();
+        let publisher = link.lock_publisher().take();
+        let channel = match publisher {
+            Some(publisher) => publisher.tracked().close().await,
+            None => Ok(()),
+        };
+        // amqprs reports success without a handshake once the connection is gone.
+        if !link.connection.is_open() {
+            return Err(CallError::broken("the connection was lost", None));
+        }
+        match tokio::time::timeout(self.settings.timeout, link.connection.clone().close()).await {
+            Ok(Ok(())) => channel,
+            Ok(Err(e)) => Err(CallError::broken("cannot close the connection", Some(e))),
+            Err(_) => Err(CallError::broken("timed out closing the connection", None)),
         }
     }
 

@@ -4,7 +4,6 @@
 use crate::sync::lock;
 use std::{
     collections::{BTreeSet, HashMap},
-    mem::ManuallyDrop,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -14,18 +13,19 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::{admin::Admin, connection::DataConnection, slot::Slot};
+use super::{admin::Admin, connection::DataConnection, slot::Slot, teardown};
 use crate::{
-    dead_letter::DeadLetterPolicy, receipt::Receipt, MessagingError, QueuesConfig, RabbitMqConfig,
+    dead_letter::DeadLetterPolicy, receipt::Receipt, shutdown::Shutdown, MessagingError,
+    QueuesConfig, RabbitMqConfig,
 };
 
 pub(super) struct Inner {
     pub(super) config: RabbitMqConfig,
     pub(super) queues: QueuesConfig,
     pub(super) dead_letters: DeadLetterPolicy,
-    // Dropped by hand (see `Drop for Inner`).
-    pub(super) data: ManuallyDrop<DataConnection>,
-    pub(super) admin: ManuallyDrop<Admin>,
+    // In `Arc`s so that `Drop for Inner` can hand them to a task.
+    pub(super) data: Arc<DataConnection>,
+    pub(super) admin: Arc<Admin>,
     pub(super) slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// Queues this backend created, declared again after a reconnect.
     pub(super) declared: Mutex<BTreeSet<String>>,
@@ -34,26 +34,33 @@ pub(super) struct Inner {
     /// and epochs restart in every process, and only this backend's
     /// connection can settle its deliveries.
     pub(super) holder: u64,
-    /// Dropping it stops the background tasks.
-    pub(super) _stop: watch::Sender<()>,
+    /// A send, or dropping it, stops the supervisor.
+    pub(super) stop: watch::Sender<()>,
+    pub(super) shutdown: Shutdown,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let slots = std::mem::take(&mut *lock(&self.slots));
-        if tokio::runtime::Handle::try_current().is_ok() {
-            drop(slots);
-            // SAFETY: each field is dropped exactly once, here, and `self` is
-            // never used again.
-            unsafe {
-                ManuallyDrop::drop(&mut self.data);
-                ManuallyDrop::drop(&mut self.admin);
-            }
-        } else {
+        let slots = self.take_slots();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // amqprs closes connections and channels from tasks it spawns on
             // drop, which panics outside a runtime: leave them to the OS.
             std::mem::forget(slots);
+            std::mem::forget(Arc::clone(&self.data));
+            std::mem::forget(Arc::clone(&self.admin));
+            return;
+        };
+        if self.shutdown.is_closed() {
+            return; // `close` let go of everything (or its caller gave up on it).
         }
+        // Without `close`: the same teardown, from a task, so acks queued
+        // still reach the broker if the runtime lives on.
+        let (data, admin) = (Arc::clone(&self.data), Arc::clone(&self.admin));
+        runtime.spawn(async move {
+            if let Err(error) = teardown::run(&data, &admin, slots).await {
+                tracing::debug!(%error, "closing a dropped RabbitMQ backend failed");
+            }
+        });
     }
 }
 

@@ -61,12 +61,12 @@ mod other_shape;
 mod properties;
 mod publisher;
 mod slot;
+mod teardown;
 mod tls;
 
 use crate::sync::lock;
 use std::{
     fmt,
-    mem::ManuallyDrop,
     sync::{atomic::AtomicU64, Arc, Mutex},
     time::Duration,
 };
@@ -86,6 +86,7 @@ use crate::{
     queue_name::QueueName,
     receipt::Receipt,
     resilience::{CircuitBreaker, Resilience},
+    service::provide::Shutdown,
     MessageId, MessagingConfig, MessagingError, Provider, QueueMessage, QueueStats, QueuedMessage,
     QueuesConfig, ReceiptHandle,
 };
@@ -97,6 +98,12 @@ use crate::{
 /// itself after a drop, and one for declarations and inspection. Dropping the
 /// last clone closes both; the broker then requeues every delivery this
 /// backend held.
+///
+/// [`close`](crate::MessagingService::close) closes every channel and then
+/// both connections, awaiting the broker's close-ok each time, so acks that
+/// returned `Ok` have reached the broker (see `teardown`). Dropping the last
+/// clone without it runs the same teardown from a task, when a runtime is
+/// there to run it; a process that exits at once cuts that task short.
 #[derive(Clone)]
 pub struct RabbitMqMessageService {
     inner: Arc<Inner>,
@@ -139,13 +146,14 @@ impl RabbitMqMessageService {
             config: config.clone(),
             dead_letters: (&queues).into(),
             queues,
-            data: ManuallyDrop::new(data),
-            admin: ManuallyDrop::new(admin),
+            data: Arc::new(data),
+            admin: Arc::new(admin),
             slots: Mutex::default(),
             declared: Mutex::default(),
             epochs: AtomicU64::new(0),
             holder: crate::receipt::new_scope(),
-            _stop: stop,
+            stop,
+            shutdown: Shutdown::default(),
         });
         tokio::spawn(connection::supervise(
             Arc::downgrade(&inner),
@@ -635,5 +643,13 @@ impl crate::service::provide::Provide for RabbitMqMessageService {
 
     fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
         Some(self.resilience.breaker())
+    }
+
+    fn shutdown(&self) -> &Shutdown {
+        &self.inner.shutdown
+    }
+
+    async fn teardown(&self) -> Result<(), MessagingError> {
+        self.inner.teardown().await
     }
 }

@@ -163,6 +163,11 @@ impl Publisher {
         })
     }
 
+    /// The channel publishes go out on (closed by `teardown`).
+    pub(super) fn tracked(&self) -> &Arc<TrackedChannel> {
+        &self.channel
+    }
+
     /// Whether publishes can still be confirmed on this channel.
     pub(super) fn usable(&self) -> bool {
         self.channel.usable() && !self.confirms.is_dead()

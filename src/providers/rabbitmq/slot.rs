@@ -65,7 +65,7 @@ use amqprs::channel::{BasicConsumeArguments, BasicGetArguments, BasicQosArgument
 use tokio::{sync::watch, time::Instant};
 
 use super::{
-    channel::TrackedChannel,
+    channel::{CallError, TrackedChannel},
     connection::Link,
     consumer::{Consumer, Delivery},
     errors,
@@ -507,6 +507,18 @@ impl Slot {
             }
         }
         got
+    }
+
+    /// The backend is closing: closes the queue's channel (see
+    /// [`TrackedChannel::close`]); its leases end, and the broker requeues
+    /// what they held at once.
+    pub(super) async fn close_line(&self) -> Result<(), CallError> {
+        let line = self.line.lock().await.take();
+        self.leases.clear();
+        match line {
+            Some(line) => line.channel.close().await,
+            None => Ok(()),
+        }
     }
 
     /// After a reconnect: the old channel died with its leases.

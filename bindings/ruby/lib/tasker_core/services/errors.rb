@@ -30,6 +30,7 @@ module TaskerCore
     class ConfigurationError < MessagingError; end  # Config: invalid configuration
     class TlsError < MessagingError; end            # Tls: TLS handshake failed (certificate)
     class ProviderError < MessagingError; end       # Provider: any other provider failure
+    class Closed < MessagingError; end              # the service was closed (#close); never transient
 
     # Not MessagingError variants: failures of the Ruby binding itself.
     # A Rust panic caught at the boundary (a bug); the call's effect is unknown.

@@ -98,6 +98,20 @@ module TaskerCore
         @native.capabilities
       end
 
+      # Shuts the service down (contract rule C33): deletes and visibility
+      # changes that returned have reached the server, receives waiting in
+      # other threads raise Closed, and every later call raises Closed
+      # (never transient). Leases not settled come back: at once on
+      # RabbitMQ, when they end on PGMQ. Idempotent; returns true.
+      def close
+        @native.close
+      end
+
+      # Whether #close was called.
+      def closed?
+        @native.closed?
+      end
+
       # The extension object (for the benchmark's Rust baseline).
       attr_reader :native
 
