@@ -25,8 +25,8 @@ use amqprs::{
 
 use super::{
     channel::{CallError, Closed, TrackedChannel, CLOSED_CHANNEL_LIMIT},
-    connection::Settings,
     errors,
+    settings::Settings,
 };
 use crate::MessagingError;
 

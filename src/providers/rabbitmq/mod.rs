@@ -6,7 +6,8 @@
 //! caller asked for (`slot`). Leases are kept by the library because AMQP has
 //! none (`leases`): an expired lease is requeued with `basic.nack`, and
 //! `receive_count` comes from the quorum queue's `x-delivery-count` header.
-//! The data connection recovers by itself after a drop (`connection`);
+//! The data connection recovers by itself after a drop (`connection`), on
+//! the next node of a cluster given as `rabbitmq.urls` (`settings`);
 //! declarations and inspection use a connection of their own (`admin`).
 //!
 //! What the broker cannot tell is not guessed:
@@ -60,6 +61,7 @@ mod leases;
 mod other_shape;
 mod properties;
 mod publisher;
+mod settings;
 mod slot;
 
 use crate::sync::lock;
@@ -73,12 +75,8 @@ use std::{
 use tokio::{sync::watch, time::Instant};
 
 use self::{
-    admin::Admin,
-    connection::{DataConnection, Settings},
-    inner::Inner,
-    leases::ExtendError,
-    properties::Outgoing,
-    publisher::Pending,
+    admin::Admin, connection::DataConnection, inner::Inner, leases::ExtendError,
+    properties::Outgoing, publisher::Pending, settings::Settings,
 };
 use crate::{
     codec, lease,
