@@ -150,7 +150,9 @@ fn lock(log: &Mutex<Log>) -> std::sync::MutexGuard<'_, Log> {
 struct Fault {
     what: &'static str,
     node: u16,
+    /// When `stop_app` was issued, and when it returned (the app stopped).
     at: Instant,
+    stopped: Instant,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -284,24 +286,28 @@ async fn acknowledged_sends_survive_losing_the_leader_and_each_clients_node() {
         .trim()
         .parse()
         .expect("leader number");
+    let at = Instant::now();
+    let down = Stopped::stop(leader).await;
     faults.push(Fault {
         what: "queue leader",
         node: leader,
-        at: Instant::now(),
+        at,
+        stopped: Instant::now(),
     });
-    let down = Stopped::stop(leader).await;
     tokio::time::sleep(DOWN_FOR).await;
     down.start().await;
     tokio::time::sleep(SETTLE).await;
 
     // 2. The node the sender is connected to.
     let node = node_of(&sender).await;
+    let at = Instant::now();
+    let down = Stopped::stop(node).await;
     faults.push(Fault {
         what: "sender's node",
         node,
-        at: Instant::now(),
+        at,
+        stopped: Instant::now(),
     });
-    let down = Stopped::stop(node).await;
     tokio::time::sleep(DOWN_FOR).await;
     down.start().await;
     tokio::time::sleep(SETTLE).await;
@@ -326,12 +332,14 @@ async fn acknowledged_sends_survive_losing_the_leader_and_each_clients_node() {
     assert!(!held.is_empty(), "the senders keep the queue fed");
     record(&log, &held);
     let node = node_of(&receiver).await;
+    let at = Instant::now();
+    let down = Stopped::stop(node).await;
     faults.push(Fault {
         what: "receiver's node",
         node,
-        at: Instant::now(),
+        at,
+        stopped: Instant::now(),
     });
-    let down = Stopped::stop(node).await;
     let moved = node_other_than(&receiver, node).await;
     println!("receiver moved from node {node} to node {moved}");
     for message in &held {
@@ -397,7 +405,7 @@ async fn acknowledged_sends_survive_losing_the_leader_and_each_clients_node() {
 
     {
         let log = lock(&log);
-        report(&log, &faults);
+        report(&log, &faults, held.len());
         let held_back = held
             .iter()
             .filter(|m| log.received.get(&m.message.step_uuid).copied().unwrap_or(0) >= 2)
@@ -441,45 +449,47 @@ fn record(log: &Mutex<Log>, got: &[QueuedMessage<SimpleStepMessage>]) {
     }
 }
 
-/// Prints what each stop cost: how soon a send started after it succeeded,
-/// the longest gap between acknowledged sends around it, and failures.
-fn report(log: &Log, faults: &[Fault]) {
-    let duplicates: u32 = log.received.values().map(|n| n - 1).sum();
+/// Prints what each stop cost: the longest gap between acknowledged sends
+/// from the stop on, how long sends started once the node was down took,
+/// and failures.
+fn report(log: &Log, faults: &[Fault], held: usize) {
+    let duplicates = log
+        .received
+        .values()
+        .map(|&n| n as usize - 1)
+        .sum::<usize>();
     println!(
-        "{} acknowledged sends, {} failed sends, {} distinct received, {duplicates} duplicate receives (the leases held at the receiver's node stop included), {} receive failures, {} delete failures",
+        "{} acknowledged sends, {} failed sends, {} distinct received, {} duplicate receives besides the {held} leases held at the receiver's node stop, {} receive failures, {} delete failures",
         log.acked.len(),
         log.send_failures.len(),
         log.received.len(),
+        duplicates.saturating_sub(held),
         log.receive_failures.len(),
         log.delete_failures.len()
     );
     let mut ends: Vec<Instant> = log.acked.iter().map(|(_, _, end)| *end).collect();
     ends.sort();
+    let mut receives = log.receive_times.clone();
+    receives.sort();
     for (i, fault) in faults.iter().enumerate() {
         let until = faults.get(i + 1).map(|f| f.at);
         let within = |t: Instant| t >= fault.at && until.is_none_or(|u| t < u);
-        let first_ok = log
+        let (gap, gap_at) = longest_gap(&ends, fault.at, &within);
+        let (receive_gap, _) = longest_gap(&receives, fault.at, &within);
+        // Sends started while the node was down (until it was started again).
+        let down_until = fault.stopped + DOWN_FOR;
+        let slowest_down = log
             .acked
             .iter()
-            .filter(|(_, start, _)| *start >= fault.at)
-            .map(|(_, _, end)| *end - fault.at)
-            .min();
-        let mut previous = fault.at;
-        let mut longest = Duration::ZERO;
-        for &end in ends.iter().filter(|&&t| within(t)) {
-            longest = longest.max(end - previous);
-            previous = end;
-        }
+            .filter(|(_, start, _)| *start >= fault.stopped && *start < down_until)
+            .map(|(_, start, end)| *end - *start)
+            .max();
         let failed = log.send_failures.iter().filter(|(t, _)| within(*t)).count();
-        let first_receive = log
-            .receive_times
-            .iter()
-            .filter(|&&t| t >= fault.at)
-            .map(|&t| t - fault.at)
-            .min();
         println!(
-            "stop {} (node {}): first send started after it acknowledged in {first_ok:?}; longest gap between acknowledged sends {longest:?}; {failed} failed sends; first receive after {first_receive:?}",
-            fault.what, fault.node
+            "stop {} (node {}): stop_app took {:?}; longest gap between acknowledged sends {gap:?} (starting {gap_at:?} after the stop was issued); slowest acknowledged send started while the node was down {slowest_down:?}; {failed} failed sends; longest gap between receives that returned messages {receive_gap:?}",
+            fault.what,
+            fault.node,
+            fault.stopped - fault.at
         );
     }
     let mut kinds: HashMap<String, usize> = HashMap::new();
@@ -490,4 +500,22 @@ fn report(log: &Log, faults: &[Fault]) {
     for (kind, count) in kinds {
         println!("  {count} x {kind}");
     }
+}
+
+/// The longest interval between `from` and the next of `times`, or between
+/// two of them, among those `within` accepts; and where it started (after `from`).
+fn longest_gap(
+    times: &[Instant],
+    from: Instant,
+    within: &dyn Fn(Instant) -> bool,
+) -> (Duration, Duration) {
+    let mut previous = from;
+    let mut longest = (Duration::ZERO, Duration::ZERO);
+    for &t in times.iter().filter(|&&t| within(t)) {
+        if t - previous > longest.0 {
+            longest = (t - previous, previous - from);
+        }
+        previous = t;
+    }
+    longest
 }
