@@ -89,21 +89,28 @@ EOF
 running() { ctl "$1" -q status >/dev/null 2>&1; }
 app_running() { ctl "$1" -q eval 'rabbit:is_running().' 2>/dev/null | grep -q true; }
 
-start_node() { # n
+launch() { # n: boot node n's VM unless it is up
+  running "$1" && return 0
+  log "starting $(node_name "$1") on 127.0.0.1:$(node_port "$1")"
+  # Returns 0 even when the node dies at boot: await_startup tells.
+  # shellcheck disable=SC2046
+  as_rabbitmq $(node_env "$1") "$BIN/rabbitmq-server" -detached >/dev/null 2>&1 || true
+}
+
+await_node() { # n
   local n=$1 attempt
   for attempt in 1 2 3; do
-    if ! running "$n"; then
-      log "starting $(node_name "$n") on 127.0.0.1:$(node_port "$n") (attempt $attempt)"
-      # Returns 0 even when the node dies at boot: await_startup tells.
-      # shellcheck disable=SC2046
-      as_rabbitmq $(node_env "$n") "$BIN/rabbitmq-server" -detached >/dev/null 2>&1 || true
-      sleep 2
-    fi
     if ctl "$n" -q await_startup --timeout "$STARTUP_TIMEOUT" >/dev/null 2>&1; then
       return 0
     fi
-    # Booted but its app stopped (a test's stop_app): start it again.
-    if running "$n"; then ctl "$n" -q start_app >/dev/null 2>&1 || true; fi
+    log "$(node_name "$n") not up yet (attempt $attempt)"
+    if running "$n"; then
+      # Booted but its app stopped (a test's stop_app): start it again.
+      ctl "$n" -q start_app >/dev/null 2>&1 || true
+    else
+      launch "$n"
+      sleep 2
+    fi
   done
   die "$(node_name "$n") did not start; see $BASE/node$n/log"
 }
@@ -126,10 +133,13 @@ join() { # n
 start() {
   ensure_installed
   local n
+  # All booted before any is awaited: a clustered node restarting waits for
+  # the peers that stopped after it.
   for n in "${NODES[@]}"; do
     prepare "$n"
-    start_node "$n"
+    launch "$n"
   done
+  for n in "${NODES[@]}"; do await_node "$n"; done
   for n in 2 3; do join "$n"; done
   status
 }
