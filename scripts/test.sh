@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: make sure PostgreSQL and RabbitMQ run (start them, or
-# install them with apt on a Debian machine), then fmt, clippy and every test.
+# install them with apt on a Debian machine) and the private RabbitMQ test
+# cluster too, then fmt, clippy and every test.
 # Idempotent: services already up are left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,8 +70,17 @@ ensure_ruby() {
   if ((${#missing[@]})); then apt_install "${missing[@]}"; else log "Ruby toolchain present"; fi
 }
 
+# The private 3-node cluster (127.0.0.1:5681-5683) of tests/rabbitmq_cluster.rs,
+# beside the system node; started here so the test finds it up (it starts it
+# itself otherwise). Left running: a later start is a no-op.
+ensure_cluster() {
+  log "RabbitMQ test cluster (scripts/rabbitmq-cluster.sh)"
+  as_root bash scripts/rabbitmq-cluster.sh start >/dev/null
+}
+
 ensure_postgres
 ensure_rabbitmq
+ensure_cluster
 ensure_ruby
 
 log "cargo fmt --check"

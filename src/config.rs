@@ -232,15 +232,36 @@ impl PgmqConfig {
 }
 
 impl RabbitMqConfig {
-    /// The section for `url`, every other key at its default.
+    /// The section for one node at `url`, every other key at its default.
     pub fn new(url: SecretUrl) -> Self {
+        Self::with_nodes(Some(url), Vec::new())
+    }
+
+    /// The section for the nodes of one cluster (`urls`), every other key
+    /// at its default.
+    pub fn cluster(urls: Vec<SecretUrl>) -> Self {
+        Self::with_nodes(None, urls)
+    }
+
+    fn with_nodes(url: Option<SecretUrl>, urls: Vec<SecretUrl>) -> Self {
         Self {
             url,
+            urls,
             prefetch_count: defaults::prefetch_count(),
             heartbeat_interval_secs: defaults::heartbeat_interval_secs(),
             connection_timeout_ms: defaults::connection_timeout_ms(),
             broker_consumer_timeout_ms: defaults::broker_consumer_timeout_ms(),
             tls: RabbitMqTlsConfig::default(),
+            quorum_initial_group_size: None,
+        }
+    }
+
+    /// The nodes to connect to: `url`, or else `urls`.
+    /// [`MessagingConfig::validate`] refuses a section with both or neither.
+    pub fn nodes(&self) -> &[SecretUrl] {
+        match &self.url {
+            Some(url) if self.urls.is_empty() => std::slice::from_ref(url),
+            _ => &self.urls,
         }
     }
 }
@@ -267,13 +288,21 @@ pub struct PgmqConfig {
     pub max_send_group: usize,
 }
 
-/// The `[rabbitmq]` section.
+/// The `[rabbitmq]` section: one node (`url`) or the nodes of a cluster
+/// (`urls`), never both.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitMqConfig {
-    /// `amqp://user:password@host:port/vhost`; the password is never shown.
-    pub url: SecretUrl,
+    /// One node: `amqp://user:password@host:port/vhost`; the password is
+    /// never shown.
+    #[serde(default)]
+    pub url: Option<SecretUrl>,
+    /// The nodes of one cluster, each a URL like `url`. The backend connects
+    /// to them in a random order and, when its connection drops, goes on to
+    /// the next one.
+    #[serde(default)]
+    pub urls: Vec<SecretUrl>,
     /// The most messages one receive takes: the `basic.qos` window of the
     /// consumer each receive runs. Nothing is fetched ahead of a receive.
     #[serde(default = "defaults::prefetch_count")]
@@ -281,7 +310,8 @@ pub struct RabbitMqConfig {
     /// AMQP heartbeat interval, in seconds.
     #[serde(default = "defaults::heartbeat_interval_secs")]
     pub heartbeat_interval_secs: u16,
-    /// How long to wait for the broker before a call fails, in milliseconds.
+    /// How long to wait for the broker before a call fails, in milliseconds;
+    /// with several nodes, for each node tried.
     #[serde(default = "defaults::connection_timeout_ms")]
     pub connection_timeout_ms: u64,
     /// The broker's `consumer_timeout`, in milliseconds (RabbitMQ 3.10 default:
@@ -290,6 +320,12 @@ pub struct RabbitMqConfig {
     /// the broker's value if that was changed.
     #[serde(default = "defaults::broker_consumer_timeout_ms")]
     pub broker_consumer_timeout_ms: u64,
+    /// How many cluster nodes hold a replica of each queue this library
+    /// declares (`x-quorum-initial-group-size`); unset, the broker's choice
+    /// (every node, up to its default). Applies to queues declared from
+    /// now on; an existing queue keeps its members.
+    #[serde(default)]
+    pub quorum_initial_group_size: Option<u32>,
     /// Certificates for an `amqps://` URL; empty means the bundled public roots
     /// and no client certificate. Refused with an `amqp://` URL.
     #[serde(default)]
@@ -442,6 +478,25 @@ impl MessagingConfig {
             }
         }
         if let Some(rabbit) = &self.rabbitmq {
+            if rabbit.url.is_some() && !rabbit.urls.is_empty() {
+                return bad(
+                    "rabbitmq.url and rabbitmq.urls",
+                    "are both set; set one: url for one node, urls for the nodes of a cluster"
+                        .into(),
+                );
+            }
+            if rabbit.nodes().is_empty() {
+                return bad(
+                    "rabbitmq.url (or rabbitmq.urls)",
+                    "is required in the [rabbitmq] section".into(),
+                );
+            }
+            if rabbit.quorum_initial_group_size == Some(0) {
+                return bad(
+                    "rabbitmq.quorum_initial_group_size",
+                    "must be at least 1".into(),
+                );
+            }
             if rabbit.prefetch_count == 0 {
                 return bad("rabbitmq.prefetch_count", "must be at least 1".into());
             }

@@ -200,6 +200,15 @@ fn unknown_keys_and_out_of_range_values_are_named() {
             "pgmq.max_send_group",
         ),
         ("[pgmq]\ndatabase_url = \"not a url\"\n", "database_url"),
+        (
+            "[rabbitmq]\nurl = \"amqp://h/\"\nquorum_initial_group_size = 0\n",
+            "rabbitmq.quorum_initial_group_size",
+        ),
+        (
+            "[rabbitmq]\nurls = []\n",
+            "rabbitmq.url (or rabbitmq.urls) is required",
+        ),
+        ("[rabbitmq]\nurls = [\"not a url\"]\n", "urls"),
     ];
     for (toml, key) in cases {
         Jail::expect_with(|jail| {
@@ -230,7 +239,7 @@ url = "amqp://app:hunter2@mq.internal:5672/%2f"
         let shown = format!(
             "{config:?} {} {}",
             config.pgmq.as_ref().unwrap().database_url,
-            config.rabbitmq.as_ref().unwrap().url
+            config.rabbitmq.as_ref().unwrap().nodes()[0]
         );
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("app:***@db.internal"), "{shown}");
@@ -349,6 +358,81 @@ ca_file = "/etc/tasker/ca.pem"
         jail.set_env("TASKER_MESSAGING_RABBITMQ__TLS__CA_PATH", "/x.pem");
         let message = config_error(MessagingConfig::load());
         assert!(message.contains("ca_path"), "{message}");
+        Ok(())
+    });
+}
+
+#[test]
+fn several_rabbitmq_nodes_are_a_list_and_never_both_keys() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file(
+            FILE,
+            r#"
+provider = "rabbitmq"
+[rabbitmq]
+urls = ["amqp://u:hunter2@mq1:5672/%2f", "amqp://u:hunter2@mq2:5672/%2f"]
+quorum_initial_group_size = 3
+"#,
+        )?;
+        let config = MessagingConfig::load().expect("a list of nodes loads");
+        let rabbitmq = config.rabbitmq.as_ref().unwrap();
+        assert_eq!(rabbitmq.url, None);
+        let nodes: Vec<String> = rabbitmq.nodes().iter().map(|u| u.to_string()).collect();
+        assert_eq!(
+            nodes,
+            ["amqp://u:***@mq1:5672/%2f", "amqp://u:***@mq2:5672/%2f"]
+        );
+        assert_eq!(rabbitmq.quorum_initial_group_size, Some(3));
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("mq2"),
+            "{shown}"
+        );
+
+        // The environment can give the list too.
+        jail.create_file(FILE, "provider = \"rabbitmq\"\n")?;
+        jail.set_env(
+            "TASKER_MESSAGING_RABBITMQ__URLS",
+            "[\"amqp://mq1/\", \"amqp://mq2/\", \"amqp://mq3/\"]",
+        );
+        let config = MessagingConfig::load().expect("urls from the environment");
+        assert_eq!(config.rabbitmq.as_ref().unwrap().nodes().len(), 3);
+
+        // One node by `url`, as before: a list of one.
+        jail.clear_env();
+        jail.create_file(
+            FILE,
+            "provider = \"rabbitmq\"\n[rabbitmq]\nurl = \"amqp://mq/\"\n",
+        )?;
+        let config = MessagingConfig::load().expect("one url");
+        let rabbitmq = config.rabbitmq.as_ref().unwrap();
+        assert_eq!(rabbitmq.nodes().len(), 1);
+        assert_eq!(rabbitmq.quorum_initial_group_size, None);
+
+        // Both keys: a config error naming both, whichever layer set each.
+        for (file, env) in [
+            (
+                "[rabbitmq]\nurl = \"amqp://u:hunter2@mq/\"\nurls = [\"amqp://u:hunter2@mq2/\"]\n",
+                None,
+            ),
+            (
+                "[rabbitmq]\nurl = \"amqp://u:hunter2@mq/\"\n",
+                Some("[\"amqp://u:hunter2@mq2/\"]"),
+            ),
+        ] {
+            jail.clear_env();
+            jail.create_file(FILE, &format!("provider = \"rabbitmq\"\n{file}"))?;
+            if let Some(urls) = env {
+                jail.set_env("TASKER_MESSAGING_RABBITMQ__URLS", urls);
+            }
+            let message = config_error(MessagingConfig::load());
+            assert!(
+                message.contains("rabbitmq.url ") && message.contains("rabbitmq.urls"),
+                "{message}"
+            );
+            assert!(!message.contains("hunter2"), "{message}");
+        }
         Ok(())
     });
 }

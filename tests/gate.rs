@@ -21,7 +21,7 @@ fn unreachable(provider: Provider) -> MessagingConfig {
         pgmq.database_url = url("postgres://postgres@127.0.0.1:1/test");
     }
     if let Some(rabbitmq) = config.rabbitmq.as_mut() {
-        rabbitmq.url = url("amqp://guest:guest@127.0.0.1:1/%2f");
+        rabbitmq.url = Some(url("amqp://guest:guest@127.0.0.1:1/%2f"));
     }
     config
 }

@@ -90,7 +90,7 @@ async fn backend_with(configure: impl FnOnce(&mut MessagingConfig)) -> MessageBa
     url.set_path(VHOST);
     let url = tasker_messaging::SecretUrl::parse(url.as_str()).expect("URL");
     let rabbitmq = config.rabbitmq.as_mut().expect("RabbitMQ settings");
-    rabbitmq.url = url.clone();
+    rabbitmq.url = Some(url.clone());
     rabbitmq.prefetch_count = 100;
     configure(&mut config);
     MessageBackend::connect(&config).await.unwrap_or_else(|e| {

@@ -2,7 +2,8 @@
 //! appears nowhere: not in `Debug`/`Display` of the config, not in connect
 //! errors, not in any tracing output (captured at TRACE, from every thread). The RabbitMQ session logs in as a user made for
 //! the test (with `rabbitmqctl`, as root) whose password is the secret, and
-//! has its connections closed so reconnect logging runs too.
+//! has its connections closed so reconnect logging runs too; then again
+//! through a list of nodes (`rabbitmq.urls`), one unreachable.
 
 mod common;
 
@@ -142,8 +143,8 @@ async fn passwords_never_reach_errors_debug_or_logs() {
     let mut url = url::Url::parse(&common::amqp_url()).expect("test AMQP URL");
     url.set_username(&user.0).expect("username");
     url.set_password(Some(PASSWORD)).expect("password");
-    rabbit.rabbitmq.as_mut().unwrap().url = SecretUrl::parse(url.as_str()).expect("URL");
-    shown += &format!("{rabbit:?} {}", rabbit.rabbitmq.as_ref().unwrap().url);
+    rabbit.rabbitmq.as_mut().unwrap().url = Some(SecretUrl::parse(url.as_str()).expect("URL"));
+    shown += &format!("{rabbit:?} {:?}", rabbit.rabbitmq.as_ref().unwrap().url);
     let backend = MessageBackend::connect(&rabbit)
         .await
         .expect("RabbitMQ accepts the test user");
@@ -180,6 +181,34 @@ async fn passwords_never_reach_errors_debug_or_logs() {
     assert!(backend.health_check().await.unwrap());
     backend.delete_queue(&queue).await.unwrap();
     drop(backend);
+
+    // A list of nodes (`rabbitmq.urls`), each with the password: one that
+    // refuses (tried first half the time: its failure is logged), then the
+    // broker. Shown in Debug, Display, logs, and the connect error below.
+    let mut cluster = common::config(Provider::RabbitMq);
+    let rabbitmq = cluster.rabbitmq.as_mut().unwrap();
+    rabbitmq.url = None;
+    rabbitmq.urls = vec![
+        with_password("amqp://guest@127.0.0.1:1/%2f"),
+        SecretUrl::parse(url.as_str()).expect("URL"),
+    ];
+    assert!(rabbitmq.urls.iter().all(|u| u.expose().contains(PASSWORD)));
+    shown += &format!(
+        "{cluster:?} {:?}",
+        cluster.rabbitmq.as_ref().unwrap().nodes()
+    );
+    for node in cluster.rabbitmq.as_ref().unwrap().nodes() {
+        shown += &format!(" {node}");
+    }
+    let backend = MessageBackend::connect(&cluster)
+        .await
+        .expect("the list's live node accepts the test user");
+    let queue = tasker_messaging::conformance::unique_queue("secrets");
+    let (seen, received) = session(&backend, &queue).await;
+    assert_eq!(received, 1);
+    shown += &seen;
+    backend.delete_queue(&queue).await.unwrap();
+    drop(backend);
     drop(user);
 
     // Unreachable servers, and RabbitMQ refusing the password.
@@ -188,11 +217,18 @@ async fn passwords_never_reach_errors_debug_or_logs() {
     pgmq.database_url = with_password("postgres://postgres@127.0.0.1:1/test");
     pgmq.connection_timeout_ms = 300;
     let mut rabbit_bad_password = common::config(Provider::RabbitMq);
-    rabbit_bad_password.rabbitmq.as_mut().unwrap().url = with_password(&common::amqp_url());
+    rabbit_bad_password.rabbitmq.as_mut().unwrap().url = Some(with_password(&common::amqp_url()));
     let mut rabbit_unreachable = rabbit_bad_password.clone();
     let rabbitmq = rabbit_unreachable.rabbitmq.as_mut().unwrap();
-    rabbitmq.url = with_password("amqp://guest@127.0.0.1:1/%2f");
+    rabbitmq.url = Some(with_password("amqp://guest@127.0.0.1:1/%2f"));
     rabbitmq.connection_timeout_ms = 300;
+    let mut rabbit_cluster_unreachable = rabbit_unreachable.clone();
+    let rabbitmq = rabbit_cluster_unreachable.rabbitmq.as_mut().unwrap();
+    rabbitmq.url = None;
+    rabbitmq.urls = vec![
+        with_password("amqp://guest@127.0.0.1:1/%2f"),
+        in_query("amqp://guest@127.0.0.1:2/%2f"),
+    ];
     let mut unreachable_pg_query = unreachable_pg.clone();
     unreachable_pg_query.pgmq.as_mut().unwrap().database_url =
         in_query("postgres://postgres@127.0.0.1:1/test");
@@ -201,6 +237,7 @@ async fn passwords_never_reach_errors_debug_or_logs() {
         unreachable_pg_query,
         rabbit_bad_password,
         rabbit_unreachable,
+        rabbit_cluster_unreachable,
     ] {
         let err = MessageBackend::connect(&config)
             .await

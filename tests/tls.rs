@@ -264,8 +264,17 @@ async fn rabbitmq_amqps_presents_a_client_certificate() {
         );
     let url = format!("amqps://guest:{PASSWORD}@localhost:5692/%2f");
     let error = connect_fails(&rabbit_config(&url, tls)).await;
-    assert_tls_error(&error, "refused the TLS handshake");
-    assert_tls_error(&error, "UnknownCA");
+    // In TLS 1.3 the node refuses a client certificate after the client has
+    // finished its handshake: the refusal arrives as an alert, or, when the
+    // node closes first with the client's data unread, as a reset.
+    if error.is_transient() {
+        let text = error.to_string();
+        assert!(text.contains("reset by peer"), "{text}");
+        assert!(!text.contains(PASSWORD), "the password leaked: {text}");
+    } else {
+        assert_tls_error(&error, "refused the TLS handshake");
+        assert_tls_error(&error, "UnknownCA");
+    }
 }
 
 #[tokio::test]

@@ -489,7 +489,7 @@ pub fn setup() -> Setup {
 fn config(provider: Provider) -> MessagingConfig {
     let mut config = common::config(provider);
     if let Some(rabbitmq) = config.rabbitmq.as_mut() {
-        rabbitmq.prefetch_count = RabbitMqConfig::new(rabbitmq.url.clone()).prefetch_count;
+        rabbitmq.prefetch_count = RabbitMqConfig::new(rabbitmq.nodes()[0].clone()).prefetch_count;
     }
     if let Some(pgmq) = config.pgmq.as_mut() {
         pgmq.pool_size = PgmqConfig::new(pgmq.database_url.clone()).pool_size;

@@ -112,7 +112,10 @@ pub async fn connect(config: MessagingConfig, provider: Provider) -> MessageBack
                 config
                     .rabbitmq
                     .as_ref()
-                    .map(|c| c.url.to_string())
+                    .map(|c| {
+                        let nodes: Vec<String> = c.nodes().iter().map(|u| u.to_string()).collect();
+                        nodes.join(", ")
+                    })
                     .unwrap_or_default()
             ),
             other => format!("the {other} provider"),

@@ -25,8 +25,8 @@ use amqprs::{
 
 use super::{
     channel::{CallError, Closed, TrackedChannel, CLOSED_CHANNEL_LIMIT},
-    connection::Settings,
     errors,
+    settings::Settings,
 };
 use crate::MessagingError;
 
@@ -40,6 +40,8 @@ struct State {
 /// The admin connection and its one channel; requests run one at a time.
 pub(super) struct Admin {
     settings: Arc<Settings>,
+    /// `x-quorum-initial-group-size` of the queues it declares, if set.
+    group_size: Option<u32>,
     state: tokio::sync::Mutex<State>,
 }
 
@@ -52,8 +54,8 @@ pub(super) struct Admin {
 pub(super) const DELIVERY_LIMIT: i64 = 1_000_000;
 
 /// Arguments of every queue this library declares: durable quorum queues
-/// with the explicit delivery limit above.
-fn quorum_arguments() -> FieldTable {
+/// with the explicit delivery limit above, on `group_size` nodes if set.
+fn quorum_arguments(group_size: Option<u32>) -> FieldTable {
     let mut arguments = FieldTable::new();
     arguments.insert(
         "x-queue-type".try_into().unwrap_or_default(),
@@ -63,13 +65,20 @@ fn quorum_arguments() -> FieldTable {
         "x-delivery-limit".try_into().unwrap_or_default(),
         FieldValue::l(DELIVERY_LIMIT),
     );
+    if let Some(size) = group_size {
+        arguments.insert(
+            "x-quorum-initial-group-size".try_into().unwrap_or_default(),
+            FieldValue::l(i64::from(size)),
+        );
+    }
     arguments
 }
 
 impl Admin {
-    pub(super) fn new(settings: Arc<Settings>) -> Self {
+    pub(super) fn new(settings: Arc<Settings>, group_size: Option<u32>) -> Self {
         Self {
             settings,
+            group_size,
             state: tokio::sync::Mutex::default(),
         }
     }
@@ -97,7 +106,8 @@ impl Admin {
         if worn_out || !state.connection.as_ref().is_some_and(Connection::is_open) {
             // Dropping the old connection closes it.
             *state = State::default();
-            state.connection = Some(self.settings.open("tasker-messaging admin").await?);
+            let (connection, _) = self.settings.open("tasker-messaging admin").await?;
+            state.connection = Some(connection);
         }
         if let Some(channel) = state.channel.as_ref().filter(|c| c.usable()) {
             return Ok(Arc::clone(channel));
@@ -159,7 +169,7 @@ impl Admin {
     /// broker refuses to change a queue's arguments (406).
     pub(super) async fn declare(&self, queue: &str) -> Result<(), MessagingError> {
         let args = QueueDeclareArguments::durable_client_named(queue)
-            .arguments(quorum_arguments())
+            .arguments(quorum_arguments(self.group_size))
             .finish();
         let declared = self
             .call(move |c| async move { c.queue_declare(args).await.map(drop) })

@@ -11,9 +11,13 @@
 //! at once with a transient `Connection` error, until an attempt succeeds.
 //! Attempts are [`probe_pause`] apart, so a broker that comes back is
 //! connected within about half a second.
+//!
+//! With several nodes (`rabbitmq.urls`, see `settings`), when the data
+//! connection drops the next attempt starts at the node after the lost one.
+//! Leases die with their connection as with one node; a publish whose
+//! confirm was lost fails transient (and the send's retry may store it
+//! twice, never lose it).
 
-// Over 450 lines: URL settings, the link and its supervisor share the
-// reconnect state, and their tests need all three.
 use std::{
     sync::{
         atomic::{AtomicU32, Ordering},
@@ -22,24 +26,19 @@ use std::{
     time::Duration,
 };
 
-use amqprs::{
-    callbacks::ConnectionCallback,
-    connection::{Connection, OpenConnectionArguments},
-    Close,
-};
-use async_trait::async_trait;
+use amqprs::connection::Connection;
 use tokio::sync::watch;
-use url::Url;
 
 use super::{
     channel::{CallError, TrackedChannel, CLOSED_CHANNEL_LIMIT},
     errors,
     publisher::Publisher,
+    settings::Settings,
     Inner,
 };
 use crate::{
     resilience::{probe_pause, Reachability, Resilience},
-    MessagingError, RabbitMqConfig,
+    MessagingError,
 };
 
 /// Longest a call waits for a reconnect under way before failing; after a
@@ -49,143 +48,11 @@ const RECONNECT_WAIT: Duration = Duration::from_millis(500);
 /// (which a late subscriber can miss).
 const LIVENESS_POLL: Duration = Duration::from_millis(250);
 
-/// How to reach the broker, from `RabbitMqConfig`.
-pub(super) struct Settings {
-    args: OpenConnectionArguments,
-    /// The URL with its password redacted, for messages.
-    shown: String,
-    pub timeout: Duration,
-}
-
-impl Settings {
-    pub(super) fn new(config: &RabbitMqConfig) -> Result<Self, MessagingError> {
-        let shown = config.url.to_string();
-        let bad = |why: &str| MessagingError::Config(format!("rabbitmq.url {why}: {shown}"));
-        let url = Url::parse(config.url.expose()).map_err(|_| bad("is not a URL"))?;
-        match url.scheme() {
-            "amqp" | "amqps" => {}
-            _ => return Err(bad("must start with amqp:// or amqps://")),
-        }
-        let host = url.host_str().ok_or_else(|| bad("has no host"))?;
-        let decode = |text: &str| -> Result<String, MessagingError> {
-            percent_decode(text).ok_or_else(|| bad("has a malformed percent-encoding"))
-        };
-        let username = match url.username() {
-            "" => "guest".to_owned(),
-            user => decode(user)?,
-        };
-        let password = match url.password() {
-            None => "guest".to_owned(),
-            Some(password) => decode(password)?,
-        };
-        // `amqp://host` and `amqp://host/` name the default vhost "/"; `%2f` too.
-        let vhost = match url.path().strip_prefix('/').unwrap_or("") {
-            "" => "/".to_owned(),
-            path => decode(path)?,
-        };
-        let mut args = OpenConnectionArguments::new(
-            host.trim_start_matches('[').trim_end_matches(']'),
-            url.port().unwrap_or(5672),
-            &username,
-            &password,
-        );
-        args.virtual_host(&vhost)
-            .heartbeat(config.heartbeat_interval_secs);
-        super::tls::configure(&mut args, &url, host, config)?;
-        Ok(Self {
-            args,
-            shown,
-            timeout: Duration::from_millis(config.connection_timeout_ms),
-        })
-    }
-
-    /// Opens a connection named `name` (shown in the broker's management UI).
-    pub(super) async fn open(&self, name: &str) -> Result<Connection, MessagingError> {
-        let mut args = self.args.clone();
-        args.connection_name(name);
-        let connection = match tokio::time::timeout(self.timeout, Connection::open(&args)).await {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(e)) => {
-                let tls = self.args.get_tls_adaptor().is_some();
-                return Err(super::tls::open_error(
-                    tls,
-                    format!("cannot connect to {}", self.shown),
-                    e,
-                ));
-            }
-            Err(_) => {
-                return Err(errors::connection(
-                    format!("timed out connecting to {}", self.shown),
-                    None,
-                ))
-            }
-        };
-        if let Err(e) = connection.register_callback(ConnectionEvents).await {
-            return Err(errors::connection(
-                "cannot register a connection callback",
-                Some(e),
-            ));
-        }
-        Ok(connection)
-    }
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// Logs what the broker says about a connection.
-struct ConnectionEvents;
-
-#[async_trait]
-impl ConnectionCallback for ConnectionEvents {
-    async fn close(
-        &mut self,
-        connection: &Connection,
-        close: Close,
-    ) -> Result<(), amqprs::error::Error> {
-        tracing::warn!(
-            connection = connection.connection_name(),
-            reason = %close,
-            "RabbitMQ closed the connection"
-        );
-        Ok(())
-    }
-
-    async fn blocked(&mut self, connection: &Connection, reason: String) {
-        tracing::warn!(
-            connection = connection.connection_name(),
-            reason,
-            "RabbitMQ blocked publishing on the connection (resource alarm)"
-        );
-    }
-
-    async fn unblocked(&mut self, connection: &Connection) {
-        tracing::info!(
-            connection = connection.connection_name(),
-            "RabbitMQ unblocked the connection"
-        );
-    }
-
-    async fn secret_updated(&mut self, _connection: &Connection) {}
-}
-
 /// One generation of the data connection.
 pub(super) struct Link {
     pub generation: u64,
+    /// The node it is connected to (an index into the settings' nodes).
+    node: usize,
     connection: Connection,
     publisher: Mutex<Option<Arc<Publisher>>>,
     /// Held while a replacement publisher channel is opened.
@@ -198,13 +65,14 @@ pub(super) struct Link {
 
 impl Link {
     async fn open(settings: &Settings, generation: u64) -> Result<Arc<Self>, MessagingError> {
-        let connection = settings.open("tasker-messaging").await?;
+        let (connection, node) = settings.open("tasker-messaging").await?;
         let closures = Arc::new(AtomicU32::new(0));
         let publisher = Publisher::open(&connection, settings.timeout, Arc::clone(&closures))
             .await
             .map_err(|e| errors::call_error("connect", e, None))?;
         Ok(Arc::new(Self {
             generation,
+            node,
             connection,
             publisher: Mutex::new(Some(Arc::new(publisher))),
             reopening: tokio::sync::Mutex::new(()),
@@ -331,6 +199,14 @@ impl DataConnection {
         Arc::clone(&crate::sync::lock(&self.current))
     }
 
+    /// The `host:port` of the node the live link is connected to; `None`
+    /// while reconnecting.
+    pub(super) fn node(&self) -> Option<String> {
+        let link = self.current();
+        link.is_alive()
+            .then(|| self.settings.address(link.node).to_owned())
+    }
+
     /// The generation of the newest link.
     pub(super) fn generation(&self) -> u64 {
         *self.installed.borrow()
@@ -412,10 +288,20 @@ pub(super) async fn supervise(
         link.mark_lost();
         resilience.reach().reconnecting();
         let generation = link.generation;
+        let node = link.node;
         drop(link);
-        tracing::warn!(generation, "RabbitMQ connection lost; reconnecting");
         match inner.upgrade() {
-            Some(inner) => inner.on_connection_lost(),
+            Some(inner) => {
+                let settings = &inner.data.settings;
+                tracing::warn!(
+                    generation,
+                    node = settings.address(node),
+                    "RabbitMQ connection lost; reconnecting"
+                );
+                // Another node first: this one may be going down.
+                settings.passed(node);
+                inner.on_connection_lost();
+            }
             None => return,
         }
         let mut attempt = 0;
@@ -461,17 +347,12 @@ pub(super) async fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::SecretUrl;
+    use crate::{RabbitMqConfig, SecretUrl};
 
     fn config(url: &str) -> RabbitMqConfig {
-        RabbitMqConfig {
-            url: SecretUrl::parse(url).unwrap(),
-            prefetch_count: 10,
-            heartbeat_interval_secs: 10,
-            connection_timeout_ms: 1_000,
-            broker_consumer_timeout_ms: 1_800_000,
-            tls: Default::default(),
-        }
+        let mut config = RabbitMqConfig::new(SecretUrl::parse(url).unwrap());
+        config.connection_timeout_ms = 1_000;
+        config
     }
 
     #[tokio::test]
@@ -503,25 +384,5 @@ mod tests {
         );
         assert!(error.is_transient(), "{error}");
         assert!(!error.to_string().contains("hunter2"), "{error}");
-    }
-
-    #[test]
-    fn parses_urls_and_never_shows_the_password() {
-        let s = Settings::new(&config("amqp://us%40er:p%2Fss@rabbit:5673/%2f")).unwrap();
-        assert_eq!(s.args.get_host(), "rabbit");
-        assert_eq!(s.args.get_port(), 5673);
-        assert_eq!(s.args.get_virtual_host(), "/");
-        assert!(!s.shown.contains("p%2Fss"), "{}", s.shown);
-        let s = Settings::new(&config("amqp://localhost")).unwrap();
-        assert_eq!((s.args.get_port(), s.args.get_virtual_host()), (5672, "/"));
-        let s = Settings::new(&config("amqp://h/tasker")).unwrap();
-        assert_eq!(s.args.get_virtual_host(), "tasker");
-        let s = Settings::new(&config("amqps://u:secret@h/")).unwrap();
-        assert_eq!(s.args.get_port(), super::super::tls::AMQPS_PORT);
-        assert!(s.args.get_tls_adaptor().is_some());
-        for bad in ["http://h/", "ftp://u:secret@h/"] {
-            let e = Settings::new(&config(bad)).err().unwrap().to_string();
-            assert!(!e.contains("secret"), "{e}");
-        }
     }
 }

@@ -6,7 +6,8 @@
 //! caller asked for (`slot`). Leases are kept by the library because AMQP has
 //! none (`leases`): an expired lease is requeued with `basic.nack`, and
 //! `receive_count` comes from the quorum queue's `x-delivery-count` header.
-//! The data connection recovers by itself after a drop (`connection`);
+//! The data connection recovers by itself after a drop (`connection`), on
+//! the next node of a cluster given as `rabbitmq.urls` (`settings`);
 //! declarations and inspection use a connection of their own (`admin`).
 //!
 //! What the broker cannot tell is not guessed:
@@ -60,6 +61,7 @@ mod leases;
 mod other_shape;
 mod properties;
 mod publisher;
+mod settings;
 mod slot;
 mod teardown;
 mod tls;
@@ -74,12 +76,8 @@ use std::{
 use tokio::{sync::watch, time::Instant};
 
 use self::{
-    admin::Admin,
-    connection::{DataConnection, Settings},
-    inner::Inner,
-    leases::ExtendError,
-    properties::Outgoing,
-    publisher::Pending,
+    admin::Admin, connection::DataConnection, inner::Inner, leases::ExtendError,
+    properties::Outgoing, publisher::Pending, settings::Settings,
 };
 use crate::{
     codec, lease,
@@ -113,15 +111,15 @@ pub struct RabbitMqMessageService {
 impl fmt::Debug for RabbitMqMessageService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RabbitMqMessageService")
-            .field("url", &self.inner.config.url)
+            .field("nodes", &self.inner.config.nodes())
             .field("generation", &self.inner.data.generation())
             .finish_non_exhaustive()
     }
 }
 
 impl RabbitMqMessageService {
-    /// Connects to `[rabbitmq] url` (both connections), failing if the broker
-    /// does not answer within `connection_timeout_ms`, with the queue, retry
+    /// Connects to `[rabbitmq] url`, or to one of `urls` (both connections),
+    /// failing if no node answers within `connection_timeout_ms`, with the queue, retry
     /// and circuit-breaker settings of `config`. A config that fails
     /// [`MessagingConfig::validate`] is refused first.
     pub async fn connect(config: &MessagingConfig) -> Result<Self, MessagingError> {
@@ -139,7 +137,7 @@ impl RabbitMqMessageService {
         let settings = Arc::new(Settings::new(config)?);
         let data =
             DataConnection::connect(Arc::clone(&settings), Arc::clone(resilience.reach())).await?;
-        let admin = Admin::new(settings);
+        let admin = Admin::new(settings, config.quorum_initial_group_size);
         admin.ping().await?;
         let (stop, stopped) = watch::channel(());
         let inner = Arc::new(Inner {
@@ -167,6 +165,12 @@ impl RabbitMqMessageService {
     /// each automatic reconnect.
     pub fn connection_generation(&self) -> u64 {
         self.inner.data.generation()
+    }
+
+    /// The `host:port` of the node the data connection is on (with
+    /// `rabbitmq.urls`, one of the cluster's nodes); `None` while reconnecting.
+    pub fn connected_node(&self) -> Option<String> {
+        self.inner.data.node()
     }
 
     fn lease_expired(queue: &str, receipt: &ReceiptHandle) -> MessagingError {

@@ -12,36 +12,33 @@ use rustls::{
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
     ClientConfig, RootCertStore,
 };
-use url::Url;
 
-use crate::{MessagingError, Provider, RabbitMqConfig, RabbitMqTlsConfig};
+use crate::{MessagingError, Provider, RabbitMqTlsConfig};
 
 /// Port of `amqps://host/` without one.
 pub(super) const AMQPS_PORT: u16 = 5671;
 
-/// For an `amqps://` URL, sets TLS on `args` (and port 5671 when the URL has
-/// none); `host` is the name the broker's certificate must carry. Settings
-/// in `[rabbitmq.tls]` with an `amqp://` URL are refused, not ignored.
+/// Sets TLS with `tls` on `args` for an `amqps://` node (`wanted`); `host` is
+/// the name the broker's certificate must carry. `[rabbitmq.tls]` with an
+/// `amqp://` URL is refused, not ignored. `key` and `shown` (the URL,
+/// redacted) name the node in errors.
 pub(super) fn configure(
     args: &mut OpenConnectionArguments,
-    url: &Url,
+    wanted: bool,
     host: &str,
-    config: &RabbitMqConfig,
+    tls: &RabbitMqTlsConfig,
+    key: &str,
+    shown: &str,
 ) -> Result<(), MessagingError> {
-    if url.scheme() != "amqps" {
-        return match config.tls.is_empty() {
+    if !wanted {
+        return match tls.is_empty() {
             true => Ok(()),
             false => Err(MessagingError::Config(format!(
-                "rabbitmq.tls is set but rabbitmq.url is not amqps://: {}",
-                config.url
+                "rabbitmq.tls is set but {key} is not amqps://: {shown}"
             ))),
         };
     }
-    if url.port().is_none() {
-        args.port(AMQPS_PORT);
-    }
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    args.tls_adaptor(adaptor(&config.tls, host)?);
+    args.tls_adaptor(adaptor(tls, host)?);
     Ok(())
 }
 

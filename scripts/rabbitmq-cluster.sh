@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# A private 3-node RabbitMQ cluster for the cluster fault test, beside the
+# machine's own node (rabbit@localhost on 5672), which it never touches.
+#
+#   scripts/rabbitmq-cluster.sh start            start (and cluster) the nodes; no-op when up
+#   scripts/rabbitmq-cluster.sh stop             stop the nodes (data kept)
+#   scripts/rabbitmq-cluster.sh status           each node's state
+#   scripts/rabbitmq-cluster.sh urls             the nodes' AMQP URLs, one a line
+#   scripts/rabbitmq-cluster.sh ctl N ARGS...    rabbitmqctl on node N (1-3)
+#   scripts/rabbitmq-cluster.sh leader QUEUE     the node number leading QUEUE
+#
+# Nodes tmcluster1..3@localhost listen on 127.0.0.1:5681-5683 (distribution
+# on 25681-25683), each with its own config, plugins (none), data and logs
+# under $TASKER_CLUSTER_DIR (default /var/tmp/tasker-rabbitmq-cluster). They
+# run as the rabbitmq user and share its Erlang cookie. Needs root (or the
+# rabbitmq user) and rabbitmq-server installed (apt on a Debian machine).
+set -euo pipefail
+
+BASE=${TASKER_CLUSTER_DIR:-/var/tmp/tasker-rabbitmq-cluster}
+BIN=/usr/lib/rabbitmq/bin
+NODES=(1 2 3)
+STARTUP_TIMEOUT=${TASKER_CLUSTER_STARTUP_TIMEOUT:-90}
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'FATAL: %s\n' "$*" >&2; exit 1; }
+
+node_name() { echo "tmcluster$1@localhost"; }
+node_port() { echo $((5680 + $1)); }
+
+as_rabbitmq() {
+  if [ "$(id -u)" -eq "$(id -u rabbitmq)" ]; then
+    env "$@"
+  elif [ "$(id -u)" -eq 0 ]; then
+    runuser -u rabbitmq -- env "$@"
+  else
+    sudo runuser -u rabbitmq -- env "$@"
+  fi
+}
+
+# The environment every command about node $1 runs with: never the system
+# node's config, env file or plugins.
+node_env() {
+  local n=$1 dir="$BASE/node$1"
+  echo HOME=/var/lib/rabbitmq \
+    RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf" \
+    RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
+    RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config" \
+    RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" \
+    RABBITMQ_NODENAME="$(node_name "$n")" \
+    RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+    RABBITMQ_NODE_PORT="$(node_port "$n")" \
+    RABBITMQ_DIST_PORT=$((20000 + $(node_port "$n"))) \
+    RABBITMQ_MNESIA_BASE="$dir/mnesia" \
+    RABBITMQ_LOG_BASE="$dir/log" \
+    RABBITMQ_PID_FILE="$dir/pid" \
+    ERL_EPMD_ADDRESS=127.0.0.1
+}
+
+ctl() { # n args...
+  local n=$1
+  shift
+  # shellcheck disable=SC2046
+  as_rabbitmq $(node_env "$n") "$BIN/rabbitmqctl" -n "$(node_name "$n")" "$@"
+}
+
+ensure_installed() {
+  [ -x "$BIN/rabbitmq-server" ] && return
+  command -v apt-get >/dev/null || die "rabbitmq-server is not installed and there is no apt-get"
+  log "installing rabbitmq-server with apt"
+  local sudo=
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+}
+
+prepare() { # n
+  local n=$1 dir="$BASE/node$1"
+  mkdir -p "$dir/mnesia" "$dir/log"
+  cat >"$dir/rabbitmq.conf" <<EOF
+listeners.tcp.local = 127.0.0.1:$(node_port "$n")
+loopback_users.guest = true
+EOF
+  echo '[].' >"$dir/enabled_plugins"
+  echo '[{kernel, [{inet_dist_use_interface, {127,0,0,1}}]}].' >"$dir/advanced.config"
+  : >"$dir/rabbitmq-env.conf"
+  chown -R rabbitmq:rabbitmq "$BASE"
+}
+
+running() { ctl "$1" -q status >/dev/null 2>&1; }
+app_running() { ctl "$1" -q eval 'rabbit:is_running().' 2>/dev/null | grep -q true; }
+
+launch() { # n: boot node n's VM unless it is up
+  running "$1" && return 0
+  log "starting $(node_name "$1") on 127.0.0.1:$(node_port "$1")"
+  # Returns 0 even when the node dies at boot: await_startup tells.
+  # shellcheck disable=SC2046
+  as_rabbitmq $(node_env "$1") "$BIN/rabbitmq-server" -detached >/dev/null 2>&1 || true
+}
+
+await_node() { # n
+  local n=$1 attempt
+  for attempt in 1 2 3; do
+    if ctl "$n" -q await_startup --timeout "$STARTUP_TIMEOUT" >/dev/null 2>&1; then
+      return 0
+    fi
+    log "$(node_name "$n") not up yet (attempt $attempt)"
+    if running "$n"; then
+      # Booted but its app stopped (a test's stop_app): start it again.
+      ctl "$n" -q start_app >/dev/null 2>&1 || true
+    else
+      launch "$n"
+      sleep 2
+    fi
+  done
+  die "$(node_name "$n") did not start; see $BASE/node$n/log"
+}
+
+in_cluster() { # n: whether node 1's cluster lists node n
+  ctl 1 -q cluster_status --formatter json 2>/dev/null | grep -q "\"$(node_name "$1")\""
+}
+
+join() { # n
+  local n=$1
+  in_cluster "$n" && return 0
+  log "joining $(node_name "$n") to $(node_name 1)"
+  local out="$BASE/node$n/log/join.out"
+  # Chatty (feature-flag warnings): kept in a file, shown on failure.
+  { ctl "$n" -q stop_app && ctl "$n" -q reset && ctl "$n" -q join_cluster "$(node_name 1)" \
+    && ctl "$n" -q start_app && ctl "$n" -q await_startup --timeout "$STARTUP_TIMEOUT"; } >"$out" 2>&1 \
+    || { cat "$out" >&2; die "$(node_name "$n") could not join $(node_name 1)"; }
+}
+
+start() {
+  ensure_installed
+  local n
+  # All booted before any is awaited: a clustered node restarting waits for
+  # the peers that stopped after it.
+  for n in "${NODES[@]}"; do
+    prepare "$n"
+    launch "$n"
+  done
+  for n in "${NODES[@]}"; do await_node "$n"; done
+  for n in 2 3; do join "$n"; done
+  status
+}
+
+stop() {
+  local n
+  for n in "${NODES[@]}"; do
+    if running "$n"; then
+      log "stopping $(node_name "$n")"
+      ctl "$n" -q stop >/dev/null 2>&1 || true
+    fi
+  done
+}
+
+status() {
+  local n state
+  for n in "${NODES[@]}"; do
+    if app_running "$n"; then state=running
+    elif running "$n"; then state="app stopped"
+    else state=down; fi
+    echo "$(node_name "$n") 127.0.0.1:$(node_port "$n") $state"
+  done
+}
+
+urls() {
+  local n
+  for n in "${NODES[@]}"; do echo "amqp://guest:guest@127.0.0.1:$(node_port "$n")/%2f"; done
+}
+
+leader() { # queue: the number of the node leading it, asked of any running node
+  local queue=$1 n out
+  for n in "${NODES[@]}"; do
+    if out=$(ctl "$n" -q list_queues name leader --no-table-headers 2>/dev/null); then
+      echo "$out" | awk -v q="$queue" '$1 == q { sub(/^tmcluster/, "", $2); sub(/@.*/, "", $2); print $2; found=1 } END { exit !found }' && return 0
+    fi
+  done
+  die "no running node knows a leader for queue $queue"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  urls) urls ;;
+  ctl) shift; [ $# -ge 1 ] || die "usage: $0 ctl N ARGS..."; ctl "$@" ;;
+  leader) [ $# -eq 2 ] || die "usage: $0 leader QUEUE"; leader "$2" ;;
+  *) die "usage: $0 start|stop|status|urls|ctl N ARGS...|leader QUEUE" ;;
+esac
