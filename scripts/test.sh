@@ -78,10 +78,16 @@ ensure_cluster() {
   as_root bash scripts/rabbitmq-cluster.sh start >/dev/null
 }
 
+# openssl makes the TLS tests' certificates (scripts/tls-certs.sh).
+ensure_openssl() {
+  command -v openssl >/dev/null || apt_install openssl
+}
+
 ensure_postgres
 ensure_rabbitmq
 ensure_cluster
 ensure_ruby
+ensure_openssl
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
