@@ -204,7 +204,7 @@ pub(crate) mod provide {
 
     use enum_dispatch::enum_dispatch;
 
-    pub(crate) use crate::shutdown::Shutdown;
+    pub(crate) use crate::shutdown::{Shutdown, Teardown};
     use crate::{
         queue_name::QueueName, Capabilities, CircuitBreaker, MessageId, MessagingError, Provider,
         QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
@@ -290,9 +290,17 @@ pub(crate) mod provide {
         /// The closed state the gate checks, shared by clones.
         fn shutdown(&self) -> &Shutdown;
 
+        /// Whether calls must be refused with `Closed`: this backend was
+        /// closed, or (for a migration) one of its sides was.
+        fn closed(&self) -> bool {
+            self.shutdown().is_closed()
+        }
+
         /// Lets go of the server once no call is in flight (see
-        /// [`MessagingService::close`](crate::MessagingService::close)).
-        async fn teardown(&self) -> Result<(), MessagingError>;
+        /// [`MessagingService::close`](crate::MessagingService::close)). The
+        /// future owns what it needs: it runs in a task of its own, which a
+        /// cancelled `close` does not cut short.
+        fn teardown(&self) -> Teardown;
     }
 }
 
@@ -423,18 +431,24 @@ impl<P: provide::Provide> MessagingService for P {
     }
 
     async fn close(&self) -> Result<(), MessagingError> {
+        let provider = provide::Provide::provider(self);
         provide::Provide::shutdown(self)
-            .close(|| provide::Provide::teardown(self))
+            .close(provider, || provide::Provide::teardown(self))
             .await
     }
 
     fn is_closed(&self) -> bool {
-        provide::Provide::shutdown(self).is_closed()
+        provide::Provide::closed(self)
     }
 }
 
 /// Admits one call on `service`, or refuses it once the backend is closed (C33).
 fn enter<P: provide::Provide>(service: &P) -> Result<crate::shutdown::Pass<'_>, MessagingError> {
     let provider = provide::Provide::provider(service);
-    provide::Provide::shutdown(service).enter(provider)
+    let pass = provide::Provide::shutdown(service).enter(provider)?;
+    // A migration whose side was closed directly (C33).
+    if provide::Provide::closed(service) {
+        return Err(MessagingError::Closed { provider });
+    }
+    Ok(pass)
 }

@@ -84,7 +84,7 @@ use crate::{
     queue_name::QueueName,
     receipt::Receipt,
     resilience::{CircuitBreaker, Resilience},
-    service::provide::Shutdown,
+    service::provide::{Shutdown, Teardown},
     MessageId, MessagingConfig, MessagingError, Provider, QueueMessage, QueueStats, QueuedMessage,
     QueuesConfig, ReceiptHandle,
 };
@@ -151,13 +151,15 @@ impl RabbitMqMessageService {
             epochs: AtomicU64::new(0),
             holder: crate::receipt::new_scope(),
             stop,
+            supervisor: Mutex::default(),
             shutdown: Shutdown::default(),
         });
-        tokio::spawn(connection::supervise(
+        let supervisor = tokio::spawn(connection::supervise(
             Arc::downgrade(&inner),
             Arc::clone(&resilience),
             stopped,
         ));
+        *lock(&inner.supervisor) = Some(supervisor);
         Ok(Self { inner, resilience })
     }
 
@@ -653,7 +655,8 @@ impl crate::service::provide::Provide for RabbitMqMessageService {
         &self.inner.shutdown
     }
 
-    async fn teardown(&self) -> Result<(), MessagingError> {
-        self.inner.teardown().await
+    fn teardown(&self) -> Teardown {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move { inner.teardown().await })
     }
 }
