@@ -117,9 +117,18 @@ async fn migrating_after_a_side_was_closed() {
             println!("stats transient: {}", e.is_transient());
         }
         assert!(m.is_closed());
-        assert!(matches!(sent, Ok(Err(MessagingError::Closed { .. }))), "{sent:?}");
-        assert!(matches!(stats, Ok(Err(MessagingError::Closed { .. }))), "{stats:?}");
-        assert!(matches!(recv, Ok(Err(MessagingError::Closed { .. }))), "{recv:?}");
+        assert!(
+            matches!(sent, Ok(Err(MessagingError::Closed { .. }))),
+            "{sent:?}"
+        );
+        assert!(
+            matches!(stats, Ok(Err(MessagingError::Closed { .. }))),
+            "{stats:?}"
+        );
+        assert!(
+            matches!(recv, Ok(Err(MessagingError::Closed { .. }))),
+            "{recv:?}"
+        );
     }
     rb.delete_queue(&q).await.ok();
     m.close().await.ok();

@@ -97,9 +97,10 @@ use crate::{
 /// last clone closes both; the broker then requeues every delivery this
 /// backend held.
 ///
-/// [`close`](crate::MessagingService::close) closes every channel and then
-/// both connections, awaiting the broker's close-ok each time, so acks that
-/// returned `Ok` have reached the broker (see `teardown`). Dropping the last
+/// [`close`](crate::MessagingService::close) gives each channel 250 ms
+/// after its last settle, then closes every channel and then both
+/// connections, awaiting the broker's close-ok each time (see `teardown`;
+/// the pause is a heuristic, see `close`). Dropping the last
 /// clone without it runs the same teardown from a task, when a runtime is
 /// there to run it; a process that exits at once cuts that task short.
 #[derive(Clone)]

@@ -4,8 +4,9 @@
 //! amqprs hands every frame to a writer task, so an ack that returned `Ok`
 //! may still be queued, and a quorum queue's channel may hold acks back
 //! while earlier ones are applied. Each channel rests a moment after its
-//! last settle (`SETTLE_GRACE`), then each channel and then the connection
-//! close, awaiting the broker's close-ok each time; the broker requeues the
+//! last settle (`SETTLE_GRACE`, a heuristic: nothing in AMQP 0-9-1 confirms
+//! an ack was applied), then each channel and then the connection close,
+//! awaiting the broker's close-ok each time; the broker requeues the
 //! deliveries still unacknowledged at once.
 
 use std::sync::Arc;
