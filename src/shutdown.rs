@@ -157,13 +157,19 @@ impl Shutdown {
         if !state.started.swap(true, SeqCst) {
             let teardown = teardown();
             let state = Arc::clone(state);
-            tokio::spawn(async move {
+            let task = async move {
                 let finish = Finish(&state, provider);
                 state.drained(DRAIN_LIMIT).await;
                 let outcome = teardown.await;
                 *lock(&state.outcome) = Some(outcome);
                 drop(finish);
-            });
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(task)),
+                // Polled outside tokio (no provider but in-memory works
+                // there): run it here, where a cancel does cut it short.
+                Err(_) => task.await,
+            }
         }
         // Err only when the sender is gone, which `&self` rules out.
         let _ = done.wait_for(|done| *done).await;
