@@ -3,6 +3,14 @@
 //! exits at once, with or without `close`. The parent then counts what comes
 //! back: after the child's connection is gone on RabbitMQ, after its leases
 //! could have ended on PGMQ.
+//!
+//! A measurement tool, ignored by default (it takes seconds per run): knobs
+//! `BURST_N` (messages), `BURST_SEQ` (delete one at a time), `BURST_MODE`
+//! (`true`: close; `cancel`: a close cut short after `BURST_CANCEL_MS`,
+//! then a second close; `cancel_drop`: cut short, then dropped; anything
+//! else: dropped without close), e.g.
+//! `BURST_CANCEL_MS=0 BURST_SEQ=1 BURST_MODE=cancel cargo test --test
+//! close_burst rabbitmq_burst -- --ignored --nocapture`.
 
 mod common;
 
@@ -82,7 +90,7 @@ fn mode() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "adversarial burst"]
+#[ignore = "measurement tool: see the module docs"]
 async fn rabbitmq_burst() {
     let m = mode();
     let back = redelivered_after_child(Provider::RabbitMq, &m).await;
@@ -94,7 +102,7 @@ async fn rabbitmq_burst() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "adversarial burst"]
+#[ignore = "measurement tool: see the module docs"]
 async fn pgmq_burst() {
     let m = mode();
     let back = redelivered_after_child(Provider::Pgmq, &m).await;
