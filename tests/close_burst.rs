@@ -1,5 +1,5 @@
 //! C33 across a process exit: a child process (this test binary, run again
-//! with `TASKER_CLOSE_CHILD` set) receives and deletes 1,000 messages, then
+//! with `TASKER_BURST_CHILD` set) receives and deletes 1,000 messages, then
 //! exits at once, with or without `close`. The parent then counts what comes
 //! back: after the child's connection is gone on RabbitMQ, after its leases
 //! could have ended on PGMQ.
@@ -111,7 +111,7 @@ async fn pgmq_burst() {
 }
 
 /// The child: only does anything when run by the cases above, with
-/// `TASKER_CLOSE_CHILD` = `provider|queue|close`. It receives and deletes
+/// `TASKER_BURST_CHILD` = `provider|queue|close`. It receives and deletes
 /// every message, one `delete_message` each, prints `deleted N`, closes
 /// (or only drops the backend) and exits at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
