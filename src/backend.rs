@@ -10,7 +10,7 @@ use crate::{
     migration::MigratingMessageService,
     providers::{InMemoryMessageService, PgmqMessageService, RabbitMqMessageService},
     queue_name::QueueName,
-    service::provide::{Provide, Shutdown},
+    service::provide::{Provide, Shutdown, Teardown},
     Capabilities, CircuitBreaker, MessageId, MessagingConfig, MessagingError, Provider,
     QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
 };

@@ -25,7 +25,7 @@ use crate::{
     lease,
     queue_name::QueueName,
     receipt,
-    service::provide::{Provide, Shutdown},
+    service::provide::{Provide, Shutdown, Teardown},
     sync::lock,
     Capabilities, CircuitBreaker, MessageBackend, MessageId, MessagingConfig, MessagingError,
     Provider, QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
@@ -461,10 +461,20 @@ impl Provide for MigratingMessageService {
         &self.shutdown
     }
 
-    /// Closes both sides, and so the backends it was built from (C33).
-    async fn teardown(&self) -> Result<(), MessagingError> {
+    /// Closed, or one side closed directly: the other side alone cannot
+    /// answer for the migration (C33).
+    fn closed(&self) -> bool {
         use crate::MessagingService;
-        let (source, target) = tokio::join!(self.source.close(), self.target.close());
-        source.and(target)
+        self.shutdown.is_closed() || self.source.is_closed() || self.target.is_closed()
+    }
+
+    /// Closes both sides, and so the backends it was built from (C33).
+    fn teardown(&self) -> Teardown {
+        use crate::MessagingService;
+        let (source, target) = (self.source.clone(), self.target.clone());
+        Box::pin(async move {
+            let (source, target) = tokio::join!(source.close(), target.close());
+            source.and(target)
+        })
     }
 }

@@ -9,7 +9,7 @@ use enum_dispatch::enum_dispatch;
 use crate::{
     providers::{PgmqMessageService, RabbitMqMessageService},
     queue_name::QueueName,
-    service::provide::{Provide, Shutdown},
+    service::provide::{Provide, Shutdown, Teardown},
     Capabilities, CircuitBreaker, MessageId, MessagingConfig, MessagingError, Provider,
     QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
 };

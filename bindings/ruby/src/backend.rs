@@ -4,7 +4,10 @@
 
 use std::{
     mem::{self, ManuallyDrop},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -43,6 +46,9 @@ pub struct Backend {
     connected: Mutex<Connected>,
     /// Kept to reconnect in a forked child.
     config: MessagingConfig,
+    /// The process that called `close` before using the service: a forked
+    /// child with no backend of its own. It stays closed (no reconnect).
+    closed_in: AtomicU32,
 }
 
 impl Backend {
@@ -63,6 +69,7 @@ impl Backend {
                     backend: ManuallyDrop::new(backend),
                 }),
                 config,
+                closed_in: AtomicU32::new(0),
             })
         })
     }
@@ -73,6 +80,12 @@ impl Backend {
     /// queues stay in the parent.
     fn current(&self, ruby: &Ruby) -> Result<Arc<MessageBackend>, Error> {
         let pid = std::process::id();
+        if self.closed_in.load(Ordering::SeqCst) == pid {
+            let closed = MessagingError::Closed {
+                provider: self.config.provider,
+            };
+            return Err::<Arc<MessageBackend>, _>(closed).or_raise(ruby);
+        }
         let made_in = {
             let connected = lock(&self.connected);
             if connected.pid == pid {
@@ -304,13 +317,17 @@ impl Backend {
         })
     }
 
-    /// Closes this process's backend (C33): settles that returned have
-    /// reached the server, waiting receives end with `Closed`, and every
-    /// later call raises `Closed`. Idempotent. In a forked child that never
-    /// used the service there is nothing of its own to close.
+    /// Closes this process's backend (C33): waiting receives end with
+    /// `Closed`, settles that returned are given their grace to be applied,
+    /// and every later call raises `Closed`. Idempotent. In a forked child
+    /// that never used the service there is no connection of its own to
+    /// close: the child is marked closed, so later calls raise `Closed`
+    /// instead of reconnecting.
     pub fn close(ruby: &Ruby, rb_self: &Self) -> Result<bool, Error> {
         guard(ruby, || {
-            if lock(&rb_self.connected).pid != std::process::id() {
+            let pid = std::process::id();
+            if lock(&rb_self.connected).pid != pid {
+                rb_self.closed_in.store(pid, Ordering::SeqCst);
                 return Ok(true);
             }
             rb_self.call(ruby, |b| async move { b.close().await })?;
@@ -321,8 +338,12 @@ impl Backend {
     /// Whether this process's backend was closed.
     pub fn is_closed(ruby: &Ruby, rb_self: &Self) -> Result<bool, Error> {
         guard(ruby, || {
+            let pid = std::process::id();
+            if rb_self.closed_in.load(Ordering::SeqCst) == pid {
+                return Ok(true);
+            }
             let connected = lock(&rb_self.connected);
-            Ok(connected.pid == std::process::id() && connected.backend.is_closed())
+            Ok(connected.pid == pid && connected.backend.is_closed())
         })
     }
 }

@@ -106,6 +106,28 @@ class ForkTest < Minitest::Test
     assert_equal 0, service.queue_stats(queue)[:message_count], "the parent's queue is untouched"
   end
 
+  # A child that closes a service it never used: closed in the child (no
+  # reconnect), still open in the parent.
+  def test_close_in_a_child_that_never_used_the_service
+    service = TestSupport.connect(:pgmq)
+    status, out = in_child do
+      service.close
+      before = service.closed?
+      begin
+        service.healthy?
+        "#{before} no raise"
+      rescue TaskerCore::Services::Closed
+        "#{before} #{service.closed?} Closed"
+      end
+    end
+    assert status.success?
+    assert_equal "true true Closed", out
+    refute service.closed?, "the parent's service is not closed"
+    assert service.healthy?
+  ensure
+    service&.close
+  end
+
   def test_a_child_can_make_its_own_service
     TestSupport.service(:in_memory).healthy? # the parent's runtime exists
     status, out = in_child do

@@ -20,7 +20,7 @@ use crate::{
     lease,
     queue_name::QueueName,
     receipt::Receipt,
-    service::provide::Shutdown,
+    service::provide::{Shutdown, Teardown},
     wait::Arrivals,
     CircuitBreaker, MessageId, MessagingError, Provider, QueueMessage, QueueStats, QueuedMessage,
     QueuesConfig, ReceiptHandle,
@@ -377,8 +377,8 @@ impl crate::service::provide::Provide for InMemoryMessageService {
 
     /// Nothing to let go of: the queues live as long as a clone does, and
     /// every clone is closed (C33).
-    async fn teardown(&self) -> Result<(), MessagingError> {
-        Ok(())
+    fn teardown(&self) -> Teardown {
+        Box::pin(async { Ok(()) })
     }
 }
 

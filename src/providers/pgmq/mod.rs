@@ -38,7 +38,7 @@ use crate::{
     queue_name::QueueName,
     receipt::Receipt,
     resilience::{CircuitBreaker, Resilience},
-    service::provide::Shutdown,
+    service::provide::{Shutdown, Teardown},
     MessageId, MessagingConfig, MessagingError, PgmqConfig, Provider, QueueMessage, QueueStats,
     QueuedMessage, QueuesConfig, ReceiptHandle,
 };
@@ -776,12 +776,15 @@ impl crate::service::provide::Provide for PgmqMessageService {
 
     /// Every delete and settle that returned `Ok` was committed; what is
     /// left is to stop the background tasks and close the pools (C33).
-    async fn teardown(&self) -> Result<(), MessagingError> {
-        self.outage.stop();
-        self.listener.stop().await;
-        if self.owns_pool {
-            self.pool.close().await;
-        }
-        Ok(())
+    fn teardown(&self) -> Teardown {
+        let this = self.clone();
+        Box::pin(async move {
+            this.outage.stop();
+            this.listener.stop().await;
+            if this.owns_pool {
+                this.pool.close().await;
+            }
+            Ok(())
+        })
     }
 }

@@ -35,6 +35,9 @@ struct State {
     connection: Option<Connection>,
     channel: Option<Arc<TrackedChannel>>,
     closures: Arc<AtomicU32>,
+    /// Set by `close`: a call still in flight after it (past the drain
+    /// bound) must not open a new connection nobody would close.
+    closed: bool,
 }
 
 /// The admin connection and its one channel; requests run one at a time.
@@ -87,6 +90,7 @@ impl Admin {
     /// Nothing here settles deliveries, so failures are only logged.
     pub(super) async fn close(&self) {
         let mut state = self.state.lock().await;
+        state.closed = true;
         if let Some(channel) = state.channel.take() {
             if let Err(error) = channel.close().await {
                 tracing::debug!(?error, "could not close the admin channel");
@@ -102,6 +106,11 @@ impl Admin {
     }
 
     async fn channel(&self, state: &mut State) -> Result<Arc<TrackedChannel>, MessagingError> {
+        if state.closed {
+            return Err(MessagingError::Closed {
+                provider: crate::Provider::RabbitMq,
+            });
+        }
         let worn_out = state.closures.load(Ordering::Relaxed) >= CLOSED_CHANNEL_LIMIT;
         if worn_out || !state.connection.as_ref().is_some_and(Connection::is_open) {
             // Dropping the old connection closes it.

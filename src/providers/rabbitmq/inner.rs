@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::watch;
+use tokio::{sync::watch, task::JoinHandle};
 
 use super::{admin::Admin, connection::DataConnection, slot::Slot, teardown};
 use crate::{
@@ -36,6 +36,8 @@ pub(super) struct Inner {
     pub(super) holder: u64,
     /// A send, or dropping it, stops the supervisor.
     pub(super) stop: watch::Sender<()>,
+    /// The supervisor's task, awaited by `close` after `stop`.
+    pub(super) supervisor: Mutex<Option<JoinHandle<()>>>,
     pub(super) shutdown: Shutdown,
 }
 
@@ -51,7 +53,9 @@ impl Drop for Inner {
             return;
         };
         if self.shutdown.is_closed() {
-            return; // `close` let go of everything (or its caller gave up on it).
+            // `close` spawned the teardown, whose task held this `Inner`
+            // until it ended: everything was let go of.
+            return;
         }
         // Without `close`: the same teardown, from a task, so acks queued
         // still reach the broker if the runtime lives on.

@@ -84,7 +84,7 @@ use crate::{
     queue_name::QueueName,
     receipt::Receipt,
     resilience::{CircuitBreaker, Resilience},
-    service::provide::Shutdown,
+    service::provide::{Shutdown, Teardown},
     MessageId, MessagingConfig, MessagingError, Provider, QueueMessage, QueueStats, QueuedMessage,
     QueuesConfig, ReceiptHandle,
 };
@@ -97,9 +97,10 @@ use crate::{
 /// last clone closes both; the broker then requeues every delivery this
 /// backend held.
 ///
-/// [`close`](crate::MessagingService::close) closes every channel and then
-/// both connections, awaiting the broker's close-ok each time, so acks that
-/// returned `Ok` have reached the broker (see `teardown`). Dropping the last
+/// [`close`](crate::MessagingService::close) gives each channel 250 ms
+/// after its last settle, then closes every channel and then both
+/// connections, awaiting the broker's close-ok each time (see `teardown`;
+/// the pause is a heuristic, see `close`). Dropping the last
 /// clone without it runs the same teardown from a task, when a runtime is
 /// there to run it; a process that exits at once cuts that task short.
 #[derive(Clone)]
@@ -151,13 +152,15 @@ impl RabbitMqMessageService {
             epochs: AtomicU64::new(0),
             holder: crate::receipt::new_scope(),
             stop,
+            supervisor: Mutex::default(),
             shutdown: Shutdown::default(),
         });
-        tokio::spawn(connection::supervise(
+        let supervisor = tokio::spawn(connection::supervise(
             Arc::downgrade(&inner),
             Arc::clone(&resilience),
             stopped,
         ));
+        *lock(&inner.supervisor) = Some(supervisor);
         Ok(Self { inner, resilience })
     }
 
@@ -653,7 +656,8 @@ impl crate::service::provide::Provide for RabbitMqMessageService {
         &self.inner.shutdown
     }
 
-    async fn teardown(&self) -> Result<(), MessagingError> {
-        self.inner.teardown().await
+    fn teardown(&self) -> Teardown {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move { inner.teardown().await })
     }
 }

@@ -4,8 +4,9 @@
 //! amqprs hands every frame to a writer task, so an ack that returned `Ok`
 //! may still be queued, and a quorum queue's channel may hold acks back
 //! while earlier ones are applied. Each channel rests a moment after its
-//! last settle (`SETTLE_GRACE`), then each channel and then the connection
-//! close, awaiting the broker's close-ok each time; the broker requeues the
+//! last settle (`SETTLE_GRACE`, a heuristic: nothing in AMQP 0-9-1 confirms
+//! an ack was applied), then each channel and then the connection close,
+//! awaiting the broker's close-ok each time; the broker requeues the
 //! deliveries still unacknowledged at once.
 
 use std::sync::Arc;
@@ -18,9 +19,24 @@ use crate::{sync::lock, MessagingError};
 const OPERATION: &str = "close";
 
 impl Inner {
-    /// Stops the supervisor (no reconnect), then closes everything.
+    /// Stops the supervisor and waits for it to end (bounded, then aborted),
+    /// so that no reconnect installs a link or declares through the admin
+    /// connection after they were closed; then closes everything. Runs in
+    /// its own task (see `shutdown`), so nothing here is cut short by a
+    /// cancelled `close`.
     pub(super) async fn teardown(&self) -> Result<(), MessagingError> {
         self.stop.send_replace(());
+        let supervisor = lock(&self.supervisor).take();
+        if let Some(mut supervisor) = supervisor {
+            // A reconnect in progress may be declaring queues again, each
+            // declaration bounded by the timeout.
+            let bound = self.data.settings.timeout * 2;
+            if tokio::time::timeout(bound, &mut supervisor).await.is_err() {
+                tracing::debug!("the reconnect supervisor did not stop in time; aborting it");
+                supervisor.abort();
+                let _ = supervisor.await;
+            }
+        }
         let slots = self.take_slots();
         run(&self.data, &self.admin, slots).await
     }

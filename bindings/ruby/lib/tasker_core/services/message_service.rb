@@ -99,7 +99,9 @@ module TaskerCore
       end
 
       # Shuts the service down (contract rule C33): deletes and visibility
-      # changes that returned have reached the server, receives waiting in
+      # changes that returned are committed (PGMQ) or given a 250 ms grace to
+      # be applied by the broker (RabbitMQ; a heuristic, a missed one comes
+      # back as a duplicate), receives waiting in
       # other threads raise Closed, and every later call raises Closed
       # (never transient). Leases not settled come back: at once on
       # RabbitMQ, when they end on PGMQ. Idempotent; returns true.
