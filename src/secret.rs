@@ -37,7 +37,7 @@ impl SecretUrl {
     /// and the value of every query parameter whose name (decoded, any case)
     /// contains `password`, `passwd`, `secret` or `token`, such as
     /// `?password=` and `?sslpassword=`, and of `sslkey`/`ssl-key` (a
-    /// private key may be given inline).
+    /// private key pasted there instead of its path).
     pub fn redacted(&self) -> String {
         let mut shown = self.url.clone();
         if shown.password().is_some() {
@@ -54,7 +54,7 @@ impl SecretUrl {
 
 /// Whether a query parameter's value is a secret: its name (decoded, any
 /// case) contains `password`, `passwd`, `secret` or `token`, or is sqlx's
-/// `sslkey`/`ssl-key` (which may hold the private key inline).
+/// `sslkey`/`ssl-key` (a key pasted there instead of its path would show).
 fn is_secret_parameter(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     ["password", "passwd", "secret", "token", "sslkey", "ssl-key"]
@@ -141,7 +141,7 @@ mod tests {
                 "postgres://u:hunter2@db/app?password=hunter2",
                 "postgres://u:***@db/app?password=***",
             ),
-            // sqlx takes a client key inline.
+            // A client key pasted where its path belongs.
             (
                 "postgres://db/app?sslkey=-----BEGIN%20hunter2&ssl-key=hunter2",
                 "postgres://db/app?sslkey=***&ssl-key=***",
