@@ -36,7 +36,8 @@ impl SecretUrl {
     /// The URL with any password replaced by `***`: the user-info password,
     /// and the value of every query parameter whose name (decoded, any case)
     /// contains `password`, `passwd`, `secret` or `token`, such as
-    /// `?password=` and `?sslpassword=`.
+    /// `?password=` and `?sslpassword=`, and of `sslkey`/`ssl-key` (a
+    /// private key pasted there instead of its path).
     pub fn redacted(&self) -> String {
         let mut shown = self.url.clone();
         if shown.password().is_some() {
@@ -52,10 +53,11 @@ impl SecretUrl {
 }
 
 /// Whether a query parameter's value is a secret: its name (decoded, any
-/// case) contains `password`, `passwd`, `secret` or `token`.
+/// case) contains `password`, `passwd`, `secret` or `token`, or is sqlx's
+/// `sslkey`/`ssl-key` (a key pasted there instead of its path would show).
 fn is_secret_parameter(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    ["password", "passwd", "secret", "token"]
+    ["password", "passwd", "secret", "token", "sslkey", "ssl-key"]
         .iter()
         .any(|word| name.contains(word))
 }
@@ -138,6 +140,11 @@ mod tests {
             (
                 "postgres://u:hunter2@db/app?password=hunter2",
                 "postgres://u:***@db/app?password=***",
+            ),
+            // A client key pasted where its path belongs.
+            (
+                "postgres://db/app?sslkey=-----BEGIN%20hunter2&ssl-key=hunter2",
+                "postgres://db/app?sslkey=***&ssl-key=***",
             ),
             // A value holding `=` is hidden whole.
             (

@@ -29,8 +29,12 @@ enum Reach {
     Up,
     /// A lost connection is being replaced; the server has not refused yet.
     Reconnecting,
-    /// The last connection attempt failed, with this message.
-    Down(Arc<str>),
+    /// The last connection attempt failed, with this message; `tls` when it
+    /// was a failed handshake, which calls report as such (not transient).
+    Down {
+        why: Arc<str>,
+        tls: bool,
+    },
 }
 
 /// The server's reachability, shared by a provider's calls and its reconnect loop.
@@ -50,22 +54,30 @@ impl Reachability {
 
     fn error(&self, state: &Reach) -> MessagingError {
         let message = match state {
-            Reach::Down(why) => format!("{} is unreachable ({why})", self.provider),
+            Reach::Down { why, tls: true } => {
+                return MessagingError::Tls {
+                    provider: self.provider,
+                    message: format!("the TLS handshake with {} fails ({why})", self.provider),
+                    source: None,
+                }
+            }
+            Reach::Down { why, .. } => format!("{} is unreachable ({why})", self.provider),
             _ => format!("not connected to {} (reconnecting)", self.provider),
         };
         MessagingError::connection(self.provider, message, None)
     }
 
-    /// A transient `Connection` error at once while the server is down.
+    /// A transient `Connection` error at once while the server is down (a
+    /// `Tls` error while its last failure was a handshake).
     pub(crate) fn check(&self) -> Result<(), MessagingError> {
         match &*self.state.borrow() {
-            state @ Reach::Down(_) => Err(self.error(state)),
+            state @ Reach::Down { .. } => Err(self.error(state)),
             _ => Ok(()),
         }
     }
 
     pub(crate) fn is_down(&self) -> bool {
-        matches!(*self.state.borrow(), Reach::Down(_))
+        matches!(*self.state.borrow(), Reach::Down { .. })
     }
 
     /// A connection was lost and is being replaced.
@@ -83,8 +95,10 @@ impl Reachability {
     /// was not already known to be down.
     pub(crate) fn down(&self, error: &MessagingError) -> bool {
         let newly = !self.is_down();
-        self.state
-            .send_replace(Reach::Down(error.to_string().into()));
+        self.state.send_replace(Reach::Down {
+            why: error.to_string().into(),
+            tls: matches!(error, MessagingError::Tls { .. }),
+        });
         newly
     }
 
@@ -93,11 +107,11 @@ impl Reachability {
         self.state.send_replace(Reach::Up) != Reach::Up
     }
 
-    /// Resolves with the `Connection` error once the server is found down.
+    /// Resolves with the error of [`check`](Self::check) once the server is found down.
     pub(crate) async fn until_down(&self) -> MessagingError {
         let mut state = self.state.subscribe();
         let down = state
-            .wait_for(|state| matches!(state, Reach::Down(_)))
+            .wait_for(|state| matches!(state, Reach::Down { .. }))
             .await
             .map(|state| state.clone());
         // The sender lives as long as `self`, so the wait cannot fail.
@@ -128,6 +142,31 @@ mod tests {
         assert!(error.is_transient() && error.to_string().contains("refused"));
         assert!(reach.up());
         assert!(!reach.up());
+        assert!(reach.check().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_handshake_stays_a_tls_error_until_up() {
+        let reach = Reachability::new(Provider::RabbitMq);
+        let handshake = MessagingError::Tls {
+            provider: Provider::RabbitMq,
+            message: "UnknownIssuer".into(),
+            source: None,
+        };
+        assert!(reach.down(&handshake));
+        for _ in 0..2 {
+            let error = reach.check().unwrap_err();
+            assert!(matches!(error, MessagingError::Tls { .. }), "{error}");
+            assert!(!error.is_transient() && error.to_string().contains("UnknownIssuer"));
+        }
+        // The next attempt meets a refused port: transient again.
+        reach.down(&MessagingError::connection(
+            Provider::RabbitMq,
+            "refused",
+            None,
+        ));
+        assert!(reach.check().unwrap_err().is_transient());
+        assert!(reach.up());
         assert!(reach.check().is_ok());
     }
 

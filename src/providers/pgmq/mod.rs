@@ -16,6 +16,7 @@ mod outage;
 mod send_group;
 mod tls;
 mod tx;
+mod url_parameters;
 
 use std::{collections::HashSet, future::Future, sync::Arc, time::Duration};
 
@@ -121,9 +122,15 @@ impl PgmqMessageService {
             .acquire_timeout(Duration::from_millis(pgmq.connection_timeout_ms))
             .connect_with(options.clone())
             .await
-            .map_err(|e| match tls::is_tls_failure(&e) {
-                true => tls::tls_error(format!("cannot connect to {url}"), e),
-                false => MessagingError::connection(
+            .map_err(|e| match e {
+                // A certificate or key sqlx cannot use: no retry mends it.
+                sqlx::Error::Configuration(_) => {
+                    MessagingError::Config(format!("cannot connect to {url}: {e}"))
+                }
+                _ if tls::is_tls_failure(&e) => {
+                    tls::tls_error(format!("cannot connect to {url}"), e)
+                }
+                _ => MessagingError::connection(
                     Provider::Pgmq,
                     format!("cannot connect to {url}: {e}"),
                     Some(e.into()),

@@ -9,7 +9,7 @@ use std::{path::Path, sync::Arc};
 
 use amqprs::{connection::OpenConnectionArguments, tls::TlsAdaptor};
 use rustls::{
-    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName},
     ClientConfig, RootCertStore,
 };
 
@@ -37,6 +37,12 @@ pub(super) fn configure(
                 "rabbitmq.tls is set but {key} is not amqps://: {shown}"
             ))),
         };
+    }
+    // rustls refuses such a name only at connect, as a transient error.
+    if let Err(e) = ServerName::try_from(host) {
+        return Err(MessagingError::Config(format!(
+            "{key} has a host that is not a TLS server name ({host:?}: {e}): {shown}"
+        )));
     }
     args.tls_adaptor(adaptor(tls, host)?);
     Ok(())
@@ -121,8 +127,10 @@ fn bad_file(key: &str, path: &Path, why: &str) -> MessagingError {
 
 /// What rustls' errors say first (amqprs passes on only their text): the
 /// broker's certificate was refused, ours was, or the port does not speak TLS.
-const HANDSHAKE_FAILURES: [&str; 7] = [
+const HANDSHAKE_FAILURES: [&str; 8] = [
     "invalid peer certificate",
+    // "received unexpected message" and "... unexpected handshake message".
+    "received unexpected ",
     "received fatal alert",
     "peer sent no certificates",
     "peer is incompatible",
@@ -174,6 +182,14 @@ mod tests {
             rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
             rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
             rustls::Error::NoCertificatesPresented,
+            rustls::Error::InappropriateMessage {
+                expect_types: vec![rustls::ContentType::Handshake],
+                got_type: rustls::ContentType::ApplicationData,
+            },
+            rustls::Error::InappropriateHandshakeMessage {
+                expect_types: vec![rustls::HandshakeType::ServerHello],
+                got_type: rustls::HandshakeType::Finished,
+            },
         ] {
             let error = open_error(true, "connecting".into(), through_amqprs(failure));
             assert!(matches!(error, MessagingError::Tls { .. }), "{error}");
@@ -188,6 +204,28 @@ mod tests {
             matches!(error, MessagingError::Connection { .. }),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_host_rustls_cannot_check_is_a_config_error_naming_the_key() {
+        let tls = RabbitMqTlsConfig::default();
+        let mut args = OpenConnectionArguments::new("h", 5671, "u", "p");
+        let error = configure(
+            &mut args,
+            true,
+            "loc%61lhost",
+            &tls,
+            "rabbitmq.url",
+            "shown",
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(error, MessagingError::Config(_)), "{error}");
+        assert!(error.to_string().contains("rabbitmq.url"), "{error}");
+        assert!(error.to_string().contains("loc%61lhost"), "{error}");
+        for host in ["localhost", "127.0.0.1", "::1", "rabbit-mq.example"] {
+            configure(&mut args, true, host, &tls, "rabbitmq.url", "shown").unwrap();
+        }
     }
 
     #[test]
