@@ -92,9 +92,11 @@ launch() { # n: boot node n's VM unless it is alive; start its app if stopped
     return 0
   fi
   log "starting $(node_name "$1") on 127.0.0.1:$(node_port "$1")"
-  # Returns 0 even when the node dies at boot: await_startup tells.
+  # Returns 0 even when the node dies at boot: await_startup tells. Booted
+  # in its own directory: the VM keeps the caller's working directory, and
+  # once that is deleted (a removed checkout) stop_app fails with enoent.
   # shellcheck disable=SC2046
-  as_rabbitmq $(node_env "$1") "$BIN/rabbitmq-server" -detached >/dev/null 2>&1 || true
+  (cd "$BASE/node$1" && as_rabbitmq $(node_env "$1") "$BIN/rabbitmq-server" -detached) >/dev/null 2>&1 || true
 }
 
 await_node() { # n
