@@ -4,7 +4,7 @@
 #
 #   scripts/rabbitmq-cluster.sh start            start (and cluster) the nodes; no-op when up
 #   scripts/rabbitmq-cluster.sh stop             stop the nodes (data kept)
-#   scripts/rabbitmq-cluster.sh status           each node's state
+#   scripts/rabbitmq-cluster.sh status           each node's VM and app state
 #   scripts/rabbitmq-cluster.sh urls             the nodes' AMQP URLs, one a line
 #   scripts/rabbitmq-cluster.sh ctl N ARGS...    rabbitmqctl on node N (1-3)
 #   scripts/rabbitmq-cluster.sh leader QUEUE     the node number leading QUEUE
@@ -24,18 +24,12 @@ STARTUP_TIMEOUT=${TASKER_CLUSTER_STARTUP_TIMEOUT:-90}
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'FATAL: %s\n' "$*" >&2; exit 1; }
 
+[ "$(id -u)" -eq 0 ] || die "run $0 as root (it chowns the node directories to rabbitmq and runs the nodes as that user)"
+
 node_name() { echo "tmcluster$1@localhost"; }
 node_port() { echo $((5680 + $1)); }
 
-as_rabbitmq() {
-  if [ "$(id -u)" -eq "$(id -u rabbitmq)" ]; then
-    env "$@"
-  elif [ "$(id -u)" -eq 0 ]; then
-    runuser -u rabbitmq -- env "$@"
-  else
-    sudo runuser -u rabbitmq -- env "$@"
-  fi
-}
+as_rabbitmq() { runuser -u rabbitmq -- env "$@"; }
 
 # The environment every command about node $1 runs with: never the system
 # node's config, env file or plugins.
@@ -67,10 +61,8 @@ ensure_installed() {
   [ -x "$BIN/rabbitmq-server" ] && return
   command -v apt-get >/dev/null || die "rabbitmq-server is not installed and there is no apt-get"
   log "installing rabbitmq-server with apt"
-  local sudo=
-  [ "$(id -u)" -eq 0 ] || sudo=sudo
-  $sudo apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+  apt-get update -qq
+  env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
 }
 
 prepare() { # n
@@ -86,15 +78,25 @@ EOF
   chown -R rabbitmq:rabbitmq "$BASE"
 }
 
-running() { ctl "$1" -q status >/dev/null 2>&1; }
+# `rabbitmqctl status` refuses when the app is stopped, so it cannot tell a
+# stopped app from a dead VM: ping answers whenever the VM is up.
+vm_alive() { ctl "$1" -q ping >/dev/null 2>&1; }
 app_running() { ctl "$1" -q eval 'rabbit:is_running().' 2>/dev/null | grep -q true; }
 
-launch() { # n: boot node n's VM unless it is up
-  running "$1" && return 0
+launch() { # n: boot node n's VM unless it is alive; start its app if stopped
+  if vm_alive "$1"; then
+    app_running "$1" && return 0
+    log "starting the stopped app of $(node_name "$1")"
+    # In the background: a clustered app may wait for peers not started yet.
+    { ctl "$1" -q start_app >/dev/null 2>&1 || true; } &
+    return 0
+  fi
   log "starting $(node_name "$1") on 127.0.0.1:$(node_port "$1")"
-  # Returns 0 even when the node dies at boot: await_startup tells.
+  # Returns 0 even when the node dies at boot: await_startup tells. Booted
+  # in its own directory: the VM keeps the caller's working directory, and
+  # once that is deleted (a removed checkout) stop_app fails with enoent.
   # shellcheck disable=SC2046
-  as_rabbitmq $(node_env "$1") "$BIN/rabbitmq-server" -detached >/dev/null 2>&1 || true
+  (cd "$BASE/node$1" && as_rabbitmq $(node_env "$1") "$BIN/rabbitmq-server" -detached) >/dev/null 2>&1 || true
 }
 
 await_node() { # n
@@ -104,13 +106,8 @@ await_node() { # n
       return 0
     fi
     log "$(node_name "$n") not up yet (attempt $attempt)"
-    if running "$n"; then
-      # Booted but its app stopped (a test's stop_app): start it again.
-      ctl "$n" -q start_app >/dev/null 2>&1 || true
-    else
-      launch "$n"
-      sleep 2
-    fi
+    launch "$n"
+    sleep 2
   done
   die "$(node_name "$n") did not start; see $BASE/node$n/log"
 }
@@ -147,7 +144,7 @@ start() {
 stop() {
   local n
   for n in "${NODES[@]}"; do
-    if running "$n"; then
+    if vm_alive "$n"; then
       log "stopping $(node_name "$n")"
       ctl "$n" -q stop >/dev/null 2>&1 || true
     fi
@@ -157,9 +154,9 @@ stop() {
 status() {
   local n state
   for n in "${NODES[@]}"; do
-    if app_running "$n"; then state=running
-    elif running "$n"; then state="app stopped"
-    else state=down; fi
+    if ! vm_alive "$n"; then state="vm down"
+    elif app_running "$n"; then state="vm alive, app running"
+    else state="vm alive, app stopped"; fi
     echo "$(node_name "$n") 127.0.0.1:$(node_port "$n") $state"
   done
 }

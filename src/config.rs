@@ -298,20 +298,30 @@ pub struct RabbitMqConfig {
     /// never shown.
     #[serde(default)]
     pub url: Option<SecretUrl>,
-    /// The nodes of one cluster, each a URL like `url`. The backend connects
-    /// to them in a random order and, when its connection drops, goes on to
-    /// the next one.
+    /// The nodes of one cluster, each a URL like `url`, all with the vhost
+    /// and scheme (`amqp` or `amqps`) of the first (else connect fails with
+    /// a configuration error naming the entry); credentials may differ. The
+    /// backend tries them in a random order, each with its own
+    /// `connection_timeout_ms` (so N silent nodes take N times that), and,
+    /// when its connection drops, goes on to the next one. A node that goes
+    /// silent without closing the connection (a network loss) is left only
+    /// once two heartbeats are missed: after 2 x `heartbeat_interval_secs`.
     #[serde(default)]
     pub urls: Vec<SecretUrl>,
     /// The most messages one receive takes: the `basic.qos` window of the
     /// consumer each receive runs. Nothing is fetched ahead of a receive.
     #[serde(default = "defaults::prefetch_count")]
     pub prefetch_count: u16,
-    /// AMQP heartbeat interval, in seconds.
+    /// AMQP heartbeat interval, in seconds. A connection whose broker goes
+    /// silent without closing it is taken for lost after two missed
+    /// heartbeats (2 x this).
     #[serde(default = "defaults::heartbeat_interval_secs")]
     pub heartbeat_interval_secs: u16,
-    /// How long to wait for the broker before a call fails, in milliseconds;
-    /// with several nodes, for each node tried.
+    /// How long one attempt waits for the broker, in milliseconds: a request
+    /// or confirm, or opening a connection to one node (each node tried gets
+    /// its own). A call is retried by `retry_policy`, so it can take up to
+    /// (`max_retries` + 1) x this plus the backoffs: about 20 s with the
+    /// defaults.
     #[serde(default = "defaults::connection_timeout_ms")]
     pub connection_timeout_ms: u64,
     /// The broker's `consumer_timeout`, in milliseconds (RabbitMQ 3.10 default:

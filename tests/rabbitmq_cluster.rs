@@ -5,10 +5,15 @@
 //! Two backends, each given the three URLs, stream confirmed sends (one) and
 //! receive+delete (the other) through one quorum queue while the test stops
 //! for a few seconds (`stop_app`, then `start_app`): the queue's leader, the
-//! node the sender is connected to, then the node the receiver is connected
-//! to (holding leases, which must then be `LeaseExpired` and come back). It
-//! checks that no acknowledged send is lost and that no call hangs, and
-//! prints duplicates and how soon sends succeed again after each stop.
+//! node the sender is connected to (which must move), then the node the
+//! receiver is connected to (holding leases, which must then be
+//! `LeaseExpired` and come back). Then it kills the queue's leader outright
+//! (`erlang:halt()`, no goodbye to clients or peers) and boots it again with
+//! the script. A send that fails is retried with the same message until
+//! acknowledged (a failed send may still arrive: a duplicate, never counted
+//! as acknowledged). It checks that no acknowledged send is lost and that no
+//! call hangs, and prints failed sends, duplicates and how soon sends succeed
+//! again after each fault.
 
 mod common;
 
@@ -90,6 +95,63 @@ impl Drop for Stopped {
     }
 }
 
+/// A cluster node killed outright (its Erlang VM halted); booted again with
+/// the script's `start` when dropped, so a failing test leaves it running.
+struct Killed(u16);
+
+impl Killed {
+    async fn kill(node: u16) -> Self {
+        assert!((1..=3).contains(&node), "only the private cluster's nodes");
+        let killed = Self(node);
+        let n = node.to_string();
+        // The halt takes the CLI's connection with it: its exit code says nothing.
+        tokio::task::spawn_blocking(move || {
+            let _ = Command::new("bash")
+                .arg(SCRIPT)
+                .args(["ctl", &n, "-q", "eval", "erlang:halt()."])
+                .output();
+        })
+        .await
+        .expect("halt task");
+        let deadline = Instant::now() + CALL_BOUND;
+        while vm_alive(node).await {
+            assert!(
+                Instant::now() < deadline,
+                "node {node} survived erlang:halt()"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        killed
+    }
+
+    async fn start(self) {
+        std::mem::forget(self);
+        run_script(&["start"]).await;
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        eprintln!("booting killed node {} again", self.0);
+        let _ = Command::new("bash").arg(SCRIPT).arg("start").output();
+    }
+}
+
+/// Whether node `node`'s Erlang VM answers a ping.
+async fn vm_alive(node: u16) -> bool {
+    let n = node.to_string();
+    tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .arg(SCRIPT)
+            .args(["ctl", &n, "-q", "ping"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
+    .await
+    .expect("ping task")
+}
+
 /// `call`, failing the test if it takes longer than [`CALL_BOUND`].
 async fn bounded<T>(what: &str, call: impl Future<Output = T>) -> T {
     match tokio::time::timeout(CALL_BOUND, call).await {
@@ -132,7 +194,7 @@ async fn node_other_than(backend: &MessageBackend, node: u16) -> u16 {
 struct Log {
     /// Acknowledged sends: step id, when the call started and returned.
     acked: Vec<(Uuid, Instant, Instant)>,
-    /// Failed sends: when, and the error.
+    /// Failed sends (each retried with the same message): when, and the error.
     send_failures: Vec<(Instant, String)>,
     /// Receives per step id.
     received: HashMap<Uuid, u32>,
@@ -146,11 +208,14 @@ fn lock(log: &Mutex<Log>) -> std::sync::MutexGuard<'_, Log> {
     log.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One stop: which node, whose, and when.
+/// One stop: which node, whose, how, and when.
 struct Fault {
     what: &'static str,
     node: u16,
-    /// When `stop_app` was issued, and when it returned (the app stopped).
+    /// `stop_app` (graceful) or `halt` (hard kill).
+    how: &'static str,
+    /// When the stop was issued, and when it returned (the app stopped, or
+    /// the VM gone).
     at: Instant,
     stopped: Instant,
 }
@@ -209,11 +274,15 @@ async fn acknowledged_sends_survive_losing_the_leader_and_each_clients_node() {
             Arc::clone(&stop),
         );
         senders.push(tokio::spawn(async move {
+            let mut step = tasker_messaging::conformance::step();
             while !stop.load(Ordering::Relaxed) {
-                let step = tasker_messaging::conformance::step();
                 let at = Instant::now();
                 match bounded("send_message", backend.send_message(&queue, &step)).await {
-                    Ok(_) => lock(&log).acked.push((step.step_uuid, at, Instant::now())),
+                    Ok(_) => {
+                        lock(&log).acked.push((step.step_uuid, at, Instant::now()));
+                        step = tasker_messaging::conformance::step();
+                    }
+                    // Retried with the same message: it may have arrived.
                     Err(error) => {
                         lock(&log)
                             .send_failures
@@ -291,6 +360,7 @@ async fn acknowledged_sends_survive_losing_the_leader_and_each_clients_node() {
     faults.push(Fault {
         what: "queue leader",
         node: leader,
+        how: "stop_app",
         at,
         stopped: Instant::now(),
     });
@@ -305,9 +375,12 @@ async fn acknowledged_sends_survive_losing_the_leader_and_each_clients_node() {
     faults.push(Fault {
         what: "sender's node",
         node,
+        how: "stop_app",
         at,
         stopped: Instant::now(),
     });
+    let moved = node_other_than(&sender, node).await;
+    println!("sender moved from node {node} to node {moved}");
     tokio::time::sleep(DOWN_FOR).await;
     down.start().await;
     tokio::time::sleep(SETTLE).await;
@@ -315,7 +388,13 @@ async fn acknowledged_sends_survive_losing_the_leader_and_each_clients_node() {
     // 3. The node the receiver is connected to, while it holds leases:
     // they end with its connection, and their messages come back.
     hold.store(true, Ordering::Relaxed);
+    let deadline = Instant::now() + CALL_BOUND;
     while holding.load(Ordering::Relaxed) == 0 {
+        assert!(!consumer.is_finished(), "the consumer task ended early");
+        assert!(
+            Instant::now() < deadline,
+            "the consumer did not pause within {CALL_BOUND:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let held = bounded(
@@ -337,6 +416,7 @@ async fn acknowledged_sends_survive_losing_the_leader_and_each_clients_node() {
     faults.push(Fault {
         what: "receiver's node",
         node,
+        how: "stop_app",
         at,
         stopped: Instant::now(),
     });
@@ -356,6 +436,39 @@ async fn acknowledged_sends_survive_losing_the_leader_and_each_clients_node() {
     hold.store(false, Ordering::Relaxed);
     tokio::time::sleep(DOWN_FOR).await;
     down.start().await;
+    tokio::time::sleep(SETTLE).await;
+
+    // 4. The queue's leader, killed outright: clients and peers get no
+    // goodbye, and a send may fail (a confirm lost with the connection, or
+    // a nack while the survivors elect a leader) and be retried.
+    let leader: u16 = run_script(&["leader", &queue])
+        .await
+        .trim()
+        .parse()
+        .expect("leader number");
+    let (sender_node, receiver_node) = (node_of(&sender).await, node_of(&receiver).await);
+    let at = Instant::now();
+    let killed = Killed::kill(leader).await;
+    faults.push(Fault {
+        what: "queue leader",
+        node: leader,
+        how: "halt",
+        at,
+        stopped: Instant::now(),
+    });
+    for (who, backend, on) in [
+        ("sender", &sender, sender_node),
+        ("receiver", &receiver, receiver_node),
+    ] {
+        if on == leader {
+            let moved = node_other_than(backend, leader).await;
+            println!("{who} moved from killed node {leader} to node {moved}");
+        }
+    }
+    tokio::time::sleep(DOWN_FOR).await;
+    let restart = Instant::now();
+    killed.start().await;
+    println!("killed node {leader} back after {:?}", restart.elapsed());
     tokio::time::sleep(SETTLE).await;
 
     // Drain: everything acknowledged must arrive.
@@ -436,6 +549,7 @@ async fn acknowledged_sends_survive_losing_the_leader_and_each_clients_node() {
     bounded("delete_queue", sender.delete_queue(&queue))
         .await
         .expect("delete the queue");
+    println!("test took {:?}", started.elapsed());
 }
 
 fn record(log: &Mutex<Log>, got: &[QueuedMessage<SimpleStepMessage>]) {
@@ -486,9 +600,10 @@ fn report(log: &Log, faults: &[Fault], held: usize) {
             .max();
         let failed = log.send_failures.iter().filter(|(t, _)| within(*t)).count();
         println!(
-            "stop {} (node {}): stop_app took {:?}; longest gap between acknowledged sends {gap:?} (starting {gap_at:?} after the stop was issued); slowest acknowledged send started while the node was down {slowest_down:?}; {failed} failed sends; longest gap between receives that returned messages {receive_gap:?}",
+            "stop {} (node {}, {}): the stop took {:?}; longest gap between acknowledged sends {gap:?} (starting {gap_at:?} after the stop was issued); slowest acknowledged send started while the node was down {slowest_down:?}; {failed} failed sends; longest gap between receives that returned messages {receive_gap:?}",
             fault.what,
             fault.node,
+            fault.how,
             fault.stopped - fault.at
         );
     }

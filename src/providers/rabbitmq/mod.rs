@@ -120,8 +120,11 @@ impl fmt::Debug for RabbitMqMessageService {
 
 impl RabbitMqMessageService {
     /// Connects to `[rabbitmq] url`, or to one of `urls` (both connections),
-    /// failing if no node answers within `connection_timeout_ms`, with the queue, retry
-    /// and circuit-breaker settings of `config`. A config that fails
+    /// with the queue, retry and circuit-breaker settings of `config`. Each
+    /// node tried gets its own `connection_timeout_ms`, so connect fails
+    /// after up to N times that when none of N nodes answers. Once connected,
+    /// a call takes at most (`max_retries` + 1) x `connection_timeout_ms`
+    /// plus the retry backoffs (about 20 s with the defaults). A config that fails
     /// [`MessagingConfig::validate`] is refused first.
     pub async fn connect(config: &MessagingConfig) -> Result<Self, MessagingError> {
         config.validate()?;

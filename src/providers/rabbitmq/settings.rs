@@ -42,6 +42,13 @@ impl Transport {
         }
     }
 
+    fn scheme(self) -> &'static str {
+        match self {
+            Self::Plain => "amqp",
+            Self::Tls => "amqps",
+        }
+    }
+
     /// The port a URL without one means.
     fn default_port(self) -> u16 {
         match self {
@@ -54,6 +61,8 @@ impl Transport {
 /// One broker node: how to open a connection to it.
 struct Node {
     args: OpenConnectionArguments,
+    /// Plain or TLS: every node of a cluster must agree (with the vhost).
+    transport: Transport,
     /// The URL with its password redacted, for messages.
     shown: String,
     /// `host:port`, for messages and `connected_node`.
@@ -104,6 +113,7 @@ impl Node {
         };
         Ok(Self {
             args,
+            transport,
             shown,
             address,
         })
@@ -138,6 +148,22 @@ impl Settings {
             .enumerate()
             .map(|(i, url)| Node::parse(url, &key(i), config))
             .collect::<Result<Vec<_>, _>>()?;
+        // A failover must not move a backend to another namespace (vhost) or
+        // off TLS; credentials may differ per node.
+        let first = &nodes[0];
+        for (i, node) in nodes.iter().enumerate().skip(1) {
+            let vhost = node.args.get_virtual_host();
+            if vhost != first.args.get_virtual_host() || node.transport != first.transport {
+                return Err(MessagingError::Config(format!(
+                    "{} names vhost {vhost:?} over {}, but rabbitmq.urls[0] names vhost {:?} over {}: every node of a cluster must use the same vhost and scheme: {}",
+                    key(i),
+                    node.transport.scheme(),
+                    first.args.get_virtual_host(),
+                    first.transport.scheme(),
+                    node.shown
+                )));
+            }
+        }
         nodes.shuffle(&mut rand::thread_rng());
         Ok(Self {
             nodes,
@@ -161,7 +187,9 @@ impl Settings {
                 Err(error) if count == 1 => return Err(error),
                 Err(error) => {
                     tracing::debug!(node = self.nodes[index].address, %error, "RabbitMQ node unreachable; trying the next");
-                    failures.push(error.to_string());
+                    // Each node's own message, without the error kind's
+                    // prefix that the joined error carries once.
+                    failures.push(node_failure(&error));
                 }
             }
         }
@@ -215,6 +243,16 @@ impl Settings {
             ));
         }
         Ok(connection)
+    }
+}
+
+/// A node's failure for the all-nodes error, which already says
+/// "RabbitMQ connection error" once: a connection error's own message.
+fn node_failure(error: &MessagingError) -> String {
+    match error {
+        MessagingError::Connection { message, .. } => message.clone(),
+        MessagingError::Tls { message, .. } => format!("TLS: {message}"),
+        other => other.to_string(),
     }
 }
 
@@ -344,5 +382,44 @@ mod tests {
             assert!(text.contains(&node.address), "{text}");
         }
         assert!(!text.contains("hunter2"), "{text}");
+        assert_eq!(
+            text.matches("connection error").count(),
+            1,
+            "the kind once, not per node: {text}"
+        );
+    }
+
+    #[test]
+    fn the_nodes_of_a_cluster_share_a_vhost_and_a_scheme() {
+        let urls = |list: &[&str]| {
+            RabbitMqConfig::cluster(list.iter().map(|u| SecretUrl::parse(u).unwrap()).collect())
+        };
+        // Credentials may differ; `amqp://h`, `amqp://h/` and `%2f` all mean "/".
+        Settings::new(&urls(&[
+            "amqp://a:1@h1",
+            "amqp://b:2@h2/",
+            "amqp://c:3@h3/%2f",
+        ]))
+        .unwrap();
+        Settings::new(&urls(&["amqps://h1/v", "amqps://h2/v"])).unwrap();
+        for (list, named) in [
+            (
+                &["amqp://h1/a", "amqp://h2/a", "amqp://u:secret@h3/b"][..],
+                "rabbitmq.urls[2]",
+            ),
+            (
+                &["amqp://h1/", "amqps://u:secret@h2/"][..],
+                "rabbitmq.urls[1]",
+            ),
+        ] {
+            let e = Settings::new(&urls(list)).err().unwrap();
+            assert!(matches!(e, MessagingError::Config(_)), "{e}");
+            let text = e.to_string();
+            assert!(
+                text.contains(named) && text.contains("rabbitmq.urls[0]"),
+                "{text}"
+            );
+            assert!(!text.contains("secret"), "{text}");
+        }
     }
 }
