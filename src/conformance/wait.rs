@@ -96,9 +96,10 @@ pub async fn waiting_receive_sees_a_lease_that_ran_out(backend: &MessageBackend)
         "the expired lease's message comes back within the wait"
     );
     assert_eq!(got[0].message, message);
-    assert_eq!(
+    counted_once_more(
+        backend,
         got[0].metadata.receive_count,
-        first.metadata.receive_count + 1
+        first.metadata.receive_count,
     );
     cleanup(backend, &queue).await;
 }
@@ -196,9 +197,21 @@ async fn sees_the_old_side<O: MessagingService + Sync>(
         .expect("waiting receive");
     assert_eq!(got.len(), 1, "the old process's expired lease comes back");
     assert_eq!(got[0].message, message);
-    assert_eq!(
+    counted_once_more(
+        backend,
         got[0].metadata.receive_count,
-        first.metadata.receive_count + 1
+        first.metadata.receive_count,
     );
     cleanup(backend, &queue).await;
+}
+
+/// C28: a lease that ran out counts one more hand-out when it comes back;
+/// where counts are not exact (RabbitMQ), a hand-out no caller saw may
+/// count too, never fewer.
+fn counted_once_more(backend: &MessageBackend, count: u32, before: u32) {
+    if backend.capabilities().exact_receive_count {
+        assert_eq!(count, before + 1);
+    } else {
+        assert!(count > before, "receive_count {count} after {before}");
+    }
 }
