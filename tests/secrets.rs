@@ -7,32 +7,13 @@
 
 mod common;
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use common::logs::Captured;
+
+use std::time::Duration;
 
 use tasker_messaging::{MessageBackend, MessagingService, Provider, SecretUrl, SimpleStepMessage};
 
 const PASSWORD: &str = "hunter2-s3cr3t";
-
-/// Everything every tracing event wrote, at every level.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// A RabbitMQ user whose password is [`PASSWORD`], deleted when dropped.
 struct RabbitUser(String);
@@ -93,11 +74,7 @@ fn in_query(url: &str) -> SecretUrl {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_never_reach_errors_debug_or_logs() {
     let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
+    let subscriber = captured.subscriber();
     // Global, so events of the runtime's worker threads (where the providers'
     // background tasks log) are captured too; this binary has one test.
     tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
@@ -250,7 +227,7 @@ async fn passwords_never_reach_errors_debug_or_logs() {
         }
     }
 
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logs = captured.text();
     assert!(
         !logs.is_empty(),
         "tracing captured nothing; the test would prove nothing"

@@ -15,10 +15,11 @@
 
 mod common;
 
+use common::logs::Captured;
+
 use std::{
-    io::Write,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -201,34 +202,11 @@ async fn pg_unreadable_root_certificate_is_a_config_error() {
     assert!(!error.to_string().contains(PASSWORD), "{error}");
 }
 
-/// A writer that keeps everything logged.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn pg_unknown_parameters_are_refused_before_sqlx_logs_their_values() {
     let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let logged = || String::from_utf8_lossy(&captured.0.lock().unwrap()).to_string();
+    let _guard = tracing::subscriber::set_default(captured.subscriber());
+    let logged = || captured.text();
     // The hazard: sqlx itself logs an unknown parameter with its value.
     let probe = "sqlx-logs-this-value";
     let _ = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&format!(

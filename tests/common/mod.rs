@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod logs;
 pub mod outage;
 
 /// Serialises the tests of one binary that disturb a shared server (fault tests).
