@@ -8,9 +8,13 @@
 #   scripts/rabbitmq-cluster.sh urls             the nodes' AMQP URLs, one a line
 #   scripts/rabbitmq-cluster.sh ctl N ARGS...    rabbitmqctl on node N (1-3)
 #   scripts/rabbitmq-cluster.sh leader QUEUE     the node number leading QUEUE
+#   scripts/rabbitmq-cluster.sh certs            the TLS test certificates' directory
 #
 # Nodes tmcluster1..3@localhost listen on 127.0.0.1:5681-5683 (distribution
-# on 25681-25683), each with its own config, plugins (none), data and logs
+# on 25681-25683); node 1 also serves amqps on 127.0.0.1:5691 with
+# certificates from scripts/tls-certs.sh (in $BASE/certs; a client's
+# certificate is verified when it presents one, none is required). Each node
+# has its own config, plugins (none), data and logs
 # under $TASKER_CLUSTER_DIR (default /var/tmp/tasker-rabbitmq-cluster). They
 # run as the rabbitmq user and share its Erlang cookie. Needs root (or the
 # rabbitmq user) and rabbitmq-server installed (apt on a Debian machine).
@@ -18,6 +22,9 @@ set -euo pipefail
 
 BASE=${TASKER_CLUSTER_DIR:-/var/tmp/tasker-rabbitmq-cluster}
 BIN=/usr/lib/rabbitmq/bin
+HERE=$(cd "$(dirname "$0")" && pwd)
+CERTS="$BASE/certs"
+AMQPS_PORT=5691
 NODES=(1 2 3)
 STARTUP_TIMEOUT=${TASKER_CLUSTER_STARTUP_TIMEOUT:-90}
 
@@ -72,6 +79,16 @@ prepare() { # n
 listeners.tcp.local = 127.0.0.1:$(node_port "$n")
 loopback_users.guest = true
 EOF
+  if [ "$n" -eq 1 ]; then
+    cat >>"$dir/rabbitmq.conf" <<EOF
+listeners.ssl.default = 127.0.0.1:$AMQPS_PORT
+ssl_options.cacertfile = $CERTS/ca.pem
+ssl_options.certfile = $CERTS/server.pem
+ssl_options.keyfile = $CERTS/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+EOF
+  fi
   echo '[].' >"$dir/enabled_plugins"
   echo '[{kernel, [{inet_dist_use_interface, {127,0,0,1}}]}].' >"$dir/advanced.config"
   : >"$dir/rabbitmq-env.conf"
@@ -127,8 +144,13 @@ join() { # n
     || { cat "$out" >&2; die "$(node_name "$n") could not join $(node_name 1)"; }
 }
 
+# Node 1's amqps listener; a node booted before it was configured lacks it.
+has_amqps() { ctl 1 -q status 2>/dev/null | grep -q "port: $AMQPS_PORT.*amqp/ssl"; }
+
 start() {
   ensure_installed
+  command -v openssl >/dev/null || die "openssl is needed for the TLS certificates"
+  bash "$HERE/tls-certs.sh" "$CERTS"
   local n
   # All booted before any is awaited: a clustered node restarting waits for
   # the peers that stopped after it.
@@ -138,6 +160,13 @@ start() {
   done
   for n in "${NODES[@]}"; do await_node "$n"; done
   for n in 2 3; do join "$n"; done
+  if ! has_amqps; then
+    log "restarting $(node_name 1) to open amqps on 127.0.0.1:$AMQPS_PORT"
+    ctl 1 -q stop >/dev/null 2>&1 || true
+    launch 1
+    await_node 1
+    has_amqps || { ctl 1 status >&2 || true; die "$(node_name 1) has no amqps listener on $AMQPS_PORT"; }
+  fi
   status
 }
 
@@ -183,5 +212,6 @@ case "${1:-}" in
   urls) urls ;;
   ctl) shift; [ $# -ge 1 ] || die "usage: $0 ctl N ARGS..."; ctl "$@" ;;
   leader) [ $# -eq 2 ] || die "usage: $0 leader QUEUE"; leader "$2" ;;
-  *) die "usage: $0 start|stop|status|urls|ctl N ARGS...|leader QUEUE" ;;
+  certs) echo "$CERTS" ;;
+  *) die "usage: $0 start|stop|status|urls|ctl N ARGS...|leader QUEUE|certs" ;;
 esac

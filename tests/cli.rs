@@ -295,27 +295,32 @@ async fn migrate_moves_queues_and_dead_letters_to_the_target() {
 }
 
 /// `[rabbitmq.tls]` in the file reaches the binary: `health` over amqps to
-/// the private TLS node (scripts/rabbitmq-tls-node.sh) answers with the
-/// right CA, and exits 4 naming the certificate problem with another.
+/// the private cluster's node 1 (scripts/rabbitmq-cluster.sh, amqps on 5691)
+/// answers with the right CA, and exits 4 naming the certificate problem
+/// with another.
 #[test]
 fn health_over_amqps_reads_rabbitmq_tls() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq-tls-node.sh");
-    let started = Command::new("bash")
-        .args([script, "start"])
-        .output()
-        .expect("bash runs the script");
-    assert!(
-        started.status.success(),
-        "{script} start failed: {}{}",
-        text(&started.stdout),
-        text(&started.stderr)
-    );
-    let certs = "/var/tmp/tasker-rabbitmq-tls/certs";
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq-cluster.sh");
+    let run = |arg: &str| {
+        let output = Command::new("bash")
+            .args([script, arg])
+            .output()
+            .expect("bash runs the script");
+        assert!(
+            output.status.success(),
+            "{script} {arg} failed: {}{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        );
+        text(&output.stdout).trim().to_owned()
+    };
+    run("start");
+    let certs = run("certs");
     for (ca, code) in [("ca.pem", 0), ("wrong-ca.pem", 4)] {
         let path = config_file(
             Provider::RabbitMq,
             None,
-            "amqps://guest:guest@localhost:5692/%2f",
+            "amqps://guest:guest@localhost:5691/%2f",
         );
         let mut text_of = std::fs::read_to_string(&path).expect("read the config file");
         text_of.push_str(&format!("[rabbitmq.tls]\nca_file = \"{certs}/{ca}\"\n"));

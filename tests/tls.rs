@@ -5,9 +5,10 @@
 //! URL's `sslmode`/`sslrootcert` decide what is checked, and
 //! `pg_stat_ssl` shows whether the session really is encrypted.
 //!
-//! RabbitMQ: a private node with an amqps listener (tmtls@localhost, amqps
-//! on 5692, certificates from scripts/tls-certs.sh), started by
-//! scripts/rabbitmq-tls-node.sh; the tests fail loudly if it cannot start.
+//! RabbitMQ: node 1 of the private test cluster (tmcluster1@localhost)
+//! serves amqps on 5691 beside plain amqp on 5681, with certificates from
+//! scripts/tls-certs.sh; scripts/rabbitmq-cluster.sh starts it, and the tests
+//! fail loudly if it cannot.
 //!
 //! Every failure must be a typed `MessagingError::Tls` that names the
 //! certificate problem, come within the connection timeout, and never show
@@ -18,7 +19,7 @@ mod common;
 use common::logs::Captured;
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -35,34 +36,36 @@ const CONNECT_TIMEOUT_MS: u64 = 3_000;
 /// What a failing connect may take beyond its timeout on a loaded machine.
 const SLACK: Duration = Duration::from_secs(2);
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+const CLUSTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq-cluster.sh");
+
+/// Runs `scripts/rabbitmq-cluster.sh ARG` and returns its standard output;
+/// panics with the script's output if it fails.
+fn cluster_script(arg: &str) -> String {
+    let output = std::process::Command::new("bash")
+        .args([CLUSTER, arg])
+        .output()
+        .expect("bash runs scripts/rabbitmq-cluster.sh");
+    assert!(
+        output.status.success(),
+        "scripts/rabbitmq-cluster.sh {arg} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-/// The private amqps node's base directory (see the script).
-const NODE_BASE: &str = "/var/tmp/tasker-rabbitmq-tls";
-
-/// Starts the private amqps node once per test binary and returns its
-/// certificate directory; panics with the script's output if it cannot.
+/// Makes sure the private cluster runs (node 1 serves amqps on 5691, plain
+/// amqp on 5681) once per test binary, and returns the certificates' directory.
 fn tls_node() -> PathBuf {
-    static STARTED: Mutex<bool> = Mutex::new(false);
-    let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
-    if !*started {
-        let output = std::process::Command::new("bash")
-            .arg(repo().join("scripts/rabbitmq-tls-node.sh"))
-            .arg("start")
-            .output()
-            .expect("bash runs scripts/rabbitmq-tls-node.sh");
-        assert!(
-            output.status.success(),
-            "scripts/rabbitmq-tls-node.sh start failed ({}):\n{}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        *started = true;
-    }
-    Path::new(NODE_BASE).join("certs")
+    static CERTS: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut certs = CERTS.lock().unwrap_or_else(|p| p.into_inner());
+    certs
+        .get_or_insert_with(|| {
+            cluster_script("start");
+            PathBuf::from(cluster_script("certs"))
+        })
+        .clone()
 }
 
 /// A certificate authority that signed neither server's certificate.
@@ -404,7 +407,7 @@ async fn rabbitmq_amqps_with_the_right_ca_round_trips() {
     let tls = RabbitMqTlsConfig::new().ca_file(certs.join("ca.pem"));
     // By name and by address: the server certificate carries both.
     for host in ["localhost", "127.0.0.1"] {
-        let url = format!("amqps://guest:guest@{host}:5692/%2f");
+        let url = format!("amqps://guest:guest@{host}:5691/%2f");
         let config = rabbit_config(&url, tls.clone());
         let backend = common::connect(config, Provider::RabbitMq).await;
         round_trip(&backend).await;
@@ -417,7 +420,7 @@ async fn rabbitmq_amqps_presents_a_client_certificate() {
     let tls = RabbitMqTlsConfig::new()
         .ca_file(certs.join("ca.pem"))
         .client_auth(certs.join("client.pem"), certs.join("client.key"));
-    let config = rabbit_config("amqps://guest:guest@localhost:5692/%2f", tls);
+    let config = rabbit_config("amqps://guest:guest@localhost:5691/%2f", tls);
     let backend = common::connect(config, Provider::RabbitMq).await;
     round_trip(&backend).await;
     // The node verifies a certificate it is shown: one from another CA is refused.
@@ -427,7 +430,7 @@ async fn rabbitmq_amqps_presents_a_client_certificate() {
             certs.join("wrong-client.pem"),
             certs.join("wrong-client.key"),
         );
-    let url = format!("amqps://guest:{PASSWORD}@localhost:5692/%2f");
+    let url = format!("amqps://guest:{PASSWORD}@localhost:5691/%2f");
     let error = connect_fails(&rabbit_config(&url, tls)).await;
     // In TLS 1.3 the node refuses a client certificate after the client has
     // finished its handshake: the refusal arrives as an alert, or, when the
@@ -444,7 +447,7 @@ async fn rabbitmq_amqps_presents_a_client_certificate() {
 
 #[tokio::test]
 async fn rabbitmq_amqps_with_a_wrong_ca_fails_as_a_certificate_error() {
-    let url = format!("amqps://guest:{PASSWORD}@localhost:5692/%2f");
+    let url = format!("amqps://guest:{PASSWORD}@localhost:5691/%2f");
     let tls = RabbitMqTlsConfig::new().ca_file(wrong_ca());
     let error = connect_fails(&rabbit_config(&url, tls)).await;
     assert_tls_error(&error, "certificate is not trusted");
@@ -457,7 +460,7 @@ async fn rabbitmq_amqps_with_a_wrong_ca_fails_as_a_certificate_error() {
 #[tokio::test]
 async fn rabbitmq_amqps_to_a_plain_port_fails_as_a_tls_error() {
     let certs = tls_node();
-    let url = format!("amqps://guest:{PASSWORD}@localhost:5691/%2f");
+    let url = format!("amqps://guest:{PASSWORD}@localhost:5681/%2f");
     let tls = RabbitMqTlsConfig::new().ca_file(certs.join("ca.pem"));
     let error = connect_fails(&rabbit_config(&url, tls)).await;
     assert_tls_error(&error, "TLS handshake failed");
@@ -466,7 +469,7 @@ async fn rabbitmq_amqps_to_a_plain_port_fails_as_a_tls_error() {
 #[tokio::test]
 async fn rabbitmq_tls_files_are_checked_before_connecting() {
     let certs = tls_node();
-    let url = format!("amqps://guest:{PASSWORD}@localhost:5692/%2f");
+    let url = format!("amqps://guest:{PASSWORD}@localhost:5691/%2f");
     let missing = RabbitMqTlsConfig::new().ca_file("/nonexistent/ca.pem");
     let error = connect_fails(&rabbit_config(&url, missing)).await;
     assert!(matches!(error, MessagingError::Config(_)), "{error:?}");
@@ -484,7 +487,7 @@ async fn rabbitmq_tls_files_are_checked_before_connecting() {
         "{error}"
     );
     // TLS settings with a plain amqp:// URL are refused, not ignored.
-    let plain = format!("amqp://guest:{PASSWORD}@localhost:5691/%2f");
+    let plain = format!("amqp://guest:{PASSWORD}@localhost:5681/%2f");
     let tls = RabbitMqTlsConfig::new().ca_file(certs.join("ca.pem"));
     let error = connect_fails(&rabbit_config(&plain, tls)).await;
     assert!(error.to_string().contains("rabbitmq.tls"), "{error}");

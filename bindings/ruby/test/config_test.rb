@@ -75,30 +75,32 @@ class ConfigTest < Minitest::Test
   end
 
   # [rabbitmq.tls] reaches the Rust loader from arguments and the environment
-  # alike; the amqps node is the private one tests/tls.rs uses.
-  TLS_CERTS = "/var/tmp/tasker-rabbitmq-tls/certs"
+  # alike; the amqps listener is the private cluster's node 1 (port 5691),
+  # the one tests/tls.rs uses.
   TLS_SECRET = "hunter2-ruby-tls"
+  CLUSTER = File.join(TestSupport::REPO, "scripts/rabbitmq-cluster.sh")
 
+  # Starts the cluster if needed; returns the certificates' directory.
   def tls_node
-    out = IO.popen(["bash", File.join(TestSupport::REPO, "scripts/rabbitmq-tls-node.sh"), "start"],
-                   err: %i[child out], &:read)
-    assert $CHILD_STATUS.success?, "scripts/rabbitmq-tls-node.sh start failed:\n#{out}"
+    out = IO.popen(["bash", CLUSTER, "start"], err: %i[child out], &:read)
+    assert $CHILD_STATUS.success?, "scripts/rabbitmq-cluster.sh start failed:\n#{out}"
+    IO.popen(["bash", CLUSTER, "certs"], &:read).strip
   end
 
   def amqps(ca_file)
     { provider: :rabbitmq, config_file: file("messaging.toml"),
-      rabbitmq: { url: "amqps://guest:#{TLS_SECRET}@localhost:5692/%2f", connection_timeout_ms: 3000,
+      rabbitmq: { url: "amqps://guest:#{TLS_SECRET}@localhost:5691/%2f", connection_timeout_ms: 3000,
                   tls: { ca_file: ca_file } } }
   end
 
   def test_rabbitmq_tls_keys
-    tls_node
-    error = assert_raises(Services::TlsError) { Factory.create(**amqps(File.join(TLS_CERTS, "wrong-ca.pem"))) }
+    certs = tls_node
+    error = assert_raises(Services::TlsError) { Factory.create(**amqps(File.join(certs, "wrong-ca.pem"))) }
     assert_includes error.message, "UnknownIssuer"
     refute_includes error.message, TLS_SECRET
     refute error.transient?
-    with_env("TASKER_MESSAGING_RABBITMQ__TLS__CA_FILE" => File.join(TLS_CERTS, "ca.pem"),
-             "TASKER_MESSAGING_RABBITMQ__URL" => "amqps://guest:guest@localhost:5692/%2f") do
+    with_env("TASKER_MESSAGING_RABBITMQ__TLS__CA_FILE" => File.join(certs, "ca.pem"),
+             "TASKER_MESSAGING_RABBITMQ__URL" => "amqps://guest:guest@localhost:5691/%2f") do
       service = Factory.create(provider: :rabbitmq, config_file: file("messaging.toml"))
       assert service.healthy?, "amqps with the CA from the environment"
     end
