@@ -218,11 +218,13 @@ impl CircuitBreaker {
     }
 
     /// Reports a call's outcome. Only transient failures count against the
-    /// server: a `QueueNotFound` means it answered.
+    /// server: a `QueueNotFound` means it answered. A refusal (see
+    /// [`Refused`](super::Refused)) counts neither way.
     pub(crate) fn record<T>(&self, mut permit: Permit<'_>, result: &Result<T, MessagingError>) {
         if !self.config.enabled {
             return;
         }
+        let refused = matches!(result, Err(e) if e.is_refusal());
         let failed = matches!(result, Err(e) if e.is_transient());
         let mut inner = self.lock();
         if permit.trial {
@@ -230,6 +232,9 @@ impl CircuitBreaker {
             if let Inner::HalfOpen { in_flight, .. } = &mut *inner {
                 *in_flight = in_flight.saturating_sub(1);
             }
+        }
+        if refused {
+            return;
         }
         let open = Inner::Open {
             until: Instant::now() + Duration::from_millis(self.config.timeout_ms),
@@ -279,6 +284,28 @@ mod tests {
     fn call(b: &CircuitBreaker, outcome: Result<(), MessagingError>) {
         let permit = b.acquire().expect("admitted");
         b.record(permit, &outcome);
+    }
+
+    #[test]
+    fn refusals_from_a_server_that_answered_count_neither_way() {
+        let refused = || -> Result<(), MessagingError> {
+            Err(MessagingError::Provider {
+                provider: Provider::RabbitMq,
+                operation: "send_message",
+                message: "nacked".into(),
+                transient: true,
+                source: Some(Box::new(super::super::Refused)),
+            })
+        };
+        let b = breaker();
+        for _ in 0..5 {
+            call(&b, refused());
+        }
+        assert_eq!(b.state(), CircuitState::Closed, "refusals do not open it");
+        call(&b, transient());
+        call(&b, refused());
+        call(&b, transient());
+        assert_eq!(b.state(), CircuitState::Open, "nor reset the failures");
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,6 +25,22 @@ use crate::{MessagingError, Provider};
 /// racing the library's own timeout.
 pub(crate) const HEALTH_CHECK_BOUND: Duration = Duration::from_millis(900);
 
+/// The source of a transient error from a server that answered and refused
+/// one call (a RabbitMQ `basic.nack`): the call is retried, but the breaker,
+/// which tracks whether the server can be reached, does not count it. A
+/// quorum queue electing a leader nacks for a fraction of a second; counted,
+/// those nacks opened the circuit for every call for `timeout_ms`.
+#[derive(Debug, thiserror::Error)]
+#[error("the server answered and refused this call")]
+pub(crate) struct Refused;
+
+impl MessagingError {
+    /// Whether this is a transient refusal from a server that answered.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(self, Self::Provider { source: Some(source), .. } if source.is::<Refused>())
+    }
+}
+
 /// A provider's retry policy and circuit breaker.
 #[derive(Debug)]
 pub(crate) struct Resilience {

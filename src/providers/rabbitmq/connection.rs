@@ -99,7 +99,9 @@ impl Link {
         errors::connection("the RabbitMQ connection was lost", None)
     }
 
-    /// The confirm-mode publisher channel, reopened if the broker closed it.
+    /// The confirm-mode publisher channel, reopened if the broker closed it
+    /// or nacked a publish on it (the old one is then closed: a confirm
+    /// still due on it fails as lost, and its send is retried).
     pub(super) async fn publisher(&self) -> Result<Arc<Publisher>, MessagingError> {
         let current = || self.lock_publisher().clone().filter(|p| p.usable());
         if let Some(publisher) = current() {
@@ -117,7 +119,9 @@ impl Link {
             .await
             .map_err(|e| errors::call_error("open publisher channel", e, None))?;
         let publisher = Arc::new(publisher);
-        *self.lock_publisher() = Some(Arc::clone(&publisher));
+        if let Some(old) = self.lock_publisher().replace(Arc::clone(&publisher)) {
+            old.tracked().give_up();
+        }
         Ok(publisher)
     }
 

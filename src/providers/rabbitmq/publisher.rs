@@ -24,7 +24,7 @@ use super::{
     errors,
     properties::Outgoing,
 };
-use crate::{MessageId, MessagingError, Provider};
+use crate::{resilience::Refused, MessageId, MessagingError, Provider};
 
 /// How the broker settled one publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,11 @@ struct State {
     by_id: HashMap<String, u64>,
     /// Set once the channel can confirm nothing more.
     dead: bool,
+    /// Set by a nack. RabbitMQ 3.10 keeps nacking every later publish on a
+    /// channel whose quorum-queue client still names a leader that was
+    /// killed, for many seconds, while a new channel's publishes are taken
+    /// at once: the next send opens a new channel.
+    retired: bool,
 }
 
 /// The publishes of one channel that wait for their confirm.
@@ -100,6 +105,7 @@ impl Confirms {
         } else {
             state.by_tag.remove(&tag).into_iter().collect()
         };
+        state.retired |= outcome == Outcome::Nack;
         for waiting in settled {
             state.by_id.remove(&waiting.message_id);
             // The caller may have given up (timeout, dropped future).
@@ -127,8 +133,10 @@ impl Confirms {
         }
     }
 
-    fn is_dead(&self) -> bool {
-        self.lock().dead
+    /// Whether new publishes may go out on this channel.
+    fn accepts(&self) -> bool {
+        let state = self.lock();
+        !state.dead && !state.retired
     }
 }
 
@@ -170,7 +178,7 @@ impl Publisher {
 
     /// Whether publishes can still be confirmed on this channel.
     pub(super) fn usable(&self) -> bool {
-        self.channel.usable() && !self.confirms.is_dead()
+        self.channel.usable() && self.confirms.accepts()
     }
 
     /// Publishes `messages` in order to `queue` on the default exchange,
@@ -279,7 +287,7 @@ impl Pending {
                 operation: "send_message",
                 message: format!("the broker refused message {message_id} (basic.nack)"),
                 transient: true,
-                source: None,
+                source: Some(Box::new(Refused)),
             }),
             Ok(Ok((Outcome::Lost, _))) | Ok(Err(_)) => Err(errors::connection(
                 format!("the connection closed before message {message_id} was confirmed; it may or may not have been stored"),
@@ -301,7 +309,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn multiple_acks_settle_every_earlier_tag_and_returns_mark_not_found() {
+    fn confirms_settle_in_order_returns_mark_not_found_and_a_nack_retires_the_channel() {
         let confirms = Confirms::default();
         let mut one = confirms.register(1, "a").unwrap();
         let mut two = confirms.register(2, "b").unwrap();
@@ -311,8 +319,13 @@ mod tests {
         assert_eq!(one.try_recv().unwrap(), (Outcome::Ack, false));
         assert_eq!(two.try_recv().unwrap(), (Outcome::Ack, true));
         assert!(three.try_recv().is_err());
+        assert!(confirms.accepts());
+        confirms.settle(3, false, Outcome::Nack);
+        assert_eq!(three.try_recv().unwrap(), (Outcome::Nack, false));
+        assert!(!confirms.accepts(), "a nack retires the channel");
+        let mut four = confirms.register(4, "d").unwrap();
         confirms.fail_all();
-        assert_eq!(three.try_recv().unwrap(), (Outcome::Lost, false));
-        assert!(confirms.register(4, "d").is_none());
+        assert_eq!(four.try_recv().unwrap(), (Outcome::Lost, false));
+        assert!(confirms.register(5, "e").is_none());
     }
 }
