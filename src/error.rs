@@ -125,7 +125,8 @@ pub enum MessagingError {
         message: String,
         /// Whether retrying the same call can succeed.
         transient: bool,
-        /// The driver error.
+        /// The driver's error, or a marker of why the call failed (a
+        /// broker's refusal of a publish), if there is one.
         #[source]
         source: Option<BoxError>,
     },

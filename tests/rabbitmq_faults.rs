@@ -556,3 +556,86 @@ async fn a_stopped_broker_fails_fast_and_recovers_within_a_second() {
     .await;
     backend.delete_queue(&queue).await.expect("delete_queue");
 }
+
+/// (f) Sends to a queue whose broker nacks every publish (a policy of
+/// `max-length` 0 with `reject-publish`) run beside sends to a healthy queue
+/// on the same backend, so on the same publisher channel. A nack retires the
+/// channel for new publishes, but the sends still awaiting confirms on it get
+/// them: no healthy send fails, none is stored twice, and the refusals do not
+/// open the circuit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_on_one_queue_cost_a_healthy_queue_nothing() {
+    init_logs();
+    let _serial = common::serial().await;
+    let backend = Arc::new(backend().await);
+    let (refusing, healthy) = (queue_name("nacking"), queue_name("healthy"));
+    let pattern = format!("^{refusing}$");
+    let policy = r#"{"max-length":0,"overflow":"reject-publish"}"#;
+    rabbitmqctl(&[
+        "set_policy",
+        "-p",
+        VHOST,
+        "--apply-to",
+        "queues",
+        "tm-nacking",
+        &pattern,
+        policy,
+    ]);
+    backend.create_queue(&refusing).await.expect("create_queue");
+    backend.create_queue(&healthy).await.expect("create_queue");
+
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut tasks = Vec::new();
+    for i in 0..18 {
+        let (backend, queue) = (
+            Arc::clone(&backend),
+            if i < 2 {
+                refusing.clone()
+            } else {
+                healthy.clone()
+            },
+        );
+        tasks.push(tokio::spawn(async move {
+            let (mut acked, mut failed) = (0_u64, Vec::new());
+            while Instant::now() < until {
+                match backend.send_message(&queue, &step()).await {
+                    Ok(_) => acked += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (acked, failed)
+        }));
+    }
+    let (mut refused, mut healthy_acked, mut healthy_failed) = (0, 0, Vec::new());
+    for (i, task) in tasks.into_iter().enumerate() {
+        let (acked, failed) = task.await.expect("sender");
+        if i < 2 {
+            // A quorum queue checks its limit after enqueuing: the first
+            // publish may be taken.
+            assert!(acked <= 1, "the nacking queue stored {acked} messages");
+            refused += failed.len();
+        } else {
+            healthy_acked += acked;
+            healthy_failed.extend(failed);
+        }
+    }
+    rabbitmqctl(&["clear_policy", "-p", VHOST, "tm-nacking"]);
+    let stored = backend
+        .get_queue_stats(&healthy)
+        .await
+        .expect("stats")
+        .message_count;
+    println!("nacked sends {refused}, healthy sends acked {healthy_acked}, stored {stored}");
+    assert!(refused > 0, "the policy made the broker nack");
+    assert!(
+        healthy_failed.is_empty(),
+        "{} healthy sends failed, e.g. {:?}",
+        healthy_failed.len(),
+        healthy_failed.first()
+    );
+    assert_eq!(stored, healthy_acked, "a healthy send was stored twice");
+    let breaker = backend.circuit_breaker().expect("a circuit breaker");
+    assert_eq!(breaker.state(), CircuitState::Closed, "refusals opened it");
+    backend.delete_queue(&refusing).await.expect("delete_queue");
+    backend.delete_queue(&healthy).await.expect("delete_queue");
+}

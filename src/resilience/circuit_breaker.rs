@@ -281,6 +281,16 @@ mod tests {
         Err(MessagingError::connection(Provider::Pgmq, "down", None))
     }
 
+    fn refused() -> Result<(), MessagingError> {
+        Err(MessagingError::Provider {
+            provider: Provider::RabbitMq,
+            operation: "send_message",
+            message: "nacked".into(),
+            transient: true,
+            source: Some(Box::new(super::super::Refused)),
+        })
+    }
+
     fn call(b: &CircuitBreaker, outcome: Result<(), MessagingError>) {
         let permit = b.acquire().expect("admitted");
         b.record(permit, &outcome);
@@ -288,15 +298,6 @@ mod tests {
 
     #[test]
     fn refusals_from_a_server_that_answered_count_neither_way() {
-        let refused = || -> Result<(), MessagingError> {
-            Err(MessagingError::Provider {
-                provider: Provider::RabbitMq,
-                operation: "send_message",
-                message: "nacked".into(),
-                transient: true,
-                source: Some(Box::new(super::super::Refused)),
-            })
-        };
         let b = breaker();
         for _ in 0..5 {
             call(&b, refused());
@@ -329,6 +330,25 @@ mod tests {
         );
         b.record(trial, &Ok(()));
         assert_eq!(b.state(), CircuitState::HalfOpen);
+        call(&b, Ok(()));
+        assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_trial_frees_its_slot_and_decides_nothing() {
+        let b = breaker();
+        call(&b, transient());
+        call(&b, transient());
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        let trial = b.acquire().expect("one trial call");
+        b.record(trial, &refused());
+        assert_eq!(
+            b.state(),
+            CircuitState::HalfOpen,
+            "neither reopened nor closer"
+        );
+        call(&b, Ok(()));
+        assert_eq!(b.state(), CircuitState::HalfOpen, "one success of two");
         call(&b, Ok(()));
         assert_eq!(b.state(), CircuitState::Closed);
     }

@@ -27,9 +27,13 @@ pub(crate) const HEALTH_CHECK_BOUND: Duration = Duration::from_millis(900);
 
 /// The source of a transient error from a server that answered and refused
 /// one call (a RabbitMQ `basic.nack`): the call is retried, but the breaker,
-/// which tracks whether the server can be reached, does not count it. A
-/// quorum queue electing a leader nacks for a fraction of a second; counted,
-/// those nacks opened the circuit for every call for `timeout_ms`.
+/// which tracks whether the server can be reached, does not count it.
+///
+/// After a quorum queue's leader is killed, RabbitMQ 3.10 nacks every
+/// publish for many seconds on a channel that still names the old leader,
+/// and for about 0.1–0.2 s on a new one; so a nack retires its publisher
+/// channel, and the retried send goes out on a new one. Counted, those nacks
+/// opened the circuit for every call for `timeout_ms`.
 #[derive(Debug, thiserror::Error)]
 #[error("the server answered and refused this call")]
 pub(crate) struct Refused;

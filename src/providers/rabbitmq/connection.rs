@@ -100,8 +100,8 @@ impl Link {
     }
 
     /// The confirm-mode publisher channel, reopened if the broker closed it
-    /// or nacked a publish on it (the old one is then closed: a confirm
-    /// still due on it fails as lost, and its send is retried).
+    /// or nacked a publish on it (the old one is closed once the confirms
+    /// still due on it have arrived).
     pub(super) async fn publisher(&self) -> Result<Arc<Publisher>, MessagingError> {
         let current = || self.lock_publisher().clone().filter(|p| p.usable());
         if let Some(publisher) = current() {
@@ -120,7 +120,7 @@ impl Link {
             .map_err(|e| errors::call_error("open publisher channel", e, None))?;
         let publisher = Arc::new(publisher);
         if let Some(old) = self.lock_publisher().replace(Arc::clone(&publisher)) {
-            old.tracked().give_up();
+            old.retire();
         }
         Ok(publisher)
     }

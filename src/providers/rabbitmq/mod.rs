@@ -431,9 +431,17 @@ impl crate::service::provide::Provide for RabbitMqMessageService {
                 for (i, pending) in todo.into_iter().zip(pending) {
                     match pending.confirmed_by(deadline).await {
                         Ok(id) => lock(&confirmed)[i] = Some(id),
-                        // Report a permanent failure (no retry) over a transient one.
+                        // Report a permanent failure (no retry) over a
+                        // transient one, and an unreachable server over a
+                        // refusal, which the breaker does not count.
                         Err(error) => {
-                            if failure.as_ref().is_none_or(MessagingError::is_transient) {
+                            let rank = |e: &MessagingError| match (e.is_transient(), e.is_refusal())
+                            {
+                                (false, _) => 2,
+                                (true, false) => 1,
+                                (true, true) => 0,
+                            };
+                            if failure.as_ref().is_none_or(|f| rank(&error) > rank(f)) {
                                 failure = Some(error);
                             }
                         }

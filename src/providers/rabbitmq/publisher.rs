@@ -17,7 +17,10 @@ use amqprs::{
     channel::{BasicPublishArguments, ConfirmSelectArguments},
     connection::Connection,
 };
-use tokio::{sync::oneshot, time::Instant};
+use tokio::{
+    sync::{oneshot, Notify},
+    time::Instant,
+};
 
 use super::{
     channel::{CallError, TrackedChannel},
@@ -50,10 +53,7 @@ struct State {
     by_id: HashMap<String, u64>,
     /// Set once the channel can confirm nothing more.
     dead: bool,
-    /// Set by a nack. RabbitMQ 3.10 keeps nacking every later publish on a
-    /// channel whose quorum-queue client still names a leader that was
-    /// killed, for many seconds, while a new channel's publishes are taken
-    /// at once: the next send opens a new channel.
+    /// Set by a nack: the next send opens a new channel (see `Refused`).
     retired: bool,
 }
 
@@ -61,12 +61,34 @@ struct State {
 #[derive(Default)]
 pub(super) struct Confirms {
     state: Mutex<State>,
+    /// Signalled whenever the last waiting publish is settled or forgotten.
+    idle: Notify,
 }
 
 impl Confirms {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Critical sections only move map entries; a poisoned lock is consistent.
         crate::sync::lock(&self.state)
+    }
+
+    fn wake_if_idle(&self, state: &State) {
+        if state.by_tag.is_empty() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Returns once no publish waits for its confirm.
+    async fn settled(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a wake in between is kept.
+            notified.as_mut().enable();
+            if self.lock().by_tag.is_empty() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     fn register(&self, tag: u64, message_id: &str) -> Option<oneshot::Receiver<(Outcome, bool)>> {
@@ -92,6 +114,7 @@ impl Confirms {
         if let Some(waiting) = state.by_tag.remove(&tag) {
             state.by_id.remove(&waiting.message_id);
         }
+        self.wake_if_idle(&state);
     }
 
     /// An ack or nack for `tag` (and every earlier tag when `multiple`).
@@ -111,6 +134,7 @@ impl Confirms {
             // The caller may have given up (timeout, dropped future).
             let _ = waiting.reply.send((outcome, waiting.returned));
         }
+        self.wake_if_idle(&state);
     }
 
     /// A `basic.return` of the publish carrying `message_id`.
@@ -131,6 +155,7 @@ impl Confirms {
         for (_, waiting) in std::mem::take(&mut state.by_tag) {
             let _ = waiting.reply.send((Outcome::Lost, waiting.returned));
         }
+        self.wake_if_idle(&state);
     }
 
     /// Whether new publishes may go out on this channel.
@@ -179,6 +204,20 @@ impl Publisher {
     /// Whether publishes can still be confirmed on this channel.
     pub(super) fn usable(&self) -> bool {
         self.channel.usable() && self.confirms.accepts()
+    }
+
+    /// Closes the channel once the publishes already on it are settled, or
+    /// after the timeout: other sends may still await their confirms on a
+    /// channel that one nack retired, and closing at once would fail them
+    /// as lost (a retry, a duplicate, a failure counted by the breaker).
+    pub(super) fn retire(self: Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // Without a runtime the connection is gone too.
+        };
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(self.timeout, self.confirms.settled()).await;
+            self.channel.give_up();
+        });
     }
 
     /// Publishes `messages` in order to `queue` on the default exchange,
@@ -327,5 +366,28 @@ mod tests {
         confirms.fail_all();
         assert_eq!(four.try_recv().unwrap(), (Outcome::Lost, false));
         assert!(confirms.register(5, "e").is_none());
+    }
+
+    #[tokio::test]
+    async fn settled_waits_for_the_last_confirm_of_a_retired_channel() {
+        let confirms = Arc::new(Confirms::default());
+        confirms.settled().await; // nothing waits
+        let _one = confirms.register(1, "a").unwrap();
+        let _two = confirms.register(2, "b").unwrap();
+        confirms.settle(1, false, Outcome::Nack);
+        let waiter = tokio::spawn({
+            let confirms = Arc::clone(&confirms);
+            async move { confirms.settled().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "publish 2 still waits for its confirm"
+        );
+        confirms.settle(2, false, Outcome::Ack);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("settled once the last confirm arrived")
+            .unwrap();
     }
 }
