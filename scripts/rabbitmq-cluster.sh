@@ -144,8 +144,19 @@ join() { # n
     || { cat "$out" >&2; die "$(node_name "$n") could not join $(node_name 1)"; }
 }
 
-# Node 1's amqps listener; a node booted before it was configured lacks it.
-has_amqps() { ctl 1 -q status 2>/dev/null | grep -q "port: $AMQPS_PORT.*amqp/ssl"; }
+# Whether node 1 itself listens for amqps (asked of the node, not parsed
+# from `status`); a node booted before it was configured does not.
+has_amqps() {
+  ctl 1 -q eval "lists:member($AMQPS_PORT, [element(6, L) || L <- rabbit_networking:node_listeners(node())])." 2>/dev/null | grep -q true
+}
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# The TLS tests' earlier private node, which held the amqps port: stopped.
+stop_old_tls_node() {
+  runuser -u rabbitmq -- env HOME=/var/lib/rabbitmq "$BIN/rabbitmqctl" -n tmtls@localhost -q ping >/dev/null 2>&1 || return 0
+  log "stopping tmtls@localhost, which holds 127.0.0.1:$AMQPS_PORT"
+  runuser -u rabbitmq -- env HOME=/var/lib/rabbitmq "$BIN/rabbitmqctl" -n tmtls@localhost -q shutdown >/dev/null 2>&1 || true
+}
 
 start() {
   ensure_installed
@@ -161,8 +172,11 @@ start() {
   for n in "${NODES[@]}"; do await_node "$n"; done
   for n in 2 3; do join "$n"; done
   if ! has_amqps; then
+    stop_old_tls_node
+    ! port_open "$AMQPS_PORT" || die "another process holds 127.0.0.1:$AMQPS_PORT, which $(node_name 1) serves amqps on"
     log "restarting $(node_name 1) to open amqps on 127.0.0.1:$AMQPS_PORT"
-    ctl 1 -q stop >/dev/null 2>&1 || true
+    # shutdown (unlike stop) returns once the VM has exited.
+    ctl 1 -q shutdown >/dev/null 2>&1 || true
     launch 1
     await_node 1
     has_amqps || { ctl 1 status >&2 || true; die "$(node_name 1) has no amqps listener on $AMQPS_PORT"; }
@@ -175,7 +189,7 @@ stop() {
   for n in "${NODES[@]}"; do
     if vm_alive "$n"; then
       log "stopping $(node_name "$n")"
-      ctl "$n" -q stop >/dev/null 2>&1 || true
+      ctl "$n" -q shutdown >/dev/null 2>&1 || true
     fi
   done
 }

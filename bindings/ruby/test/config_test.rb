@@ -84,7 +84,9 @@ class ConfigTest < Minitest::Test
   def tls_node
     out = IO.popen(["bash", CLUSTER, "start"], err: %i[child out], &:read)
     assert $CHILD_STATUS.success?, "scripts/rabbitmq-cluster.sh start failed:\n#{out}"
-    IO.popen(["bash", CLUSTER, "certs"], &:read).strip
+    certs = IO.popen(["bash", CLUSTER, "certs"], &:read).strip
+    assert $CHILD_STATUS.success? && !certs.empty?, "scripts/rabbitmq-cluster.sh certs failed"
+    certs
   end
 
   def amqps(ca_file)
