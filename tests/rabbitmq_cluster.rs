@@ -41,6 +41,12 @@ const CALL_BOUND: Duration = Duration::from_secs(30);
 const DOWN_FOR: Duration = Duration::from_secs(5);
 /// Quiet time after a node is back, before the next stop.
 const SETTLE: Duration = Duration::from_secs(3);
+/// The consumer's lease: a receive whose answer was lost (its connection
+/// closing mid-call) may leave a delivery leased on a channel that stays
+/// open; it comes back when the lease ends, so the drain outlasts it.
+const LEASE: Duration = Duration::from_secs(10);
+/// How long the final drain waits for every acknowledged send.
+const DRAIN: Duration = Duration::from_secs(30);
 /// The cluster's first AMQP port is this plus 1.
 const PORT_BASE: u16 = 5680;
 
@@ -316,7 +322,7 @@ async fn acknowledged_sends_survive_losing_the_leader_and_each_clients_node() {
                     backend.receive_messages_wait::<SimpleStepMessage>(
                         &queue,
                         20,
-                        Duration::from_secs(60),
+                        LEASE,
                         Duration::from_millis(500),
                     ),
                 )
@@ -477,48 +483,39 @@ async fn acknowledged_sends_survive_losing_the_leader_and_each_clients_node() {
         task.await.expect("a sender failed");
     }
     consumer.await.expect("the consumer failed");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let missing = {
-            let log = lock(&log);
-            log.acked
-                .iter()
-                .filter(|(id, ..)| !log.received.contains_key(id))
-                .count()
-        };
-        if missing == 0 || Instant::now() > deadline {
-            break;
-        }
-        let got = bounded(
-            "receive_messages_wait",
-            receiver.receive_messages_wait::<SimpleStepMessage>(
-                &queue,
-                50,
-                Duration::from_secs(60),
-                Duration::from_secs(1),
-            ),
-        )
-        .await;
-        match got {
-            Ok(got) => {
-                record(&log, &got);
-                for message in got {
-                    let _ = bounded(
-                        "delete_message",
-                        receiver.delete_message(&queue, message.receipt()),
-                    )
-                    .await;
-                }
-            }
-            Err(error) => lock(&log)
-                .receive_failures
-                .push((Instant::now(), error.to_string())),
-        }
+    drain(&receiver, &queue, &log).await;
+    // RabbitMQ 3.10 strands a delivery checked out to a consumer that was
+    // already cancelled when its node was killed: the new leader marks the
+    // consumer's node down but never returns the delivery, even after the
+    // node is back, until the queue's leader changes again (seen in 2 of 5
+    // runs, 1 delivery each). Such a delivery is unacknowledged on the
+    // broker while this process holds no lease: a graceful leader change
+    // must bring back exactly the missing ones.
+    let missing = missing(&log);
+    let mut stranded = 0;
+    if missing > 0 {
+        let unacked = broker_unacked(&queue).await;
+        assert!(
+            unacked >= missing,
+            "{missing} acknowledged sends missing, and only {unacked} unacknowledged on the broker"
+        );
+        let leader: u16 = run_script(&["leader", &queue])
+            .await
+            .trim()
+            .parse()
+            .expect("leader number");
+        println!("{missing} missing with {unacked} unacknowledged on the broker: moving the leader off node {leader}");
+        Stopped::stop(leader).await.start().await;
+        drain(&receiver, &queue, &log).await;
+        stranded = missing - self::missing(&log);
     }
 
     {
         let log = lock(&log);
         report(&log, &faults, held.len());
+        println!(
+            "deliveries stranded by the hard kill and released by a leader change: {stranded}"
+        );
         let held_back = held
             .iter()
             .filter(|m| log.received.get(&m.message.step_uuid).copied().unwrap_or(0) >= 2)
@@ -534,12 +531,49 @@ async fn acknowledged_sends_survive_losing_the_leader_and_each_clients_node() {
             .map(|(id, ..)| id)
             .filter(|id| !log.received.contains_key(id))
             .collect();
-        assert!(
-            lost.is_empty(),
-            "{} of {} acknowledged sends were lost: {lost:?}",
-            lost.len(),
-            log.acked.len()
-        );
+        if !lost.is_empty() {
+            let when: Vec<String> = log
+                .acked
+                .iter()
+                .filter(|(id, ..)| lost.contains(&id))
+                .map(|(_, at, done)| {
+                    format!(
+                        "sent {:?}..{:?} after the start",
+                        at.duration_since(started),
+                        done.duration_since(started)
+                    )
+                })
+                .collect();
+            let faults: Vec<String> = faults
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{} {:?} after the start",
+                        f.what,
+                        f.at.duration_since(started)
+                    )
+                })
+                .collect();
+            let counts = std::process::Command::new("bash")
+                .args([
+                    SCRIPT,
+                    "ctl",
+                    "1",
+                    "-q",
+                    "list_queues",
+                    "name",
+                    "messages_ready",
+                    "messages_unacknowledged",
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            panic!(
+                "{} of {} acknowledged sends were lost: {lost:?}; {when:?}; faults {faults:?}; queues:\n{counts}",
+                lost.len(),
+                log.acked.len()
+            );
+        }
         assert!(
             log.acked.len() > 100,
             "too few sends to tell: {}",
@@ -549,7 +583,74 @@ async fn acknowledged_sends_survive_losing_the_leader_and_each_clients_node() {
     bounded("delete_queue", sender.delete_queue(&queue))
         .await
         .expect("delete the queue");
+    // Closed, not dropped: a runtime ending under a channel's close
+    // handshake would leave amqprs' dispatcher to panic on the way out.
+    for backend in [&sender, &receiver] {
+        bounded("close", backend.close()).await.expect("close");
+    }
     println!("test took {:?}", started.elapsed());
+}
+
+/// Receives and deletes until every acknowledged send has been received,
+/// or [`DRAIN`] has passed.
+async fn drain(receiver: &MessageBackend, queue: &str, log: &Mutex<Log>) {
+    let deadline = Instant::now() + DRAIN;
+    while missing(log) > 0 && Instant::now() < deadline {
+        let got = bounded(
+            "receive_messages_wait",
+            receiver.receive_messages_wait::<SimpleStepMessage>(
+                queue,
+                50,
+                LEASE,
+                Duration::from_secs(1),
+            ),
+        )
+        .await;
+        match got {
+            Ok(got) => {
+                record(log, &got);
+                for message in got {
+                    let _ = bounded(
+                        "delete_message",
+                        receiver.delete_message(queue, message.receipt()),
+                    )
+                    .await;
+                }
+            }
+            Err(error) => lock(log)
+                .receive_failures
+                .push((Instant::now(), error.to_string())),
+        }
+    }
+}
+
+/// How many acknowledged sends have not been received.
+fn missing(log: &Mutex<Log>) -> usize {
+    let log = lock(log);
+    log.acked
+        .iter()
+        .filter(|(id, ..)| !log.received.contains_key(id))
+        .count()
+}
+
+/// The broker's count of `queue`'s unacknowledged deliveries, asked of
+/// node 1 (every node is up when this is called).
+async fn broker_unacked(queue: &str) -> usize {
+    let out = run_script(&[
+        "ctl",
+        "1",
+        "-q",
+        "list_queues",
+        "name",
+        "messages_unacknowledged",
+        "--no-table-headers",
+    ])
+    .await;
+    out.lines()
+        .filter_map(|line| line.split_once('\t'))
+        .find(|(name, _)| name.trim() == queue)
+        .and_then(|(_, n)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{queue} not listed: {out}"))
 }
 
 fn record(log: &Mutex<Log>, got: &[QueuedMessage<SimpleStepMessage>]) {
