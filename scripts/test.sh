@@ -61,10 +61,11 @@ ensure_rabbitmq() {
   as_root rabbitmqctl await_startup >/dev/null 2>&1 || true
 }
 
-# The Ruby extension's build (magnus/rb-sys: ruby headers, libclang) and suite.
+# The Ruby extension's build (magnus/rb-sys: ruby headers, libclang), its
+# suite, and the gem's Bundler example.
 ensure_ruby() {
   local pkg missing=()
-  for pkg in ruby ruby-dev libclang-dev ruby-minitest; do
+  for pkg in ruby ruby-dev libclang-dev ruby-minitest ruby-bundler; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
   done
   if ((${#missing[@]})); then apt_install "${missing[@]}"; else log "Ruby toolchain present"; fi
@@ -101,10 +102,30 @@ log "cargo test"
 # The live suites are I/O-bound: run more cases at once than there are cores.
 RUST_TEST_THREADS=${RUST_TEST_THREADS:-8} cargo test --all-targets
 cargo test --doc
-log "Ruby suite (bindings/ruby/test)"
-# A debug build shares the test build's dependencies (no release tree to build).
-bash scripts/build-ruby-ext.sh --debug
-ruby_suite() { (cd bindings/ruby && MT_CPU=${MT_CPU:-6} ruby -Itest -e 'ARGV.each { |f| require File.expand_path(f) }' "$@"); }
+log "Ruby docs (rdoc: every public item documented)"
+rdoc_out=$(cd bindings/ruby && rdoc -C --dry-run lib 2>&1)
+grep -q "100.00% documented" <<<"$rdoc_out" || { printf '%s\n' "$rdoc_out" >&2; die "rdoc: undocumented Ruby API (above)"; }
+
+log "Ruby gem: gem build, then gem install --local into a temporary GEM_HOME, offline"
+bash scripts/build-gem.sh
+gem_home=$(mktemp -d)
+trap 'rm -rf "$gem_home"' EXIT
+# A debug build in the test build's target directory: it reuses the compiled
+# dependencies (a release build of the tree takes minutes more).
+CARGO_NET_OFFLINE=true TASKER_CORE_CARGO_PROFILE=dev CARGO_TARGET_DIR="$PWD/target" \
+  GEM_HOME="$gem_home" gem install --local --no-document target/gem/tasker_core-*.gem
+
+log "Ruby suite (bindings/ruby/test), through the installed gem"
+ruby_suite() {
+  (cd bindings/ruby && GEM_HOME="$gem_home" TASKER_CORE_GEM=1 MT_CPU=${MT_CPU:-6} \
+    ruby -Itest -e 'ARGV.each { |f| require File.expand_path(f) }' "$@")
+}
 ruby_suite test/contract_test.rb test/boundary_test.rb test/fork_test.rb test/types_test.rb test/wait_test.rb
 ruby_suite test/config_test.rb   # changes ENV: a process of its own
 ruby_suite test/threads_test.rb  # timed: alone
+
+log "Bundler example (bindings/ruby/examples/bundler), on PGMQ"
+# Bundler never compiles a path gem's extension: a debug build into lib/.
+bash scripts/build-ruby-ext.sh --debug
+(cd bindings/ruby/examples/bundler && export BUNDLE_PATH="$gem_home/bundle" &&
+  bundle install --local --quiet && bundle exec ruby worker.rb)

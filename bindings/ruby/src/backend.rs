@@ -242,6 +242,36 @@ impl Backend {
         })
     }
 
+    /// One outcome per receipt, in order: `true`, or the exception
+    /// `delete_message` would have raised for it (returned, not raised).
+    pub fn delete_messages(
+        ruby: &Ruby,
+        rb_self: &Self,
+        queue: String,
+        receipts: Vec<String>,
+    ) -> Result<RArray, Error> {
+        guard(ruby, || {
+            let receipts: Vec<ReceiptHandle> = receipts.into_iter().map(receipt_handle).collect();
+            let (queue, receipts) = (&queue, &receipts);
+            let outcomes =
+                rb_self.call(
+                    ruby,
+                    |b| async move { b.delete_messages(queue, receipts).await },
+                )?;
+            let array = ruby.ary_new_capa(outcomes.len());
+            for outcome in outcomes {
+                match outcome {
+                    Ok(()) => array.push(true)?,
+                    Err(error) => match errors::to_ruby(ruby, error).value() {
+                        Some(exception) => array.push(exception)?,
+                        None => array.push(false)?,
+                    },
+                }
+            }
+            Ok(array)
+        })
+    }
+
     pub fn change_message_visibility(
         ruby: &Ruby,
         rb_self: &Self,

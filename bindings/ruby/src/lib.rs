@@ -37,6 +37,10 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
         method!(backend::Backend::delete_message, 2),
     )?;
     backend.define_method(
+        "delete_messages",
+        method!(backend::Backend::delete_messages, 2),
+    )?;
+    backend.define_method(
         "change_message_visibility",
         method!(backend::Backend::change_message_visibility, 3),
     )?;

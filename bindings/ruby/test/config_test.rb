@@ -110,4 +110,25 @@ class ConfigTest < Minitest::Test
     assert_includes error.message, "rabbitmq.tls.ca_file"
     refute_includes error.message, TLS_SECRET
   end
+
+  # rabbitmq.urls (a cluster's nodes) as an override: the backend connects
+  # to a node that answers (here the machine's own; the other port refuses),
+  # and url with urls is a ConfigurationError naming both keys, with no
+  # password in it.
+  def test_rabbitmq_url_list
+    dead = "amqp://guest:#{TLS_SECRET}@127.0.0.1:1/%2f"
+    # A file without rabbitmq.url: an override cannot remove a key.
+    nodes = { provider: :rabbitmq, config_file: file("in_memory.toml") }
+    3.times do # the order is shuffled: the dead node comes first in some
+      service = Factory.create(**nodes, rabbitmq: { urls: [dead, TestSupport::AMQP_URL], connection_timeout_ms: 2000 })
+      assert service.healthy?
+      service.close
+    end
+    error = assert_raises(Services::ConfigurationError) do
+      Factory.create(**nodes, rabbitmq: { url: TestSupport::AMQP_URL, urls: [dead] })
+    end
+    assert_includes error.message, "rabbitmq.url"
+    assert_includes error.message, "rabbitmq.urls"
+    refute_includes error.message, TLS_SECRET
+  end
 end

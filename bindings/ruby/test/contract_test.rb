@@ -270,6 +270,50 @@ module ContractCases
     service.delete_queue(queue) if queue && self.class::PROVIDER != :in_memory
   end
 
+  # C32 from Ruby: one outcome per receipt, in order; a receipt given twice
+  # is LeaseExpired the second time, a malformed one InvalidReceipt; nothing
+  # is raised for them.
+  def test_delete_messages_returns_one_outcome_per_receipt
+    with_queue("delmany") do |queue|
+      service.send_batch(queue, [TestSupport.step, TestSupport.step])
+      got = []
+      deadline = TestSupport.now + 5
+      while got.size < 2 && TestSupport.now < deadline
+        got.concat(service.receive_messages(queue, max_messages: 2 - got.size, visibility_timeout: 30))
+      end
+      assert_equal 2, got.size
+      receipts = got.map { |m| m[:receipt_handle] }
+      outcomes = service.delete_messages(queue, receipts + [receipts.first, "not-a-receipt"])
+      assert_equal [true, true], outcomes.first(2)
+      assert_kind_of Services::LeaseExpired, outcomes[2]
+      assert_kind_of Services::InvalidReceipt, outcomes[3]
+      assert_equal [], service.delete_messages(queue, [])
+      assert_empty service.receive_messages(queue)
+    end
+  end
+
+  # MessageServiceFactory.open with a block closes the service when the
+  # block ends, also by an exception, and returns the block's value.
+  def test_open_with_a_block_closes_the_service
+    kept = nil
+    value = Services::MessageServiceFactory.open(
+      provider: self.class::PROVIDER, **TestSupport.overrides
+    ) do |opened|
+      kept = opened
+      refute opened.closed?
+      opened.healthy? && :done
+    end
+    assert_equal :done, value
+    assert kept.closed?, "open closed the service after the block"
+    assert_raises(ArgumentError) do
+      Services::MessageServiceFactory.open(provider: self.class::PROVIDER, **TestSupport.overrides) do |opened|
+        kept = opened
+        raise ArgumentError, "the block failed"
+      end
+    end
+    assert kept.closed?, "open closed the service after the block raised"
+  end
+
   def test_healthy_and_provider
     assert_equal true, service.healthy?
     assert_equal self.class::PROVIDER, service.provider

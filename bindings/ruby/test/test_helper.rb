@@ -7,8 +7,15 @@ require "minitest/autorun"
 require "securerandom"
 require "timeout"
 
-$LOAD_PATH.unshift File.expand_path("../lib", __dir__)
+# TASKER_CORE_GEM=1: test the installed gem (scripts/test.sh installs it
+# into a temporary GEM_HOME); otherwise this checkout's lib/, with the
+# extension scripts/build-ruby-ext.sh put there.
+LIB_DIR = File.expand_path("../lib", __dir__)
+$LOAD_PATH.unshift LIB_DIR unless ENV["TASKER_CORE_GEM"] == "1"
 require "tasker_core"
+if ENV["TASKER_CORE_GEM"] == "1" && !Gem.loaded_specs.key?("tasker_core")
+  abort "TASKER_CORE_GEM=1, but tasker_core was not loaded from an installed gem"
+end
 
 module TestSupport
   REPO = File.expand_path("../../..", __dir__)

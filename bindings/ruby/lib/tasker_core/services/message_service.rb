@@ -13,8 +13,10 @@ module TaskerCore
     #   { receipt_handle:, message:,
     #     metadata: { message_id:, enqueued_at:, receive_count:, visibility_timeout_expires: } }
     class MessageService
+      # The NamespaceQueueRouter of [queues] pattern.
       attr_reader :router
 
+      # Wraps a native backend; make one with MessageServiceFactory.create.
       def initialize(native)
         @native = native
         pattern, @namespaces, @default_visibility_timeout, @max_receive_count = native.queues_config
@@ -70,6 +72,15 @@ module TaskerCore
       # Removes a received message for good. LeaseExpired once its lease ended.
       def delete_message(queue_name, receipt_handle)
         @native.delete_message(queue_name.to_s, receipt_handle.to_s)
+      end
+
+      # Deletes many received messages at once (one statement on PGMQ, acks
+      # back to back on RabbitMQ). Returns one outcome per receipt, in order:
+      # true, or the MessagingError delete_message would have raised for it
+      # (LeaseExpired, InvalidReceipt), returned rather than raised. Raises
+      # only for the call as a whole (QueueNotFound, ConnectionError, ...).
+      def delete_messages(queue_name, receipt_handles)
+        @native.delete_messages(queue_name.to_s, Array(receipt_handles).map(&:to_s))
       end
 
       # Moves the lease's end to now + visibility_timeout; 0 releases it at once.

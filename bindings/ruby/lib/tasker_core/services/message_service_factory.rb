@@ -20,6 +20,23 @@ module TaskerCore
         MessageService.new(TaskerCore::Native::Backend.connect(json, config_file&.to_s))
       end
 
+      # Like create, but with a block: yields the service, closes it when the
+      # block ends (normally or by an exception) and returns the block's
+      # value. Without a block, the same as create.
+      #   MessageServiceFactory.open(provider: :pgmq) do |service|
+      #     service.send_message("orders_queue", step)
+      #   end
+      def open(provider: nil, config_file: nil, **overrides)
+        service = create(provider: provider, config_file: config_file, **overrides)
+        return service unless block_given?
+
+        begin
+          yield service
+        ensure
+          service.close
+        end
+      end
+
       # The configuration from the file and the environment alone.
       def from_env
         create

@@ -5,10 +5,13 @@ module TaskerCore
     # Maps a namespace to its queue by a pattern ("{namespace}_queue" by
     # default): the Rust NamespaceQueueRouter, called through the extension.
     class NamespaceQueueRouter
+      # The pattern when none is configured.
       DEFAULT_PATTERN = "{namespace}_queue"
 
+      # The pattern, with "{namespace}" where the namespace goes.
       attr_reader :pattern
 
+      # A router for +pattern+ (it must contain "{namespace}").
       def initialize(pattern = DEFAULT_PATTERN)
         @pattern = pattern.to_s
         @native = TaskerCore::Native::Router.new(@pattern)
