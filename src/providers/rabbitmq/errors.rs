@@ -7,7 +7,7 @@
 //! itself is wrong (404, 403, 406, ...) is not: the broker answered.
 
 use super::channel::{CallError, Closed};
-use crate::{BoxError, MessagingError, Provider};
+use crate::{resilience::Refused, BoxError, MessagingError, Provider};
 
 /// AMQP reply code: the named queue (or exchange) does not exist.
 pub(super) const NOT_FOUND: u16 = 404;
@@ -34,6 +34,18 @@ pub(super) fn connection(
         message,
         source.map(|e| Box::new(e) as BoxError),
     )
+}
+
+/// A publish the broker refused (`basic.nack`): transient, and marked
+/// [`Refused`] so the circuit breaker does not count it.
+pub(super) fn refused(message: impl Into<String>) -> MessagingError {
+    MessagingError::Provider {
+        provider: Provider::RabbitMq,
+        operation: "send_message",
+        message: message.into(),
+        transient: true,
+        source: Some(Box::new(Refused)),
+    }
 }
 
 /// Maps a failed channel request. `queue` names the queue a 404 refers to;

@@ -76,8 +76,13 @@ use std::{
 use tokio::{sync::watch, time::Instant};
 
 use self::{
-    admin::Admin, connection::DataConnection, inner::Inner, leases::ExtendError,
-    properties::Outgoing, publisher::Pending, settings::Settings,
+    admin::Admin,
+    connection::DataConnection,
+    inner::Inner,
+    leases::ExtendError,
+    properties::Outgoing,
+    publisher::{Pending, Publish},
+    settings::Settings,
 };
 use crate::{
     codec, lease,
@@ -226,8 +231,19 @@ impl RabbitMqMessageService {
         messages: Vec<Outgoing>,
     ) -> Result<Vec<Pending>, MessagingError> {
         let link = self.inner.data.link().await?;
-        let publisher = link.publisher().await?;
-        publisher.publish(queue, messages).await
+        let mut messages = messages;
+        // A nack elsewhere can retire the channel between `publisher()` and
+        // the publish; the messages then go out on the new one. Bounded:
+        // under a storm of nacks the send fails as refused, and is retried.
+        for _ in 0..3 {
+            match link.publisher().await?.publish(queue, messages).await? {
+                Publish::Sent(pending) => return Ok(pending),
+                Publish::Retired(unsent) => messages = unsent,
+            }
+        }
+        Err(errors::refused(
+            "the broker kept refusing publishes, on three channels in turn",
+        ))
     }
 }
 

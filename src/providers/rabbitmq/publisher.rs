@@ -27,7 +27,7 @@ use super::{
     errors,
     properties::Outgoing,
 };
-use crate::{resilience::Refused, MessageId, MessagingError, Provider};
+use crate::{MessageId, MessagingError};
 
 /// How the broker settled one publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +163,19 @@ impl Confirms {
         let state = self.lock();
         !state.dead && !state.retired
     }
+
+    fn retired(&self) -> bool {
+        self.lock().retired
+    }
+}
+
+/// What [`Publisher::publish`] did with the messages.
+pub(super) enum Publish {
+    /// Published: one confirm to wait for per message.
+    Sent(Vec<Pending>),
+    /// Nothing published: a nack retired the channel after the caller got
+    /// it; the messages go out on the next publisher channel.
+    Retired(Vec<Outgoing>),
 }
 
 /// A confirm-mode channel for publishing.
@@ -215,7 +228,15 @@ impl Publisher {
             return; // Without a runtime the connection is gone too.
         };
         runtime.spawn(async move {
-            let _ = tokio::time::timeout(self.timeout, self.confirms.settled()).await;
+            let drained = async {
+                self.confirms.settled().await;
+                // A publish that got this channel before it retired holds
+                // or awaits this lock; once it is ours, every later one
+                // sees `retired` and leaves: the last confirms are these.
+                let _publishing = self.last_tag.lock().await;
+                self.confirms.settled().await;
+            };
+            let _ = tokio::time::timeout(self.timeout, drained).await;
             self.channel.give_up();
         });
     }
@@ -230,9 +251,12 @@ impl Publisher {
         &self,
         queue: &str,
         messages: Vec<Outgoing>,
-    ) -> Result<Vec<Pending>, MessagingError> {
+    ) -> Result<Publish, MessagingError> {
         let lost = || errors::connection("the publisher channel is closed", None);
         let mut tag = self.last_tag.lock().await;
+        if self.confirms.retired() {
+            return Ok(Publish::Retired(messages));
+        }
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
             if !self.channel.usable() {
@@ -272,7 +296,7 @@ impl Publisher {
                 timeout: self.timeout,
             });
         }
-        Ok(pending)
+        Ok(Publish::Sent(pending))
     }
 }
 
@@ -321,13 +345,9 @@ impl Pending {
         match tokio::time::timeout_at(deadline, reply).await {
             Ok(Ok((Outcome::Ack, false))) => Ok(MessageId::new(message_id)),
             Ok(Ok((Outcome::Ack, true))) => Err(MessagingError::QueueNotFound { queue }),
-            Ok(Ok((Outcome::Nack, _))) => Err(MessagingError::Provider {
-                provider: Provider::RabbitMq,
-                operation: "send_message",
-                message: format!("the broker refused message {message_id} (basic.nack)"),
-                transient: true,
-                source: Some(Box::new(Refused)),
-            }),
+            Ok(Ok((Outcome::Nack, _))) => Err(errors::refused(format!(
+                "the broker refused message {message_id} (basic.nack)"
+            ))),
             Ok(Ok((Outcome::Lost, _))) | Ok(Err(_)) => Err(errors::connection(
                 format!("the connection closed before message {message_id} was confirmed; it may or may not have been stored"),
                 None,
