@@ -75,8 +75,22 @@ impl Arrivals {
         }
     }
 
-    /// Wakes every receiver waiting on `queue`.
-    pub(crate) fn notify(&self, queue: &str) {
+    /// `count` messages arrived on `queue` (or became receivable again):
+    /// wakes as many of its waiting receivers, so that a steady stream wakes
+    /// one receiver per message, not every waiter of the process. A receiver
+    /// woken while it is busy keeps the wake for its next wait; one that
+    /// leaves without using its wake passes it on (see [`receive_wait`]).
+    pub(crate) fn notify(&self, queue: &str, count: usize) {
+        if let Some(signal) = self.lock().get(queue) {
+            for _ in 0..count.min(signal.waiters) {
+                signal.notify.notify_one();
+            }
+        }
+    }
+
+    /// Wakes every receiver waiting on `queue`: it was deleted, and each
+    /// must see `QueueNotFound`.
+    pub(crate) fn notify_all(&self, queue: &str) {
         if let Some(signal) = self.lock().get(queue) {
             signal.notify.notify_waiters();
         }
@@ -129,14 +143,23 @@ where
     let poll = service.queues_config().wait_poll_interval();
     let deadline = deadline(wait);
     let waiter = arrivals.wait_on(queue);
+    let mut wake = Wake {
+        notify: &waiter.notify,
+        held: false,
+    };
     loop {
-        // Registered before the receive, so an arrival during it is not missed.
+        // Registered before the receive, so an arrival during it is not
+        // missed; if this receive returns messages, dropping it hands a wake
+        // it got meanwhile to another waiter.
         let notified = waiter.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        // An error, or a drop at this await, passes a held wake on.
         let got = service
             .receive_messages(queue, max_messages, visibility_timeout)
             .await?;
+        // A full batch may have left more behind: the next waiter looks too.
+        wake.held &= got.len() >= max_messages;
         let now = Instant::now();
         let nap = match deadline {
             _ if !got.is_empty() => return Ok(got),
@@ -144,15 +167,36 @@ where
             Some(deadline) => (deadline - now).min(poll),
             None => poll,
         };
-        tokio::select! {
-            () = &mut notified => {}
-            () = tokio::time::sleep(nap) => {}
+        // Woken, found nothing (another receiver, maybe in another process,
+        // took it): wait again, no query until the next wake or poll.
+        wake.held = tokio::select! {
+            () = &mut notified => true,
+            () = tokio::time::sleep(nap) => false,
+        };
+    }
+}
+
+/// A wake one waiter took and has not yet used: a receiver that leaves with
+/// it (an error, a dropped future, a full batch) hands it to another waiter.
+struct Wake<'a> {
+    notify: &'a Notify,
+    held: bool,
+}
+
+impl Drop for Wake<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.notify.notify_one();
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+
+    use futures_util::FutureExt;
+
     use super::*;
 
     #[test]
@@ -176,6 +220,44 @@ mod tests {
         let _ = far_future() + Duration::from_millis(1);
     }
 
+    /// How many of `waiting` a wake reached (those are then done).
+    fn woken(waiting: &mut Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>>) -> usize {
+        let before = waiting.len();
+        waiting.retain_mut(|n| n.as_mut().now_or_never().is_none());
+        before - waiting.len()
+    }
+
+    #[test]
+    fn an_arrival_wakes_one_waiter_and_an_unused_wake_passes_on() {
+        let arrivals = Arrivals::default();
+        let waiters: Vec<_> = (0..4).map(|_| arrivals.wait_on("q")).collect();
+        let mut waiting: Vec<_> = waiters
+            .iter()
+            .map(|w| Box::pin(w.notify.notified()))
+            .collect();
+        waiting.iter_mut().for_each(|n| {
+            n.as_mut().enable();
+        });
+        arrivals.notify("q", 1);
+        assert_eq!(woken(&mut waiting), 1, "one message, one receiver");
+        arrivals.notify("q", 2);
+        assert_eq!(woken(&mut waiting), 2, "a batch of two, two receivers");
+        // A receiver that leaves with its wake unused hands it on.
+        drop(Wake {
+            notify: &waiters[0].notify,
+            held: true,
+        });
+        assert_eq!(woken(&mut waiting), 1);
+        drop(Wake {
+            notify: &waiters[0].notify,
+            held: false,
+        });
+        let mut late = vec![Box::pin(waiters[1].notify.notified())];
+        assert_eq!(woken(&mut late), 0, "a used wake is not passed on");
+        arrivals.notify_all("q");
+        assert_eq!(woken(&mut late), 1, "a deleted queue wakes everyone");
+    }
+
     #[test]
     fn the_last_waiter_removes_the_signal() {
         let arrivals = Arrivals::default();
@@ -189,7 +271,8 @@ mod tests {
         assert_eq!(arrivals.len(), 1);
         drop(other);
         assert_eq!(arrivals.len(), 0);
-        arrivals.notify("q");
+        arrivals.notify("q", 1);
+        arrivals.notify_all("q");
         assert_eq!(arrivals.len(), 0, "notify creates nothing");
     }
 

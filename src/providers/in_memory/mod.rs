@@ -111,7 +111,7 @@ impl crate::service::provide::Provide for InMemoryMessageService {
         let id = self.with_queue(queue, |q| {
             Ok(MessageId::new(q.push(body.into()).to_string()))
         })?;
-        self.arrivals.notify(queue);
+        self.arrivals.notify(queue, 1);
         Ok(id)
     }
 
@@ -125,13 +125,13 @@ impl crate::service::provide::Provide for InMemoryMessageService {
             return Ok(Vec::new());
         }
         let bodies = codec::encode_all(messages, self.config.max_message_bytes)?;
-        let ids = self.with_queue(queue, |q| {
+        let ids: Vec<MessageId> = self.with_queue(queue, |q| {
             Ok(bodies
                 .into_iter()
                 .map(|body| MessageId::new(q.push(body.into()).to_string()))
                 .collect())
         })?;
-        self.arrivals.notify(queue);
+        self.arrivals.notify(queue, ids.len());
         Ok(ids)
     }
 
@@ -209,12 +209,13 @@ impl crate::service::provide::Provide for InMemoryMessageService {
         if let (false, Some(dlq_name)) = (dead.is_empty(), dlq_name) {
             // Recreated if it was deleted on its own: a dead letter is never dropped.
             let dlq = queues.entry(dlq_name.clone()).or_default();
+            let moved = dead.len();
             for (id, body, reason) in dead {
                 dlq.push(body);
                 self.dead_letters.log_move(queue, &id.to_string(), reason);
             }
             drop(queues);
-            self.arrivals.notify(&dlq_name);
+            self.arrivals.notify(&dlq_name, moved);
         }
         Ok(delivered)
     }
@@ -284,7 +285,7 @@ impl crate::service::provide::Provide for InMemoryMessageService {
                 .ok_or_else(|| Self::lease_expired(queue, receipt))
         })?;
         if secs == 0 {
-            self.arrivals.notify(queue);
+            self.arrivals.notify(queue, 1);
         }
         Ok(())
     }
@@ -301,7 +302,7 @@ impl crate::service::provide::Provide for InMemoryMessageService {
                 .then_some(())
                 .ok_or_else(|| Self::lease_expired(queue, receipt))
         })?;
-        self.arrivals.notify(queue);
+        self.arrivals.notify(queue, 1);
         Ok(())
     }
 
@@ -348,9 +349,9 @@ impl crate::service::provide::Provide for InMemoryMessageService {
             }
         }
         // Waiters find the queue gone and leave, and their signal with them.
-        self.arrivals.notify(queue);
+        self.arrivals.notify_all(queue);
         if let Some(dlq) = &dlq {
-            self.arrivals.notify(dlq);
+            self.arrivals.notify_all(dlq);
         }
         Ok(())
     }

@@ -101,7 +101,9 @@ async fn listen(pool: PgPool, arrivals: Weak<Arrivals>) {
                 Ok(()) => loop {
                     match listener.recv().await {
                         Ok(notification) => match arrivals.upgrade() {
-                            Some(arrivals) => arrivals.notify(notification.payload()),
+                            // One per insert statement: a batch wakes one
+                            // receiver, which passes it on if it fills its batch.
+                            Some(arrivals) => arrivals.notify(notification.payload(), 1),
                             None => return,
                         },
                         Err(error) => {
