@@ -147,7 +147,8 @@ join() { # n
 # Whether node 1 itself listens for amqps (asked of the node, not parsed
 # from `status`); a node booted before it was configured does not.
 has_amqps() {
-  ctl 1 -q eval "lists:member($AMQPS_PORT, [element(6, L) || L <- rabbit_networking:node_listeners(node())])." 2>/dev/null | grep -q true
+  # #listener{node, protocol, host, ip_address, port, opts}
+  ctl 1 -q eval "lists:any(fun(L) -> element(3, L) =:= 'amqp/ssl' andalso element(6, L) =:= $AMQPS_PORT end, rabbit_networking:node_listeners(node()))." 2>/dev/null | grep -q true
 }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -173,7 +174,11 @@ start() {
   for n in 2 3; do join "$n"; done
   if ! has_amqps; then
     stop_old_tls_node
-    ! port_open "$AMQPS_PORT" || die "another process holds 127.0.0.1:$AMQPS_PORT, which $(node_name 1) serves amqps on"
+    if port_open "$AMQPS_PORT"; then
+      local holder
+      holder=$(ss -Hltnp "sport = :$AMQPS_PORT" 2>/dev/null || true)
+      die "another process holds 127.0.0.1:$AMQPS_PORT, which $(node_name 1) serves amqps on: ${holder:-unknown (no ss)}"
+    fi
     log "restarting $(node_name 1) to open amqps on 127.0.0.1:$AMQPS_PORT"
     # shutdown (unlike stop) returns once the VM has exited.
     ctl 1 -q shutdown >/dev/null 2>&1 || true
