@@ -36,7 +36,12 @@ unless %w[release dev].include?(profile)
   abort "tasker_core: TASKER_CORE_CARGO_PROFILE must be release or dev, not #{profile.inspect}"
 end
 kept_target = ENV.key?("CARGO_TARGET_DIR")
-target = kept_target ? File.expand_path(ENV.fetch("CARGO_TARGET_DIR")) : File.join(Dir.pwd, "target")
+# RubyGems runs this from a directory of its own: a relative path would land
+# somewhere the caller never meant.
+if kept_target && !File.absolute_path?(ENV.fetch("CARGO_TARGET_DIR"))
+  abort "tasker_core: CARGO_TARGET_DIR must be an absolute path, not #{ENV.fetch('CARGO_TARGET_DIR').inspect}"
+end
+target = kept_target ? ENV.fetch("CARGO_TARGET_DIR") : File.join(Dir.pwd, "target")
 out_dir = profile == "dev" ? "debug" : "release"
 library = "libtasker_messaging_ruby.#{RbConfig::CONFIG['host_os'].match?(/darwin/) ? 'dylib' : 'so'}"
 built = File.join(target, out_dir, library)
@@ -52,12 +57,13 @@ File.write("Makefile", <<~MAKE)
   all: #{extension}
 
   #{extension}: FORCE
-  \t#{build.shelljoin}
+  \t#{build.shelljoin}#{kept_target ? '' : " || { rm -rf #{target.shellescape}; exit 1; }"}
   \tcp #{built.shellescape} #{extension}
 
   install: #{extension}
   \tmkdir -p "$(DESTDIR)$(sitearchdir)/tasker_core"
   \tcp #{extension} "$(DESTDIR)$(sitearchdir)/tasker_core/#{extension}"
+  \trm -f #{extension}
   #{kept_target ? '' : "\trm -rf #{target.shellescape}"}
 
   clean:
