@@ -45,6 +45,29 @@ impl Provider {
     }
 }
 
+impl Provider {
+    /// Whether this build includes the provider: `in_memory` always, `pgmq`
+    /// and `rabbitmq` with the cargo features of those names. A
+    /// configuration naming a provider left out fails
+    /// [`MessagingConfig::validate`] with a [`MessagingError::Config`] that
+    /// names the feature.
+    pub fn is_enabled(self) -> bool {
+        match self {
+            Self::Pgmq => cfg!(feature = "pgmq"),
+            Self::RabbitMq => cfg!(feature = "rabbitmq"),
+            Self::InMemory => true,
+        }
+    }
+}
+
+/// The error for a configuration that selects `provider` in a build without it.
+pub(crate) fn disabled(provider: Provider) -> MessagingError {
+    MessagingError::Config(format!(
+        "provider \"{provider}\" is not in this build: enable tasker-messaging's \
+         `{provider}` cargo feature"
+    ))
+}
+
 impl fmt::Display for Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.tag())
@@ -563,6 +586,9 @@ impl MessagingConfig {
     /// Fails unless the section `provider` needs is present; `key` is the
     /// setting that selected it.
     fn require_section(&self, provider: Provider, key: &str) -> Result<(), MessagingError> {
+        if !provider.is_enabled() {
+            return Err(disabled(provider));
+        }
         let missing = match provider {
             Provider::Pgmq if self.pgmq.is_none() => "pgmq.database_url",
             Provider::RabbitMq if self.rabbitmq.is_none() => "rabbitmq.url",

@@ -2,11 +2,15 @@
 //! names, receipts, encoding, leases and dead-letter policy are shared.
 
 mod in_memory;
+#[cfg(feature = "pgmq")]
 mod pgmq;
+#[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 
 pub use self::in_memory::InMemoryMessageService;
+#[cfg(feature = "pgmq")]
 pub use self::pgmq::PgmqMessageService;
+#[cfg(feature = "rabbitmq")]
 pub use self::rabbitmq::RabbitMqMessageService;
 
 use crate::{dead_letter::DeadLetterPolicy, QueuesConfig};
