@@ -197,6 +197,41 @@ pub struct QueueStats {
     pub migration: Option<Box<crate::MigrationStats>>,
 }
 
+impl QueueStats {
+    /// Stats of `queue_name` with `message_count` ready messages and every
+    /// other count unknown (`None`): for a test double of
+    /// [`MessagingService`](crate::MessagingService). Set the rest with the
+    /// `with_*` methods or the public fields.
+    pub fn new(queue_name: impl Into<String>, message_count: u64) -> Self {
+        Self {
+            queue_name: queue_name.into(),
+            message_count,
+            in_flight_count: None,
+            oldest_message_age_seconds: None,
+            dead_letter_count: None,
+            migration: None,
+        }
+    }
+
+    /// With `in_flight_count` known.
+    pub fn with_in_flight_count(mut self, count: u64) -> Self {
+        self.in_flight_count = Some(count);
+        self
+    }
+
+    /// With the oldest message's age known, in seconds.
+    pub fn with_oldest_message_age_seconds(mut self, seconds: i64) -> Self {
+        self.oldest_message_age_seconds = Some(seconds);
+        self
+    }
+
+    /// With `dead_letter_count` known.
+    pub fn with_dead_letter_count(mut self, count: u64) -> Self {
+        self.dead_letter_count = Some(count);
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

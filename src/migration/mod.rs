@@ -8,6 +8,12 @@
 //! that side, which checks the rest (the queue incarnation, or the RabbitMQ
 //! backend that received it) as a plain backend would, so a receipt a plain
 //! backend issued before the switch keeps working where it would there.
+//!
+//! The migrating service and its sides need both cargo features, `pgmq` and
+//! `rabbitmq`; [`MigrationStats`] and [`MigrationConfig`] are always there.
+//! The types are also at the crate root.
+
+pub use crate::config::MigrationConfig;
 
 #[cfg(all(feature = "pgmq", feature = "rabbitmq"))]
 mod service;
