@@ -94,14 +94,31 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets -- -D warnings
+cargo clippy --all-targets --features conformance,cli -- -D warnings
 cargo clippy -p tasker-messaging-ruby --all-targets -- -D warnings
+
+# Each provider on its own, and the in-memory queue alone: the library
+# builds, lints and passes its unit tests without the other provider's
+# dependencies (none of them is in the tree).
+for features in "pgmq" "rabbitmq" ""; do
+  set_name=${features:-in-memory only}
+  log "cargo clippy + test --lib, --no-default-features --features '$features' ($set_name)"
+  cargo clippy --lib --no-default-features --features "$features" -- -D warnings
+  cargo test --lib --quiet --no-default-features --features "$features"
+done
+tree_count() { cargo tree -e normal --no-default-features --features "$1" | grep -c "$2" || true; }
+[ "$(tree_count rabbitmq sqlx)" = 0 ] || die "--features rabbitmq alone builds sqlx"
+[ "$(tree_count pgmq amqprs)" = 0 ] || die "--features pgmq alone builds amqprs"
+
 log "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet --features conformance
 log "cargo test"
 # The live suites are I/O-bound: run more cases at once than there are cores.
-RUST_TEST_THREADS=${RUST_TEST_THREADS:-8} cargo test --all-targets
-cargo test --doc
+# `cli` builds the binary for tests/cli.rs.
+RUST_TEST_THREADS=${RUST_TEST_THREADS:-8} cargo test --all-targets --features cli
+log "doctests (every MessagingService method's example, the README's)"
+cargo test --doc --features cli
 log "Ruby docs (rdoc: every public item documented)"
 rdoc_out=$(cd bindings/ruby && rdoc -C --dry-run lib 2>&1)
 grep -q "100.00% documented" <<<"$rdoc_out" || { printf '%s\n' "$rdoc_out" >&2; die "rdoc: undocumented Ruby API (above)"; }

@@ -32,7 +32,77 @@ pub struct Capabilities {
     pub exact_receive_count: bool,
 }
 
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Capabilities {
+    /// Nothing guaranteed beyond the contract (every field `false`): for a
+    /// test double of [`MessagingService`](crate::MessagingService). Turn
+    /// on what the double offers with the `with_*` methods or the fields:
+    ///
+    /// ```
+    /// use tasker_messaging::Capabilities;
+    ///
+    /// let caps = Capabilities::new().with_atomic_batch(true).with_exact_in_flight(true);
+    /// assert!(caps.atomic_batch && !caps.durable);
+    /// ```
+    pub const fn new() -> Self {
+        Self {
+            atomic_batch: false,
+            exact_in_flight: false,
+            message_ages_known: false,
+            broker_confirmed_delete: false,
+            durable: false,
+            portable_receipts: false,
+            exact_receive_count: false,
+        }
+    }
+
+    /// Sets [`atomic_batch`](Self::atomic_batch).
+    pub const fn with_atomic_batch(mut self, on: bool) -> Self {
+        self.atomic_batch = on;
+        self
+    }
+
+    /// Sets [`exact_in_flight`](Self::exact_in_flight).
+    pub const fn with_exact_in_flight(mut self, on: bool) -> Self {
+        self.exact_in_flight = on;
+        self
+    }
+
+    /// Sets [`message_ages_known`](Self::message_ages_known).
+    pub const fn with_message_ages_known(mut self, on: bool) -> Self {
+        self.message_ages_known = on;
+        self
+    }
+
+    /// Sets [`broker_confirmed_delete`](Self::broker_confirmed_delete).
+    pub const fn with_broker_confirmed_delete(mut self, on: bool) -> Self {
+        self.broker_confirmed_delete = on;
+        self
+    }
+
+    /// Sets [`durable`](Self::durable).
+    pub const fn with_durable(mut self, on: bool) -> Self {
+        self.durable = on;
+        self
+    }
+
+    /// Sets [`portable_receipts`](Self::portable_receipts).
+    pub const fn with_portable_receipts(mut self, on: bool) -> Self {
+        self.portable_receipts = on;
+        self
+    }
+
+    /// Sets [`exact_receive_count`](Self::exact_receive_count).
+    pub const fn with_exact_receive_count(mut self, on: bool) -> Self {
+        self.exact_receive_count = on;
+        self
+    }
+
     /// PGMQ: one statement per batch, a transaction per delete, a table to count.
     pub(crate) const PGMQ: Self = Self {
         atomic_batch: true,

@@ -1,5 +1,18 @@
-//! `MessagingConfig` and its figment loading: a TOML file, then
-//! `TASKER_MESSAGING_*` environment variables (`__` separates nesting).
+//! The configuration: [`MessagingConfig`] and its sections, loaded with
+//! figment from a TOML file, then `TASKER_MESSAGING_*` environment variables
+//! (`__` separates nesting), or built in code
+//! ([`MessagingConfig::in_memory`], [`MessagingConfig::pgmq`],
+//! [`MessagingConfig::rabbitmq`] and the `with_*` setters).
+//!
+//! Every type here is also at the crate root.
+
+pub use crate::resilience::{CircuitBreakerConfig, RetryPolicy};
+pub use crate::secret::{InvalidUrl, SecretUrl};
+/// The figment crate, whose [`Figment`] [`MessagingConfig::figment`] and
+/// [`MessagingConfig::layered`] return: merge more providers from it
+/// (`figment::providers::Serialized`, ...) without depending on it yourself.
+pub use figment;
+pub use figment::Figment;
 
 use std::{
     fmt,
@@ -7,16 +20,10 @@ use std::{
     time::Duration,
 };
 
-use figment::{
-    providers::{Env, Format, Toml},
-    Figment,
-};
+use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    lease::MAX_VISIBILITY_TIMEOUT, queue_name, CircuitBreakerConfig, MessagingError, RetryPolicy,
-    SecretUrl,
-};
+use crate::{lease::MAX_VISIBILITY_TIMEOUT, queue_name, MessagingError};
 
 /// Which queue provider a [`MessageBackend`](crate::MessageBackend) talks to.
 #[non_exhaustive]
@@ -45,16 +52,66 @@ impl Provider {
     }
 }
 
+impl Provider {
+    /// Whether this build includes the provider: `in_memory` always, `pgmq`
+    /// and `rabbitmq` with the cargo features of those names. A
+    /// configuration naming a provider left out fails
+    /// [`MessagingConfig::validate`] with a [`MessagingError::Config`] that
+    /// names the feature.
+    pub fn is_enabled(self) -> bool {
+        match self {
+            Self::Pgmq => cfg!(feature = "pgmq"),
+            Self::RabbitMq => cfg!(feature = "rabbitmq"),
+            Self::InMemory => true,
+        }
+    }
+}
+
+/// The error for a configuration that selects `provider` in a build without it.
+pub(crate) fn disabled(provider: Provider) -> MessagingError {
+    MessagingError::Config(format!(
+        "provider \"{provider}\" is not in this build: enable tasker-messaging's \
+         `{provider}` cargo feature"
+    ))
+}
+
 impl fmt::Display for Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.tag())
     }
 }
 
-/// The whole configuration. Load it with [`MessagingConfig::load`]; every
+/// The whole configuration. Load it with [`MessagingConfig::load`] (a TOML
+/// file and `TASKER_MESSAGING_*` variables), or build it in code; every
 /// field has a default except the selected provider's URL.
+///
+/// In code, start from [`in_memory`](Self::in_memory),
+/// [`pgmq`](Self::pgmq) or [`rabbitmq`](Self::rabbitmq), then chain the
+/// `with_*` setters (or set the public fields of a `let mut` binding, e.g.
+/// `config.queues.namespaces`):
+///
+/// ```
+/// use std::time::Duration;
+/// use tasker_messaging::{MessagingConfig, SecretUrl};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let url: SecretUrl = "postgres://app:hunter2@localhost/app".parse()?;
+/// let config = MessagingConfig::pgmq(url)
+///     .with_max_receive_count(3)
+///     .with_default_visibility_timeout(Duration::from_secs(60))
+///     .with_max_message_bytes(64 * 1024);
+/// config.validate()?;
+/// // The effective configuration, secrets redacted:
+/// let shown = serde_json::to_string(&config)?;
+/// assert!(shown.contains("app:***@localhost") && !shown.contains("hunter2"));
+/// # Ok(()) }
+/// ```
+///
+/// `Serialize` writes every key the way a configuration file would set
+/// it, except that the passwords in URLs are `***` (see [`SecretUrl`]): the
+/// output is for showing, not for loading back.
 #[non_exhaustive]
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MessagingConfig {
     /// The provider `MessageBackend::connect` builds.
@@ -88,7 +145,7 @@ pub struct MessagingConfig {
 /// The two providers must differ, and neither may be `in_memory` (its queues
 /// live in one process: there is nothing another process could take over).
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationConfig {
     /// The provider being migrated to.
@@ -109,7 +166,7 @@ pub const MAX_RECEIVE_COUNT: u32 = 100_000;
 
 /// The `[queues]` section, shared by every provider.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueuesConfig {
     /// How a namespace maps to a queue name; must contain `{namespace}`.
@@ -229,6 +286,18 @@ impl PgmqConfig {
             max_send_group: defaults::max_send_group(),
         }
     }
+
+    /// `pool_size`: the most connections the pool opens.
+    pub fn with_pool_size(mut self, pool_size: u32) -> Self {
+        self.pool_size = pool_size;
+        self
+    }
+
+    /// `connection_timeout_ms`, from a `Duration` (whole milliseconds).
+    pub fn with_connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
 }
 
 impl RabbitMqConfig {
@@ -256,6 +325,24 @@ impl RabbitMqConfig {
         }
     }
 
+    /// `prefetch_count`: the most messages one receive takes.
+    pub fn with_prefetch_count(mut self, prefetch_count: u16) -> Self {
+        self.prefetch_count = prefetch_count;
+        self
+    }
+
+    /// `connection_timeout_ms`, from a `Duration` (whole milliseconds).
+    pub fn with_connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// The `[rabbitmq.tls]` files for an `amqps://` URL.
+    pub fn with_tls(mut self, tls: RabbitMqTlsConfig) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// The nodes to connect to: `url`, or else `urls`.
     /// [`MessagingConfig::validate`] refuses a section with both or neither.
     pub fn nodes(&self) -> &[SecretUrl] {
@@ -268,7 +355,7 @@ impl RabbitMqConfig {
 
 /// The `[pgmq]` section.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PgmqConfig {
     /// `postgres://user:password@host:port/database`; the password is never shown.
@@ -291,12 +378,12 @@ pub struct PgmqConfig {
 /// The `[rabbitmq]` section: one node (`url`) or the nodes of a cluster
 /// (`urls`), never both.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitMqConfig {
     /// One node: `amqp://user:password@host:port/vhost`; the password is
     /// never shown.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<SecretUrl>,
     /// The nodes of one cluster, each a URL like `url`, all with the vhost
     /// and scheme (`amqp` or `amqps`) of the first (else connect fails with
@@ -306,7 +393,7 @@ pub struct RabbitMqConfig {
     /// when its connection drops, goes on to the next one. A node that goes
     /// silent without closing the connection (a network loss) is left only
     /// once two heartbeats are missed: after 2 x `heartbeat_interval_secs`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<SecretUrl>,
     /// The most messages one receive takes: the `basic.qos` window of the
     /// consumer each receive runs. Nothing is fetched ahead of a receive.
@@ -345,7 +432,7 @@ pub struct RabbitMqConfig {
 /// The `[rabbitmq.tls]` section: PEM files for `amqps://`. Unreadable or
 /// invalid files fail `connect` with a `Config` error naming the key.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RabbitMqTlsConfig {
     /// The CA certificate(s) the broker's certificate must chain to. Without
@@ -406,6 +493,110 @@ mod defaults {
 }
 
 impl MessagingConfig {
+    /// The in-memory provider, every other key at its default.
+    pub fn in_memory() -> Self {
+        Self::default()
+    }
+
+    /// PGMQ at `database_url` (`postgres://user:password@host:port/db`),
+    /// every other key at its default. [`MessageBackend::connect`](crate::MessageBackend::connect)
+    /// refuses it with a `Config` error unless the `pgmq` cargo feature is on.
+    pub fn pgmq(database_url: SecretUrl) -> Self {
+        Self::default().with_pgmq(PgmqConfig::new(database_url))
+    }
+
+    /// RabbitMQ at one node's `url` (`amqp://user:password@host:port/vhost`,
+    /// or `amqps://`), every other key at its default.
+    /// [`MessageBackend::connect`](crate::MessageBackend::connect) refuses it
+    /// with a `Config` error unless the `rabbitmq` cargo feature is on.
+    pub fn rabbitmq(url: SecretUrl) -> Self {
+        Self::default().with_rabbitmq(RabbitMqConfig::new(url))
+    }
+
+    /// Selects PGMQ with this `[pgmq]` section.
+    pub fn with_pgmq(mut self, pgmq: PgmqConfig) -> Self {
+        self.provider = Provider::Pgmq;
+        self.pgmq = Some(pgmq);
+        self
+    }
+
+    /// Selects RabbitMQ with this `[rabbitmq]` section (one node, or a
+    /// cluster with [`RabbitMqConfig::cluster`]).
+    pub fn with_rabbitmq(mut self, rabbitmq: RabbitMqConfig) -> Self {
+        self.provider = Provider::RabbitMq;
+        self.rabbitmq = Some(rabbitmq);
+        self
+    }
+
+    /// Adds a `[migration]` to `to`, whose section must be set too (with
+    /// [`with_pgmq`](Self::with_pgmq) or [`with_rabbitmq`](Self::with_rabbitmq)
+    /// before selecting `provider` again, or by setting the field).
+    pub fn with_migration_to(mut self, to: Provider) -> Self {
+        self.migration = Some(MigrationConfig::new(to));
+        self
+    }
+
+    /// Replaces the whole `[queues]` section.
+    pub fn with_queues(mut self, queues: QueuesConfig) -> Self {
+        self.queues = queues;
+        self
+    }
+
+    /// `queues.namespaces`: the namespaces an orchestrator creates queues for.
+    pub fn with_namespaces<I, S>(mut self, namespaces: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues.namespaces = namespaces.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// `queues.max_receive_count`: deliveries before a message is dead-lettered.
+    pub fn with_max_receive_count(mut self, max_receive_count: u32) -> Self {
+        self.queues.max_receive_count = max_receive_count;
+        self
+    }
+
+    /// `queues.default_visibility_timeout_secs`, from a `Duration` (whole
+    /// seconds, rounded up).
+    pub fn with_default_visibility_timeout(mut self, timeout: Duration) -> Self {
+        let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+        self.queues.default_visibility_timeout_secs = secs;
+        self
+    }
+
+    /// `queues.max_message_bytes`: the largest serialized message a send accepts.
+    pub fn with_max_message_bytes(mut self, max_message_bytes: usize) -> Self {
+        self.queues.max_message_bytes = max_message_bytes;
+        self
+    }
+
+    /// `queues.dead_letter_queue_suffix`: appended to a queue's name to name
+    /// its dead-letter queue.
+    pub fn with_dead_letter_queue_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.queues.dead_letter_queue_suffix = suffix.into();
+        self
+    }
+
+    /// `queues.wait_poll_interval_ms`, from a `Duration` (whole milliseconds).
+    pub fn with_wait_poll_interval(mut self, interval: Duration) -> Self {
+        self.queues.wait_poll_interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Replaces the `[retry_policy]` section.
+    pub fn with_retry_policy(mut self, retry_policy: RetryPolicy) -> Self {
+        self.retry_policy = retry_policy;
+        self
+    }
+
+    /// Replaces the `[circuit_breaker]` section.
+    pub fn with_circuit_breaker(mut self, circuit_breaker: CircuitBreakerConfig) -> Self {
+        self.circuit_breaker = circuit_breaker;
+        self
+    }
+
     /// Prefix of the environment variables that override the file.
     pub const ENV_PREFIX: &'static str = "TASKER_MESSAGING_";
     /// Environment variable naming the config file to load.
@@ -563,6 +754,9 @@ impl MessagingConfig {
     /// Fails unless the section `provider` needs is present; `key` is the
     /// setting that selected it.
     fn require_section(&self, provider: Provider, key: &str) -> Result<(), MessagingError> {
+        if !provider.is_enabled() {
+            return Err(disabled(provider));
+        }
         let missing = match provider {
             Provider::Pgmq if self.pgmq.is_none() => "pgmq.database_url",
             Provider::RabbitMq if self.rabbitmq.is_none() => "rabbitmq.url",

@@ -5,17 +5,21 @@
 //! queue, chosen by configuration at startup, with the same observable
 //! behaviour on each.
 //!
-//! Hold one [`MessageBackend`]; every call dispatches statically (an
-//! `enum_dispatch` `match`) to the configured provider: no trait objects, no
-//! boxed futures, no generic parameter to carry around.
+//! Hold one [`MessageBackend`] and call the [`MessagingService`] methods on
+//! it; every call dispatches statically (a `match` over the providers) to
+//! the configured provider: no trait objects, no boxed futures, no generic
+//! parameter to carry around. Every method's future is `Send`, so it can be
+//! spawned, from generic code too.
 //!
-//! ```no_run
+//! ```
 //! use std::time::Duration;
 //! use tasker_messaging::{MessageBackend, MessagingConfig, MessagingService, SimpleStepMessage};
 //! use uuid::Uuid;
 //!
-//! # async fn run() -> Result<(), tasker_messaging::MessagingError> {
-//! let backend = MessageBackend::connect(&MessagingConfig::load()?).await?;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tasker_messaging::MessagingError> {
+//! // `MessagingConfig::load()?` reads config/messaging.toml and the environment.
+//! let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
 //! backend.create_queue("fulfillment_queue").await?;
 //! let step = SimpleStepMessage::new(Uuid::new_v4(), Uuid::new_v4());
 //! backend.send_message("fulfillment_queue", &step).await?;
@@ -28,6 +32,35 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! Any `Serialize + DeserializeOwned + Send + Sync + 'static` type is a
+//! [`QueueMessage`]; [`SimpleStepMessage`] is Tasker's own.
+//!
+//! ## Where things are
+//!
+//! The core types are at the root: [`MessageBackend`],
+//! [`MessagingService`], [`MessagingConfig`], [`MessagingError`], the
+//! message types. The modules group the rest:
+//!
+//! - [`config`]: the configuration, its sections, [`SecretUrl`], retry
+//!   and circuit-breaker settings.
+//! - [`providers`]: the concrete providers behind the `MessageBackend`
+//!   variants.
+//! - [`migration`]: the backend that moves a fleet from one provider to
+//!   another.
+//! - [`ops`]: moving messages between queues, redriving dead letters.
+//!
+//! ## Cargo features
+//!
+//! - `pgmq` (default): the PGMQ provider (sqlx, pgmq).
+//! - `rabbitmq` (default): the RabbitMQ provider (amqprs, rustls).
+//! - `cli`: the `tasker-messaging` operations binary.
+//! - `conformance`: the shared conformance suite, for testing a provider.
+//!
+//! With `default-features = false, features = ["rabbitmq"]` no sqlx is
+//! built, and with `["pgmq"]` no amqprs; the in-memory provider is always
+//! there. A configuration naming a provider left out fails
+//! [`MessagingConfig::validate`] with a [`MessagingError::Config`].
 //!
 //! ## The contract
 //!
@@ -58,34 +91,38 @@
 //! provider that issued them. [`move_messages`] moves messages between any
 //! two queues at-least-once; [`redrive_dead_letters`] is built on it. The
 //! `tasker-messaging` binary (feature `cli`) offers `health`, `stats`,
-//! `peek`, `purge`, `dlq redrive` and `migrate` from a shell.
+//! `peek`, `purge`, `dlq redrive`, `migrate` and `config` from a shell.
 #![deny(missing_docs)]
-
-// enum_dispatch expands the enum's impl where it meets the second of the
-// pair, so the trait's module must come before the enum's (a blank line
-// keeps rustfmt from sorting them).
-mod service;
+// The resilience, receipt and migration helpers serve the server
+// providers; a build without one of them leaves some unused. The full
+// build (the default features) is linted without this.
+#![cfg_attr(
+    not(all(feature = "pgmq", feature = "rabbitmq")),
+    allow(dead_code, unused_imports)
+)]
 
 mod backend;
-mod migration;
-
 mod capabilities;
 mod codec;
 mod compact_json;
-mod config;
+pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod dead_letter;
 mod delivery;
+mod dispatch;
 mod error;
 mod lease;
 mod message;
-mod providers;
+pub mod migration;
+pub mod ops;
+pub mod providers;
 mod queue_name;
 mod receipt;
 mod resilience;
 mod router;
 mod secret;
+mod service;
 mod shutdown;
 mod sync;
 mod transfer;
@@ -93,6 +130,8 @@ mod wait;
 
 pub use backend::MessageBackend;
 pub use capabilities::Capabilities;
+#[doc(no_inline)]
+pub use config::Figment;
 pub use config::{
     MessagingConfig, MigrationConfig, PgmqConfig, Provider, QueuesConfig, RabbitMqConfig,
     RabbitMqTlsConfig, MAX_RECEIVE_COUNT,
@@ -103,12 +142,21 @@ pub use message::{
     MessageId, QueueMessage, QueueStats, QueuedMessage, QueuedMessageMetadata, ReceiptHandle,
     SimpleStepMessage,
 };
-pub use migration::{MigratingMessageService, MigrationSide, MigrationStats};
-pub use providers::{InMemoryMessageService, PgmqMessageService, RabbitMqMessageService};
+pub use migration::MigrationStats;
+#[cfg(all(feature = "pgmq", feature = "rabbitmq"))]
+pub use migration::{MigratingMessageService, MigrationSide};
+pub use providers::InMemoryMessageService;
+#[cfg(feature = "pgmq")]
+#[doc(no_inline)]
+pub use providers::PgPool;
+#[cfg(feature = "pgmq")]
+pub use providers::PgmqMessageService;
+#[cfg(feature = "rabbitmq")]
+pub use providers::RabbitMqMessageService;
 pub use queue_name::{validate_queue_name, MAX_QUEUE_NAME_BYTES};
 pub use resilience::{CircuitBreaker, CircuitBreakerConfig, CircuitState, RetryPolicy};
 pub use router::{MessageRouter, NamespaceQueueRouter};
-pub use secret::SecretUrl;
+pub use secret::{InvalidUrl, SecretUrl};
 pub use service::MessagingService;
 pub use transfer::{
     move_messages, move_messages_with_progress, redrive_dead_letters, MoveError, MoveReport,

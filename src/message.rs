@@ -6,24 +6,47 @@ use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uuid::Uuid;
 
-/// A message that can be queued: any serde type that is `Send + Sync + 'static`.
+/// A message that can be queued: every type that is `Serialize +
+/// DeserializeOwned + Send + Sync + 'static` is one, with nothing to write
+/// (a blanket implementation).
 ///
-/// Bodies travel as JSON. Implement it for your own types with an empty `impl`;
-/// override [`message_type`](Self::message_type) when routing needs a stable name.
+/// Bodies travel as JSON. Derive serde's traits on your own type and send it:
+///
+/// ```
+/// use std::time::Duration;
+/// use serde::{Deserialize, Serialize};
+/// use tasker_messaging::{MessageBackend, MessagingConfig, MessagingService};
+///
+/// #[derive(Debug, PartialEq, Serialize, Deserialize)]
+/// struct InvoiceDue {
+///     invoice: u64,
+///     customer: String,
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tasker_messaging::MessagingError> {
+/// let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+/// backend.create_queue("billing").await?;
+/// let due = InvoiceDue { invoice: 42, customer: "acme".into() };
+/// backend.send_message("billing", &due).await?;
+/// let got = backend
+///     .receive_messages::<InvoiceDue>("billing", 1, Duration::from_secs(30))
+///     .await?;
+/// assert_eq!(got[0].message, due);
+/// # Ok(()) }
+/// ```
 pub trait QueueMessage: Serialize + DeserializeOwned + Send + Sync + 'static {
-    /// A short type name, used for routing and logs. Defaults to the type's
-    /// name without its module path.
+    /// The type's name without its module path (or generic arguments), e.g.
+    /// `"SimpleStepMessage"`: RabbitMQ publishes it as the AMQP `type`
+    /// property, for tools looking at a queue.
     fn message_type(&self) -> &str {
         let full = std::any::type_name::<Self>();
         let base = full.split('<').next().unwrap_or(full);
         base.rsplit("::").next().unwrap_or(base)
     }
-
-    /// An id that ties this message to a larger unit of work, for tracing.
-    fn correlation_id(&self) -> Option<String> {
-        None
-    }
 }
+
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> QueueMessage for T {}
 
 /// Tasker's step message: "step X of task Y is ready", with the steps it waited on.
 ///
@@ -47,16 +70,6 @@ impl SimpleStepMessage {
             step_uuid,
             ready_dependency_step_uuids: Vec::new(),
         }
-    }
-}
-
-impl QueueMessage for SimpleStepMessage {
-    fn message_type(&self) -> &str {
-        "SimpleStepMessage"
-    }
-
-    fn correlation_id(&self) -> Option<String> {
-        Some(self.task_uuid.to_string())
     }
 }
 
@@ -184,17 +197,57 @@ pub struct QueueStats {
     pub migration: Option<Box<crate::MigrationStats>>,
 }
 
+impl QueueStats {
+    /// Stats of `queue_name` with `message_count` ready messages and every
+    /// other count unknown (`None`): for a test double of
+    /// [`MessagingService`](crate::MessagingService). Set the rest with the
+    /// `with_*` methods or the public fields.
+    pub fn new(queue_name: impl Into<String>, message_count: u64) -> Self {
+        Self {
+            queue_name: queue_name.into(),
+            message_count,
+            in_flight_count: None,
+            oldest_message_age_seconds: None,
+            dead_letter_count: None,
+            migration: None,
+        }
+    }
+
+    /// With `in_flight_count` known.
+    pub fn with_in_flight_count(mut self, count: u64) -> Self {
+        self.in_flight_count = Some(count);
+        self
+    }
+
+    /// With the oldest message's age known, in seconds.
+    pub fn with_oldest_message_age_seconds(mut self, seconds: i64) -> Self {
+        self.oldest_message_age_seconds = Some(seconds);
+        self
+    }
+
+    /// With `dead_letter_count` known.
+    pub fn with_dead_letter_count(mut self, count: u64) -> Self {
+        self.dead_letter_count = Some(count);
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[derive(Serialize, Deserialize)]
     struct Custom;
-    impl QueueMessage for Custom {}
+
+    #[derive(Serialize, Deserialize)]
+    struct Generic<T>(T);
 
     #[test]
-    fn default_message_type_is_the_short_type_name() {
+    fn message_type_is_the_short_type_name() {
         assert_eq!(Custom.message_type(), "Custom");
+        assert_eq!(Generic(1u8).message_type(), "Generic");
+        let step = SimpleStepMessage::new(Uuid::nil(), Uuid::nil());
+        assert_eq!(step.message_type(), "SimpleStepMessage");
     }
 
     #[test]

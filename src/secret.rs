@@ -1,26 +1,57 @@
 //! URLs whose password never reaches `Debug`, `Display`, errors or logs.
 
-use std::fmt;
+use std::{fmt, str::FromStr};
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use url::Url;
 
 /// A connection URL that may hold a password.
 ///
-/// `Debug` and `Display` show it with the password (in the user info or a
-/// query parameter such as `?password=`) replaced by `***`; only
+/// `Debug`, `Display` and `Serialize` show it with the password (in the user
+/// info or a query parameter such as `?password=`) replaced by `***`; only
 /// [`expose`](Self::expose) returns the real text, for handing to a driver.
+///
+/// ```
+/// use tasker_messaging::SecretUrl;
+///
+/// let url: SecretUrl = "postgres://app:hunter2@db/app".parse()?;
+/// assert_eq!(url.to_string(), "postgres://app:***@db/app");
+/// assert!("not a url".parse::<SecretUrl>().is_err());
+/// # Ok::<(), tasker_messaging::InvalidUrl>(())
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretUrl {
     url: Url,
 }
 
+/// Text that is not a URL, from [`SecretUrl::parse`] or `str::parse`. Its
+/// message says what is wrong without repeating the text, which may hold a
+/// password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidUrl {
+    reason: url::ParseError,
+}
+
+impl fmt::Display for InvalidUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not a valid URL ({})", self.reason)
+    }
+}
+
+impl std::error::Error for InvalidUrl {}
+
+impl From<InvalidUrl> for crate::MessagingError {
+    fn from(error: InvalidUrl) -> Self {
+        Self::Config(error.to_string())
+    }
+}
+
 impl SecretUrl {
     /// Parses a URL. The error never repeats the input, since it may hold a password.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, InvalidUrl> {
         Url::parse(text)
             .map(|url| Self { url })
-            .map_err(|e| format!("not a valid URL ({e})"))
+            .map_err(|reason| InvalidUrl { reason })
     }
 
     /// The full URL, password included. Hand it to a driver; never log it.
@@ -91,6 +122,22 @@ impl fmt::Debug for SecretUrl {
 impl fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
+    }
+}
+
+impl FromStr for SecretUrl {
+    type Err = InvalidUrl;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::parse(text)
+    }
+}
+
+/// The redacted text, as `Display` shows it: a serialized configuration
+/// never holds a password.
+impl Serialize for SecretUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
     }
 }
 
@@ -171,6 +218,19 @@ mod tests {
     #[test]
     fn parse_errors_do_not_echo_the_input() {
         let err = SecretUrl::parse("postgres://user:hunter2@[bad").unwrap_err();
-        assert!(!err.contains("hunter2"), "{err}");
+        assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
+        let err = "postgres://user:hunter2@[bad"
+            .parse::<SecretUrl>()
+            .unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
+        let err: &dyn std::error::Error = &err;
+        assert!(err.to_string().starts_with("not a valid URL"));
+    }
+
+    #[test]
+    fn serialize_redacts() {
+        let url: SecretUrl = "amqp://u:hunter2@h/%2f?password=hunter2".parse().unwrap();
+        let json = serde_json::to_string(&url).unwrap();
+        assert_eq!(json, r#""amqp://u:***@h/%2f?password=***""#);
     }
 }

@@ -1,6 +1,6 @@
 //! The `MessagingService` trait: the one contract every provider implements.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use crate::{
     queue_name::QueueName, Capabilities, CircuitBreaker, MessageId, MessagingError, Provider,
@@ -13,48 +13,82 @@ use crate::{
 /// (C1, C2, …), each checked on every provider by the conformance suite
 /// (cargo feature `conformance`). The methods below cite the rules they obey.
 ///
-/// Call it through [`MessageBackend`](crate::MessageBackend), which dispatches
-/// statically to the configured provider. The trait is not object-safe on
-/// purpose: generic message methods and native `async fn` avoid boxing on the
-/// hot path. Every future returned through `MessageBackend` is `Send`
-/// (checked at compile time in `tests/send_futures.rs`).
+/// # The implementor to use: [`MessageBackend`](crate::MessageBackend)
+///
+/// Applications hold a [`MessageBackend`](crate::MessageBackend), the
+/// closed enum of the providers built by
+/// [`MessageBackend::connect`](crate::MessageBackend::connect) from a
+/// [`MessagingConfig`](crate::MessagingConfig), and call these methods on it.
+/// It implements this trait by a `match` over its variants: static
+/// dispatch, no trait object, no boxed future. The concrete providers
+/// ([`InMemoryMessageService`](crate::providers::InMemoryMessageService) and,
+/// with their cargo features, `PgmqMessageService` and
+/// `RabbitMqMessageService`) implement it too, and so may a test double of
+/// your own (every method can be written with `async fn`).
+///
+/// Every method returns a `Send` future, so generic code spawns it:
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use tasker_messaging::{MessagingService, SimpleStepMessage};
+///
+/// fn spawn_drain<S: MessagingService + Send + Sync + 'static>(
+///     service: Arc<S>,
+/// ) -> tokio::task::JoinHandle<Result<usize, tasker_messaging::MessagingError>> {
+///     tokio::spawn(async move {
+///         let got = service
+///             .receive_messages::<SimpleStepMessage>("orders", 10, Duration::from_secs(30))
+///             .await?;
+///         for message in &got {
+///             service.delete_message("orders", message.receipt()).await?;
+///         }
+///         Ok(got.len())
+///     })
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let backend = tasker_messaging::MessageBackend::connect(&tasker_messaging::MessagingConfig::in_memory()).await?;
+/// # backend.create_queue("orders").await?;
+/// # assert_eq!(spawn_drain(Arc::new(backend)).await??, 0);
+/// # Ok(()) }
+/// ```
+///
+/// The trait is not object-safe on purpose: generic message methods and
+/// unboxed futures keep the hot path free of allocation.
 ///
 /// Queue names are validated once, before dispatch and before any I/O (see
 /// [`validate_queue_name`](crate::validate_queue_name); C1): the trait is
 /// implemented once, for every provider, on top of a provider-side trait that
 /// only accepts a checked name. Every operation but `create_queue` and
 /// `delete_queue` fails with `QueueNotFound` on a missing queue (C4).
-// `Send` bounds cannot be written on native async trait methods without boxing;
-// the concrete `MessageBackend` futures are Send, which is what callers spawn.
-#[allow(async_fn_in_trait)]
 pub trait MessagingService {
     /// `Ok(true)` when the server answers, `Ok(false)` when it does not within
     /// the connection timeout. Never hangs (C23).
-    async fn health_check(&self) -> Result<bool, MessagingError>;
+    fn health_check(&self) -> impl Future<Output = Result<bool, MessagingError>> + Send;
 
     /// Creates `queue` and its dead-letter queue. Idempotent (C2). A name
     /// ending in `queues.dead_letter_queue_suffix` is `InvalidQueueName`:
     /// dead-letter queues are created with their queue, never on their own
     /// (C1).
-    async fn create_queue(&self, queue: &str) -> Result<(), MessagingError>;
+    fn create_queue(&self, queue: &str) -> impl Future<Output = Result<(), MessagingError>> + Send;
 
     /// Sends one message; returns once it is durable (C5). Over
     /// `queues.max_message_bytes` it is `MessageTooLarge` (C7); a message
     /// containing U+0000 is `InvalidArgument` (C31).
-    async fn send_message<T: QueueMessage>(
+    fn send_message<T: QueueMessage>(
         &self,
         queue: &str,
         message: &T,
-    ) -> Result<MessageId, MessagingError>;
+    ) -> impl Future<Output = Result<MessageId, MessagingError>> + Send;
 
     /// Sends messages in order, one id per message, returning once all are
     /// durable. An empty batch is `Ok(vec![])` with no I/O (C6). One
     /// oversized message refuses the whole batch (C7).
-    async fn send_batch<T: QueueMessage>(
+    fn send_batch<T: QueueMessage>(
         &self,
         queue: &str,
         messages: &[T],
-    ) -> Result<Vec<MessageId>, MessagingError>;
+    ) -> impl Future<Output = Result<Vec<MessageId>, MessagingError>> + Send;
 
     /// Returns at once with up to `max_messages` messages available now, each
     /// leased for `visibility_timeout` (whole seconds, rounded up, at least 1).
@@ -65,12 +99,12 @@ pub trait MessagingService {
     /// not decode as `T` takes its place among the `max_messages` read and is
     /// put back at once for receivers that read it, without counting as a
     /// delivery, and one that is not JSON moves at once (C19).
-    async fn receive_messages<T: QueueMessage>(
+    fn receive_messages<T: QueueMessage>(
         &self,
         queue: &str,
         max_messages: usize,
         visibility_timeout: Duration,
-    ) -> Result<Vec<QueuedMessage<T>>, MessagingError>;
+    ) -> impl Future<Output = Result<Vec<QueuedMessage<T>>, MessagingError>> + Send;
 
     /// Like [`receive_messages`](Self::receive_messages), but when nothing is
     /// available waits up to `wait` for a first message, returning as soon as
@@ -82,22 +116,22 @@ pub trait MessagingService {
     /// Dropping the future mid-wait loses nothing: a lease taken by an
     /// interrupted receive ends with its visibility timeout (not checked by
     /// the conformance suite).
-    async fn receive_messages_wait<T: QueueMessage>(
+    fn receive_messages_wait<T: QueueMessage>(
         &self,
         queue: &str,
         max_messages: usize,
         visibility_timeout: Duration,
         wait: Duration,
-    ) -> Result<Vec<QueuedMessage<T>>, MessagingError>;
+    ) -> impl Future<Output = Result<Vec<QueuedMessage<T>>, MessagingError>> + Send;
 
     /// Removes a leased message for good. A receipt whose lease has ended is
     /// `LeaseExpired`; a malformed or foreign one is `InvalidReceipt`
     /// (C14–C16).
-    async fn delete_message(
+    fn delete_message(
         &self,
         queue: &str,
         receipt: &ReceiptHandle,
-    ) -> Result<(), MessagingError>;
+    ) -> impl Future<Output = Result<(), MessagingError>> + Send;
 
     /// Deletes many leased messages in one call, for a worker settling the
     /// batch it received: one outcome per receipt, in order, each what
@@ -113,32 +147,35 @@ pub trait MessagingService {
     /// server cannot be reached) and then no receipt was settled, except
     /// that, as for `delete_message`, a lost reply can hide deletes that did
     /// happen (C4, C32).
-    async fn delete_messages(
+    fn delete_messages(
         &self,
         queue: &str,
         receipts: &[ReceiptHandle],
-    ) -> Result<Vec<Result<(), MessagingError>>, MessagingError>;
+    ) -> impl Future<Output = Result<Vec<Result<(), MessagingError>>, MessagingError>> + Send;
 
     /// Moves a live lease's deadline to now + `visibility_timeout`; zero
     /// releases the message at once (C17). Dead and foreign receipts fail as
     /// in [`delete_message`](Self::delete_message) (C14, C15).
-    async fn change_message_visibility(
+    fn change_message_visibility(
         &self,
         queue: &str,
         receipt: &ReceiptHandle,
         visibility_timeout: Duration,
-    ) -> Result<(), MessagingError>;
+    ) -> impl Future<Output = Result<(), MessagingError>> + Send;
 
     /// Ready, leased and dead-lettered counts, and the oldest message's age;
     /// `None` where the provider cannot know (C21).
-    async fn get_queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError>;
+    fn get_queue_stats(
+        &self,
+        queue: &str,
+    ) -> impl Future<Output = Result<QueueStats, MessagingError>> + Send;
 
     /// Removes every ready message (leased ones stay) and returns how many
     /// (C22).
-    async fn purge_queue(&self, queue: &str) -> Result<u64, MessagingError>;
+    fn purge_queue(&self, queue: &str) -> impl Future<Output = Result<u64, MessagingError>> + Send;
 
     /// Deletes `queue` and its dead-letter queue. Idempotent (C3).
-    async fn delete_queue(&self, queue: &str) -> Result<(), MessagingError>;
+    fn delete_queue(&self, queue: &str) -> impl Future<Output = Result<(), MessagingError>> + Send;
 
     /// Which provider this is.
     fn provider(&self) -> Provider;
@@ -197,7 +234,7 @@ pub trait MessagingService {
     /// same teardown from a task when a runtime is there to run it, but a
     /// process that exits right after loses that task, and with it acks
     /// not yet written (their messages come back as duplicates).
-    async fn close(&self) -> Result<(), MessagingError>;
+    fn close(&self) -> impl Future<Output = Result<(), MessagingError>> + Send;
 
     /// Whether [`close`](Self::close) has been called on this backend or a clone.
     fn is_closed(&self) -> bool;
@@ -211,7 +248,7 @@ pub trait MessagingService {
 pub(crate) mod provide {
     use std::time::Duration;
 
-    use enum_dispatch::enum_dispatch;
+    use std::future::Future;
 
     pub(crate) use crate::shutdown::{Shutdown, Teardown};
     use crate::{
@@ -220,73 +257,83 @@ pub(crate) mod provide {
     };
 
     /// The provider side of [`MessagingService`](crate::MessagingService).
-    #[allow(async_fn_in_trait)]
-    #[enum_dispatch]
-    pub trait Provide {
-        async fn health_check(&self) -> Result<bool, MessagingError>;
+    pub trait Provide: Send + Sync {
+        fn health_check(&self) -> impl Future<Output = Result<bool, MessagingError>> + Send;
 
-        async fn create_queue(&self, queue: &QueueName) -> Result<(), MessagingError>;
+        fn create_queue(
+            &self,
+            queue: &QueueName,
+        ) -> impl Future<Output = Result<(), MessagingError>> + Send;
 
-        async fn send_message<T: QueueMessage>(
+        fn send_message<T: QueueMessage>(
             &self,
             queue: &QueueName,
             message: &T,
-        ) -> Result<MessageId, MessagingError>;
+        ) -> impl Future<Output = Result<MessageId, MessagingError>> + Send;
 
-        async fn send_batch<T: QueueMessage>(
+        fn send_batch<T: QueueMessage>(
             &self,
             queue: &QueueName,
             messages: &[T],
-        ) -> Result<Vec<MessageId>, MessagingError>;
+        ) -> impl Future<Output = Result<Vec<MessageId>, MessagingError>> + Send;
 
-        async fn receive_messages<T: QueueMessage>(
+        fn receive_messages<T: QueueMessage>(
             &self,
             queue: &QueueName,
             max_messages: usize,
             visibility_timeout: Duration,
-        ) -> Result<Vec<QueuedMessage<T>>, MessagingError>;
+        ) -> impl Future<Output = Result<Vec<QueuedMessage<T>>, MessagingError>> + Send;
 
-        async fn receive_messages_wait<T: QueueMessage>(
+        fn receive_messages_wait<T: QueueMessage>(
             &self,
             queue: &QueueName,
             max_messages: usize,
             visibility_timeout: Duration,
             wait: Duration,
-        ) -> Result<Vec<QueuedMessage<T>>, MessagingError>;
+        ) -> impl Future<Output = Result<Vec<QueuedMessage<T>>, MessagingError>> + Send;
 
-        async fn delete_message(
+        fn delete_message(
             &self,
             queue: &QueueName,
             receipt: &ReceiptHandle,
-        ) -> Result<(), MessagingError>;
+        ) -> impl Future<Output = Result<(), MessagingError>> + Send;
 
-        async fn delete_messages(
+        fn delete_messages(
             &self,
             queue: &QueueName,
             receipts: &[ReceiptHandle],
-        ) -> Result<Vec<Result<(), MessagingError>>, MessagingError>;
+        ) -> impl Future<Output = Result<Vec<Result<(), MessagingError>>, MessagingError>> + Send;
 
-        async fn change_message_visibility(
+        fn change_message_visibility(
             &self,
             queue: &QueueName,
             receipt: &ReceiptHandle,
             visibility_timeout: Duration,
-        ) -> Result<(), MessagingError>;
+        ) -> impl Future<Output = Result<(), MessagingError>> + Send;
 
         /// Makes a leased message ready again at once without counting the
         /// receive that leased it: for a read that reached no caller (a move
         /// that could not move it). `LeaseExpired` if the lease is not live.
-        async fn put_back_uncounted(
+        fn put_back_uncounted(
             &self,
             queue: &QueueName,
             receipt: &ReceiptHandle,
-        ) -> Result<(), MessagingError>;
+        ) -> impl Future<Output = Result<(), MessagingError>> + Send;
 
-        async fn get_queue_stats(&self, queue: &QueueName) -> Result<QueueStats, MessagingError>;
+        fn get_queue_stats(
+            &self,
+            queue: &QueueName,
+        ) -> impl Future<Output = Result<QueueStats, MessagingError>> + Send;
 
-        async fn purge_queue(&self, queue: &QueueName) -> Result<u64, MessagingError>;
+        fn purge_queue(
+            &self,
+            queue: &QueueName,
+        ) -> impl Future<Output = Result<u64, MessagingError>> + Send;
 
-        async fn delete_queue(&self, queue: &QueueName) -> Result<(), MessagingError>;
+        fn delete_queue(
+            &self,
+            queue: &QueueName,
+        ) -> impl Future<Output = Result<(), MessagingError>> + Send;
 
         fn provider(&self) -> Provider;
 

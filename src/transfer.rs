@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::{
     queue_name::QueueName, service::provide, MessageBackend, MessagingError, MessagingService,
-    QueueMessage, QueuedMessage, ReceiptHandle,
+    QueuedMessage, ReceiptHandle,
 };
 
 /// Messages taken per round: one receive, one `send_batch`, one `delete_messages`.
@@ -42,8 +42,6 @@ impl RawMessage {
             .unwrap_or_else(|_| self.clone())
     }
 }
-
-impl QueueMessage for RawMessage {}
 
 /// What a move did.
 #[non_exhaustive]

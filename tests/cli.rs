@@ -337,3 +337,51 @@ fn health_over_amqps_reads_rabbitmq_tls() {
         std::fs::remove_file(&path).ok();
     }
 }
+
+/// `config` prints the effective configuration without connecting: TOML by
+/// default, JSON with `--json`, both loadable back into the same values,
+/// with the passwords shown as `***`.
+#[test]
+fn config_prints_the_effective_configuration_without_passwords() {
+    use figment::{
+        providers::{Format, Toml},
+        Figment,
+    };
+    use tasker_messaging::MessagingConfig;
+
+    // Nothing listens there: `config` must not connect.
+    let path = config_file(
+        Provider::RabbitMq,
+        None,
+        "amqp://guest:hunter2@127.0.0.1:1/%2f?auth_token=hunter2",
+    );
+    let loaded = MessagingConfig::from_file(&path).unwrap();
+    let toml = cli(&path, &["config"], "");
+    assert_exit(&toml, 0);
+    let json = cli(&path, &["config", "--json"], "");
+    assert_exit(&json, 0);
+    let (toml, json) = (text(&toml.stdout), text(&json.stdout));
+    for shown in [&toml, &json] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("amqp://guest:***@127.0.0.1:1/%2f?auth_token=***"),
+            "{shown}"
+        );
+    }
+    let from_toml = MessagingConfig::from_figment(Figment::from(Toml::string(&toml))).unwrap();
+    let from_json: MessagingConfig = serde_json::from_str(&json).unwrap();
+    from_json.validate().unwrap();
+    assert_eq!(from_toml, from_json);
+    // Everything but the redacted secrets is what was loaded.
+    assert_eq!(from_toml.provider, loaded.provider);
+    assert_eq!(from_toml.queues, loaded.queues);
+    assert_eq!(from_toml.retry_policy, loaded.retry_policy);
+    assert_eq!(from_toml.circuit_breaker, loaded.circuit_breaker);
+    let (shown, real) = (
+        from_toml.rabbitmq.unwrap(),
+        loaded.rabbitmq.clone().unwrap(),
+    );
+    assert_eq!(shown.connection_timeout_ms, real.connection_timeout_ms);
+    assert_eq!(shown.nodes()[0].expose(), real.nodes()[0].redacted());
+    std::fs::remove_file(path).ok();
+}

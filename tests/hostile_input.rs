@@ -14,7 +14,7 @@ use proptest::{prelude::*, test_runner::TestRunner};
 use serde::{Deserialize, Serialize};
 use tasker_messaging::{
     validate_queue_name, MessageBackend, MessagingConfig, MessagingError, MessagingService,
-    Provider, QueueMessage, ReceiptHandle, SimpleStepMessage, MAX_QUEUE_NAME_BYTES,
+    Provider, ReceiptHandle, SimpleStepMessage, MAX_QUEUE_NAME_BYTES,
 };
 use tokio::runtime::Runtime;
 
@@ -98,7 +98,6 @@ fn check_with_queues<S>(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(transparent)]
 struct Raw(serde_json::Value);
-impl QueueMessage for Raw {}
 
 /// Any characters but U+0000, up to 40 and 12 of them.
 const NO_NUL_40: &str = "[^\\x00]{0,40}";

@@ -363,7 +363,6 @@ async fn moved_integers_stay_integers() {
         order_id: u64,
         placed_at_ms: i64,
     }
-    impl tasker_messaging::QueueMessage for Order {}
 
     let sent = Order {
         order_id: 1_200_000_000,

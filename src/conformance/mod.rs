@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    MessageBackend, MessagingError, MessagingService, QueueMessage, QueuedMessage, ReceiptHandle,
+    MessageBackend, MessagingError, MessagingService, QueuedMessage, ReceiptHandle,
     SimpleStepMessage,
 };
 
@@ -204,8 +204,6 @@ pub struct NotAStep {
     /// Anything that is not a step.
     pub garbage: String,
 }
-
-impl QueueMessage for NotAStep {}
 
 /// A fresh queue name for one case, unique across runs and parallel cases.
 pub fn unique_queue(case: &str) -> String {

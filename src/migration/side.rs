@@ -1,17 +1,10 @@
 //! `MigrationSide`: one side of a migration, a closed enum of the server
 //! providers (in-memory queues cannot be migrated), dispatched statically.
 
-use std::time::Duration;
-
-use enum_dispatch::enum_dispatch;
-
-// The generated `impl Provide for MigrationSide` names these types.
 use crate::{
+    dispatch::dispatch_provide,
     providers::{PgmqMessageService, RabbitMqMessageService},
-    queue_name::QueueName,
-    service::provide::{Provide, Shutdown, Teardown},
-    Capabilities, CircuitBreaker, MessageId, MessagingConfig, MessagingError, Provider,
-    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
+    MessagingConfig, MessagingError, Provider,
 };
 
 /// The source or the target of a
@@ -19,7 +12,6 @@ use crate::{
 /// provider, usable on its own through
 /// [`MessagingService`](crate::MessagingService) (to look at one side).
 #[non_exhaustive]
-#[enum_dispatch(Provide)]
 #[derive(Debug, Clone)]
 pub enum MigrationSide {
     /// PGMQ on PostgreSQL.
@@ -27,6 +19,11 @@ pub enum MigrationSide {
     /// RabbitMQ.
     RabbitMq(RabbitMqMessageService),
 }
+
+dispatch_provide!(MigrationSide {
+    Pgmq(PgmqMessageService),
+    RabbitMq(RabbitMqMessageService),
+});
 
 impl MigrationSide {
     /// Connects `provider` with the sections of `config`.

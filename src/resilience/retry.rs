@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Retries of transient failures ([`MessagingError::is_transient`](crate::MessagingError::is_transient)),
 /// with exponential backoff and jitter. Non-transient errors are never retried.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Retries after the first attempt; 0 disables retrying.

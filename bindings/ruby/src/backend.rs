@@ -25,7 +25,7 @@ use crate::{
     config,
     errors::{self, guard, OrRaise},
     gvl,
-    message::Json,
+    message::RubyMessage,
     runtime,
 };
 
@@ -164,7 +164,7 @@ impl Backend {
         body: String,
     ) -> Result<String, Error> {
         guard(ruby, || {
-            let message = &Json::parse(body).or_raise(ruby)?;
+            let message = &RubyMessage::parse(body).or_raise(ruby)?;
             let queue = &queue;
             let id = rb_self.call(
                 ruby,
@@ -183,7 +183,7 @@ impl Backend {
         guard(ruby, || {
             let messages = bodies
                 .into_iter()
-                .map(Json::parse)
+                .map(RubyMessage::parse)
                 .collect::<Result<Vec<_>, _>>()
                 .or_raise(ruby)?;
             let (queue, messages) = (&queue, &messages);
@@ -212,12 +212,15 @@ impl Backend {
             let queue = &queue;
             let messages = rb_self.call(ruby, |b| async move {
                 match deadline {
-                    None => b.receive_messages::<Json>(queue, max_messages, lease).await,
+                    None => {
+                        b.receive_messages::<RubyMessage>(queue, max_messages, lease)
+                            .await
+                    }
                     Some(deadline) => {
                         let wait = deadline.map_or(Duration::MAX, |deadline| {
                             deadline.saturating_duration_since(Instant::now())
                         });
-                        b.receive_messages_wait::<Json>(queue, max_messages, lease, wait)
+                        b.receive_messages_wait::<RubyMessage>(queue, max_messages, lease, wait)
                             .await
                     }
                 }
@@ -450,7 +453,7 @@ fn time(ruby: &Ruby, secs: i64, nanos: u32) -> Result<Value, Error> {
     Ok(ruby.time_timespec_new(spec, Offset::utc())?.as_value())
 }
 
-fn rows(ruby: &Ruby, messages: Vec<QueuedMessage<Json>>) -> Result<RArray, Error> {
+fn rows(ruby: &Ruby, messages: Vec<QueuedMessage<RubyMessage>>) -> Result<RArray, Error> {
     let rows = ruby.ary_new_capa(messages.len());
     for message in messages {
         let meta = &message.metadata;

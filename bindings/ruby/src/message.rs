@@ -2,15 +2,17 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tasker_messaging::{MessagingError, QueueMessage};
+use tasker_messaging::MessagingError;
 
 /// A message body as JSON text. Any JSON decodes as it, so a Ruby receiver
-/// takes every message of its queue, whatever its shape.
+/// takes every message of its queue, whatever its shape. A `QueueMessage`
+/// by the library's blanket implementation; its name is its
+/// `message_type` (the AMQP `type` property on RabbitMQ).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Json(Box<RawValue>);
+pub struct RubyMessage(Box<RawValue>);
 
-impl Json {
+impl RubyMessage {
     /// Checks that `text` is JSON (the Ruby side generated it).
     pub fn parse(text: String) -> Result<Self, MessagingError> {
         RawValue::from_string(text)
@@ -21,11 +23,5 @@ impl Json {
     /// The JSON text.
     pub fn text(&self) -> &str {
         self.0.get()
-    }
-}
-
-impl QueueMessage for Json {
-    fn message_type(&self) -> &str {
-        "RubyMessage"
     }
 }

@@ -30,8 +30,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tasker_messaging::{
     MessageBackend, MessageId, MessageRouter, MessagingError, MessagingService,
-    NamespaceQueueRouter, Provider, QueueMessage, QueueStats, QueuedMessage, ReceiptHandle,
-    SimpleStepMessage,
+    NamespaceQueueRouter, Provider, QueueStats, QueuedMessage, ReceiptHandle, SimpleStepMessage,
 };
 use tokio::{sync::mpsc, task::JoinSet, time::Instant};
 use uuid::Uuid;
@@ -95,16 +94,6 @@ pub struct StepCompleted {
     pub step_uuid: Uuid,
     /// Which delivery of the step this was (1 on the first).
     pub attempt: u32,
-}
-
-impl QueueMessage for StepCompleted {
-    fn message_type(&self) -> &str {
-        "StepCompleted"
-    }
-
-    fn correlation_id(&self) -> Option<String> {
-        Some(self.task_uuid.to_string())
-    }
 }
 
 /// Whether `step` fails every attempt at `rate`. A hash of the uuid, not a

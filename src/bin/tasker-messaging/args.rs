@@ -15,6 +15,8 @@ commands:
   dlq redrive QUEUE [-n N]        move up to N (all) dead letters back into QUEUE
   migrate --to PROVIDER [--queues Q,...]
                                   move what is queued in `provider` to PROVIDER
+  config [--json]                 print the effective configuration (TOML, or
+                                  JSON), passwords shown as ***
 
 Queues default to those of [queues] namespaces. Configuration as for the
 library: --config FILE, else TASKER_MESSAGING_CONFIG or config/messaging.toml,
@@ -31,6 +33,7 @@ pub enum Command {
     Purge { queue: String, yes: bool },
     Redrive { queue: String, limit: usize },
     Migrate { to: Provider, queues: Vec<String> },
+    Config { json: bool },
 }
 
 pub struct Args {
@@ -105,6 +108,7 @@ pub fn parse() -> Result<Args, lexopt::Error> {
             to: to.ok_or("migrate needs --to PROVIDER")?,
             queues,
         },
+        Some("config") => Command::Config { json },
         Some(other) => return Err(format!("unknown command {other:?}").into()),
         None => return Err("no command given".into()),
     };

@@ -69,6 +69,18 @@ pub async fn health(config: &MessagingConfig) -> Result<(), Failure> {
     }
 }
 
+/// The effective configuration (file, then environment, validated), as
+/// TOML or JSON; passwords in URLs are `***`. Connects to nothing.
+pub fn show_config(config: &MessagingConfig, json: bool) -> Result<(), Failure> {
+    let text = if json {
+        serde_json::to_string_pretty(config).map_err(|e| Failure::Failed(e.to_string()))?
+    } else {
+        toml::to_string_pretty(config).map_err(|e| Failure::Failed(e.to_string()))?
+    };
+    println!("{}", text.trim_end());
+    Ok(())
+}
+
 /// Stats of each queue, as a table or JSON.
 pub async fn stats(
     config: &MessagingConfig,

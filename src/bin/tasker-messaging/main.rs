@@ -112,5 +112,6 @@ async fn run(config: &MessagingConfig, command: Command) -> Result<(), Failure> 
         Command::Purge { queue, yes } => commands::purge(config, &queue, yes).await,
         Command::Redrive { queue, limit } => commands::redrive(config, &queue, limit).await,
         Command::Migrate { to, queues } => commands::migrate(config, to, queues).await,
+        Command::Config { json } => commands::show_config(config, json),
     }
 }

@@ -61,12 +61,6 @@ pub(super) fn outgoing<T: QueueMessage>(message: &T, body: Box<RawValue>) -> Out
     if message_type.len() <= SHORT_STR_MAX {
         properties.with_message_type(message_type);
     }
-    if let Some(correlation_id) = message
-        .correlation_id()
-        .filter(|c| c.len() <= SHORT_STR_MAX)
-    {
-        properties.with_correlation_id(&correlation_id);
-    }
     let body: Box<str> = body.into();
     Outgoing {
         message_id,
