@@ -12,7 +12,7 @@ use crate::{
     queue_name::QueueName,
     service::provide::{Provide, Shutdown, Teardown},
     Capabilities, CircuitBreaker, MessageId, MessagingConfig, MessagingError, Provider,
-    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
+    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle, SendOptions,
 };
 
 /// The value an application holds: one of the providers, dispatched statically.

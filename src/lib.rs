@@ -86,6 +86,7 @@ mod receipt;
 mod resilience;
 mod router;
 mod secret;
+mod send_options;
 mod shutdown;
 mod sync;
 mod transfer;
@@ -109,6 +110,9 @@ pub use queue_name::{validate_queue_name, MAX_QUEUE_NAME_BYTES};
 pub use resilience::{CircuitBreaker, CircuitBreakerConfig, CircuitState, RetryPolicy};
 pub use router::{MessageRouter, NamespaceQueueRouter};
 pub use secret::SecretUrl;
+pub use send_options::{
+    is_reserved_header, Headers, SendOptions, MAX_HEADER_KEY_BYTES, RESERVED_HEADER_PREFIXES,
+};
 pub use service::MessagingService;
 pub use transfer::{
     move_messages, move_messages_with_progress, redrive_dead_letters, MoveError, MoveReport,

@@ -145,6 +145,10 @@ pub struct QueuedMessageMetadata {
     pub receive_count: u32,
     /// When this lease ends and the message becomes visible again.
     pub visibility_timeout_expires: DateTime<Utc>,
+    /// The headers the message was sent with
+    /// ([`SendOptions::header`](crate::SendOptions::header)); empty if none.
+    /// The library's own bookkeeping never shows here (C38).
+    pub headers: crate::Headers,
 }
 
 /// A received message and its delivery metadata.
@@ -160,6 +164,12 @@ impl<T> QueuedMessage<T> {
     /// Shorthand for `&self.metadata.receipt_handle`.
     pub fn receipt(&self) -> &ReceiptHandle {
         &self.metadata.receipt_handle
+    }
+
+    /// The headers the message was sent with; shorthand for
+    /// `&self.metadata.headers`.
+    pub fn headers(&self) -> &crate::Headers {
+        &self.metadata.headers
     }
 }
 
@@ -177,6 +187,11 @@ pub struct QueueStats {
     pub oldest_message_age_seconds: Option<i64>,
     /// Messages in the queue's dead-letter queue.
     pub dead_letter_count: Option<u64>,
+    /// Messages sent with a delay that is not over yet: counted here and in
+    /// no other field (C40). `None` where the provider cannot know
+    /// (RabbitMQ: its delay tiers are shared by every queue).
+    #[serde(default)]
+    pub delayed_count: Option<u64>,
     /// Set by a [`MessageBackend::Migrating`](crate::MessageBackend::Migrating)
     /// only: the same counts on each side of the migration. The fields above
     /// are then their sums (`None` where either side's is `None`).

@@ -11,7 +11,7 @@ use crate::{
     queue_name::QueueName,
     service::provide::{Provide, Shutdown, Teardown},
     Capabilities, CircuitBreaker, MessageId, MessagingConfig, MessagingError, Provider,
-    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
+    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle, SendOptions,
 };
 
 /// The source or the target of a
