@@ -32,7 +32,7 @@
 //! ## The contract
 //!
 //! The contract is written out in `docs/CONTRACT.md` (in the repository and
-//! the published package): numbered rules C1–C33, each naming the
+//! the published package): numbered rules C1–C41, each naming the
 //! conformance cases that check it on every provider (the `conformance`
 //! module, behind the cargo feature of that name). In brief:
 //! - sends return once the message is durable (C5);

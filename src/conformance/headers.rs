@@ -147,7 +147,7 @@ pub async fn headers_count_toward_the_size_limit(backend: &MessageBackend) {
 }
 
 /// C38: headers stay with a message moved to the dead-letter queue (after
-/// `max_receive_count`), and with one of another shape (C19) put back for
+/// `max_receive_count`), and with one of another shape put back for
 /// the receivers that read it.
 pub async fn headers_survive_dead_lettering_and_other_shapes(backend: &MessageBackend) {
     let queue = fresh_queue(backend, "headers_dead_letter").await;
