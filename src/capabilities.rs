@@ -30,6 +30,15 @@ pub struct Capabilities {
     /// (RabbitMQ's delivery count may also count a dispatch to a consumer
     /// cancelled before it handed the message out: CONTRACT.md, C28).
     pub exact_receive_count: bool,
+    /// The longest delay a send may ask for
+    /// ([`SendOptions::delay`](crate::SendOptions::delay)); a longer one is
+    /// `InvalidArgument` (C36). RabbitMQ: 2^20 − 1 s (about 12 days), the
+    /// reach of its 20 delay tiers; PGMQ and in-memory: 2^31 − 1 s.
+    pub max_delay: std::time::Duration,
+    /// How finely a delay is kept: a delay is rounded up to a multiple of it,
+    /// never down (C35). 1 s on PGMQ (whole-second `delay`) and RabbitMQ
+    /// (whole-second tier TTLs), 1 ms in memory.
+    pub delay_granularity: std::time::Duration,
 }
 
 impl Default for Capabilities {
@@ -39,7 +48,7 @@ impl Default for Capabilities {
 }
 
 impl Capabilities {
-    /// Nothing guaranteed beyond the contract (every field `false`): for a
+    /// Nothing guaranteed beyond the contract (every flag `false`, no delay offered: `max_delay` zero): for a
     /// test double of [`MessagingService`](crate::MessagingService). Turn
     /// on what the double offers with the `with_*` methods or the fields:
     ///
@@ -58,6 +67,8 @@ impl Capabilities {
             durable: false,
             portable_receipts: false,
             exact_receive_count: false,
+            max_delay: std::time::Duration::ZERO,
+            delay_granularity: Self::SECOND,
         }
     }
 
@@ -103,6 +114,23 @@ impl Capabilities {
         self
     }
 
+    /// Sets [`max_delay`](Self::max_delay).
+    pub const fn with_max_delay(mut self, max: std::time::Duration) -> Self {
+        self.max_delay = max;
+        self
+    }
+
+    /// Sets [`delay_granularity`](Self::delay_granularity).
+    pub const fn with_delay_granularity(mut self, granularity: std::time::Duration) -> Self {
+        self.delay_granularity = granularity;
+        self
+    }
+
+    const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
+    /// PGMQ's `delay` is an `integer` of seconds.
+    const LONG_DELAY: std::time::Duration = std::time::Duration::from_secs(i32::MAX as u64);
+    /// The sum of RabbitMQ's 20 tiers (2^0 … 2^19 s).
+    const TIER_DELAY: std::time::Duration = std::time::Duration::from_secs((1 << 20) - 1);
     /// PGMQ: one statement per batch, a transaction per delete, a table to count.
     pub(crate) const PGMQ: Self = Self {
         atomic_batch: true,
@@ -112,6 +140,8 @@ impl Capabilities {
         durable: true,
         portable_receipts: true,
         exact_receive_count: true,
+        max_delay: Self::LONG_DELAY,
+        delay_granularity: Self::SECOND,
     };
     /// RabbitMQ: confirms per message, fire-and-forget acks, and a broker that
     /// does not say what consumers hold or how old a message is.
@@ -123,6 +153,8 @@ impl Capabilities {
         durable: true,
         portable_receipts: false,
         exact_receive_count: false,
+        max_delay: Self::TIER_DELAY,
+        delay_granularity: Self::SECOND,
     };
     /// In-memory: everything under one lock, nothing on disk.
     pub(crate) const IN_MEMORY: Self = Self {
@@ -133,6 +165,8 @@ impl Capabilities {
         durable: false,
         portable_receipts: true,
         exact_receive_count: true,
+        max_delay: Self::LONG_DELAY,
+        delay_granularity: std::time::Duration::from_millis(1),
     };
 
     /// What both `self` and `other` guarantee: a migrating backend's, whose
@@ -146,6 +180,8 @@ impl Capabilities {
             durable: self.durable && other.durable,
             portable_receipts: self.portable_receipts && other.portable_receipts,
             exact_receive_count: self.exact_receive_count && other.exact_receive_count,
+            max_delay: self.max_delay.min(other.max_delay),
+            delay_granularity: self.delay_granularity.max(other.delay_granularity),
         }
     }
 }

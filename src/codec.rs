@@ -10,8 +10,18 @@ pub(crate) fn encode<T: Serialize>(
     message: &T,
     max_bytes: usize,
 ) -> Result<Box<RawValue>, MessagingError> {
+    encode_with_headers(message, max_bytes, 0)
+}
+
+/// [`encode`] for a message whose headers take `header_bytes` of the limit
+/// (C39): the size reported is the body's and the headers' together.
+pub(crate) fn encode_with_headers<T: Serialize>(
+    message: &T,
+    max_bytes: usize,
+    header_bytes: usize,
+) -> Result<Box<RawValue>, MessagingError> {
     let raw = serde_json::value::to_raw_value(message).map_err(MessagingError::Serialization)?;
-    let size = raw.get().len();
+    let size = raw.get().len().saturating_add(header_bytes);
     if size > max_bytes {
         return Err(MessagingError::MessageTooLarge {
             size,
@@ -41,7 +51,19 @@ pub(crate) fn encode_all<T: Serialize>(
     messages: &[T],
     max_bytes: usize,
 ) -> Result<Vec<Box<RawValue>>, MessagingError> {
-    messages.iter().map(|m| encode(m, max_bytes)).collect()
+    encode_all_with_headers(messages, max_bytes, 0)
+}
+
+/// [`encode_all`] for messages each carrying `header_bytes` of headers.
+pub(crate) fn encode_all_with_headers<T: Serialize>(
+    messages: &[T],
+    max_bytes: usize,
+    header_bytes: usize,
+) -> Result<Vec<Box<RawValue>>, MessagingError> {
+    messages
+        .iter()
+        .map(|m| encode_with_headers(m, max_bytes, header_bytes))
+        .collect()
 }
 
 /// A body read as the type a receive asked for.

@@ -29,6 +29,8 @@ pub(crate) struct Delivery<'a> {
     pub other_shape_for: std::time::Duration,
     /// The body; one that is not UTF-8 is passed as `""` (not JSON).
     pub body: &'a str,
+    /// The caller's headers it carries (the library's own left out).
+    pub headers: crate::Headers,
 }
 
 /// What the receive does with it.
@@ -65,6 +67,7 @@ pub(crate) fn assemble<T: QueueMessage>(
                 enqueued_at: delivery.enqueued_at,
                 receive_count: delivery.receive_count,
                 visibility_timeout_expires: delivery.lease_ends,
+                headers: delivery.headers,
             },
             message,
         }),

@@ -88,6 +88,44 @@ macro_rules! dispatch_provide {
                 }
             }
 
+            fn send_message_with<T: $crate::QueueMessage>(
+                &self,
+                queue: &$crate::queue_name::QueueName,
+                message: &T,
+                options: &$crate::SendOptions,
+            ) -> impl ::std::future::Future<
+                Output = Result<$crate::MessageId, $crate::MessagingError>,
+            > + Send {
+                async move {
+                    match self {
+                        $( $(#[$attr])* Self::$variant(inner) =>
+                            $crate::service::provide::Provide::send_message_with(
+                                inner, queue, message, options,
+                            )
+                            .await, )+
+                    }
+                }
+            }
+
+            fn send_batch_with<T: $crate::QueueMessage>(
+                &self,
+                queue: &$crate::queue_name::QueueName,
+                messages: &[T],
+                options: &$crate::SendOptions,
+            ) -> impl ::std::future::Future<
+                Output = Result<Vec<$crate::MessageId>, $crate::MessagingError>,
+            > + Send {
+                async move {
+                    match self {
+                        $( $(#[$attr])* Self::$variant(inner) =>
+                            $crate::service::provide::Provide::send_batch_with(
+                                inner, queue, messages, options,
+                            )
+                            .await, )+
+                    }
+                }
+            }
+
             fn receive_messages<T: $crate::QueueMessage>(
                 &self,
                 queue: &$crate::queue_name::QueueName,

@@ -65,7 +65,7 @@
 //! ## The contract
 //!
 //! The contract is written out in `docs/CONTRACT.md` (in the repository and
-//! the published package): numbered rules C1–C33, each naming the
+//! the published package): numbered rules C1–C41, each naming the
 //! conformance cases that check it on every provider (the `conformance`
 //! module, behind the cargo feature of that name). In brief:
 //! - sends return once the message is durable (C5);
@@ -122,6 +122,7 @@ mod receipt;
 mod resilience;
 mod router;
 mod secret;
+mod send_options;
 mod service;
 mod shutdown;
 mod sync;
@@ -157,6 +158,9 @@ pub use queue_name::{validate_queue_name, MAX_QUEUE_NAME_BYTES};
 pub use resilience::{CircuitBreaker, CircuitBreakerConfig, CircuitState, RetryPolicy};
 pub use router::{MessageRouter, NamespaceQueueRouter};
 pub use secret::{InvalidUrl, SecretUrl};
+pub use send_options::{
+    is_reserved_header, Headers, SendOptions, MAX_HEADER_KEY_BYTES, RESERVED_HEADER_PREFIXES,
+};
 pub use service::MessagingService;
 pub use transfer::{
     move_messages, move_messages_with_progress, redrive_dead_letters, MoveError, MoveReport,

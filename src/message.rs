@@ -158,6 +158,10 @@ pub struct QueuedMessageMetadata {
     pub receive_count: u32,
     /// When this lease ends and the message becomes visible again.
     pub visibility_timeout_expires: DateTime<Utc>,
+    /// The headers the message was sent with
+    /// ([`SendOptions::header`](crate::SendOptions::header)); empty if none.
+    /// The library's own bookkeeping never shows here (C38).
+    pub headers: crate::Headers,
 }
 
 /// A received message and its delivery metadata.
@@ -173,6 +177,12 @@ impl<T> QueuedMessage<T> {
     /// Shorthand for `&self.metadata.receipt_handle`.
     pub fn receipt(&self) -> &ReceiptHandle {
         &self.metadata.receipt_handle
+    }
+
+    /// The headers the message was sent with; shorthand for
+    /// `&self.metadata.headers`.
+    pub fn headers(&self) -> &crate::Headers {
+        &self.metadata.headers
     }
 }
 
@@ -190,6 +200,11 @@ pub struct QueueStats {
     pub oldest_message_age_seconds: Option<i64>,
     /// Messages in the queue's dead-letter queue.
     pub dead_letter_count: Option<u64>,
+    /// Messages sent with a delay that is not over yet: counted here and in
+    /// no other field (C40). `None` where the provider cannot know
+    /// (RabbitMQ: its delay tiers are shared by every queue).
+    #[serde(default)]
+    pub delayed_count: Option<u64>,
     /// Set by a [`MessageBackend::Migrating`](crate::MessageBackend::Migrating)
     /// only: the same counts on each side of the migration. The fields above
     /// are then their sums (`None` where either side's is `None`).
@@ -209,6 +224,7 @@ impl QueueStats {
             in_flight_count: None,
             oldest_message_age_seconds: None,
             dead_letter_count: None,
+            delayed_count: None,
             migration: None,
         }
     }
@@ -228,6 +244,12 @@ impl QueueStats {
     /// With `dead_letter_count` known.
     pub fn with_dead_letter_count(mut self, count: u64) -> Self {
         self.dead_letter_count = Some(count);
+        self
+    }
+
+    /// With `delayed_count` known.
+    pub fn with_delayed_count(mut self, count: u64) -> Self {
+        self.delayed_count = Some(count);
         self
     }
 }

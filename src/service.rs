@@ -4,7 +4,7 @@ use std::{future::Future, time::Duration};
 
 use crate::{
     queue_name::QueueName, Capabilities, CircuitBreaker, MessageId, MessagingError, Provider,
-    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
+    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle, SendOptions,
 };
 
 /// Operations every provider offers, with the same observable behaviour.
@@ -74,7 +74,9 @@ pub trait MessagingService {
 
     /// Sends one message; returns once it is durable (C5). Over
     /// `queues.max_message_bytes` it is `MessageTooLarge` (C7); a message
-    /// containing U+0000 is `InvalidArgument` (C31).
+    /// containing U+0000 is `InvalidArgument` (C31). The same as
+    /// [`send_message_with`](Self::send_message_with) and
+    /// [`SendOptions::new`].
     fn send_message<T: QueueMessage>(
         &self,
         queue: &str,
@@ -83,11 +85,38 @@ pub trait MessagingService {
 
     /// Sends messages in order, one id per message, returning once all are
     /// durable. An empty batch is `Ok(vec![])` with no I/O (C6). One
-    /// oversized message refuses the whole batch (C7).
+    /// oversized message refuses the whole batch (C7). The same as
+    /// [`send_batch_with`](Self::send_batch_with) and [`SendOptions::new`].
     fn send_batch<T: QueueMessage>(
         &self,
         queue: &str,
         messages: &[T],
+    ) -> impl Future<Output = Result<Vec<MessageId>, MessagingError>> + Send;
+
+    /// Sends one message with `options`: receivable only once
+    /// `options.delay` has passed (C34, C35), carrying `options.headers`,
+    /// which every receive of it shows (C38) and which count toward
+    /// `queues.max_message_bytes` (C39). Returns once the message is durable,
+    /// delayed or not (C5, C41). Checked before any I/O: a header key that is
+    /// not ASCII, longer than 128 bytes or reserved (`x-`, `tasker`,
+    /// `dead_letter`), and a delay above
+    /// [`Capabilities::max_delay`], are `InvalidArgument` (C36, C39). A zero
+    /// delay is a plain send (C37).
+    fn send_message_with<T: QueueMessage>(
+        &self,
+        queue: &str,
+        message: &T,
+        options: &SendOptions,
+    ) -> impl Future<Output = Result<MessageId, MessagingError>> + Send;
+
+    /// [`send_batch`](Self::send_batch) with `options` applied to every
+    /// message, as [`send_message_with`](Self::send_message_with) applies
+    /// them to one.
+    fn send_batch_with<T: QueueMessage>(
+        &self,
+        queue: &str,
+        messages: &[T],
+        options: &SendOptions,
     ) -> impl Future<Output = Result<Vec<MessageId>, MessagingError>> + Send;
 
     /// Returns at once with up to `max_messages` messages available now, each
@@ -253,7 +282,7 @@ pub(crate) mod provide {
     pub(crate) use crate::shutdown::{Shutdown, Teardown};
     use crate::{
         queue_name::QueueName, Capabilities, CircuitBreaker, MessageId, MessagingError, Provider,
-        QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle,
+        QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle, SendOptions,
     };
 
     /// The provider side of [`MessagingService`](crate::MessagingService).
@@ -275,6 +304,23 @@ pub(crate) mod provide {
             &self,
             queue: &QueueName,
             messages: &[T],
+        ) -> impl Future<Output = Result<Vec<MessageId>, MessagingError>> + Send;
+
+        /// A send with options the gate checked and found not plain (a
+        /// delay, or headers); plain sends go to `send_message`.
+        fn send_message_with<T: QueueMessage>(
+            &self,
+            queue: &QueueName,
+            message: &T,
+            options: &SendOptions,
+        ) -> impl Future<Output = Result<MessageId, MessagingError>> + Send;
+
+        /// `send_batch` with options, as `send_message_with`.
+        fn send_batch_with<T: QueueMessage>(
+            &self,
+            queue: &QueueName,
+            messages: &[T],
+            options: &SendOptions,
         ) -> impl Future<Output = Result<Vec<MessageId>, MessagingError>> + Send;
 
         fn receive_messages<T: QueueMessage>(
@@ -391,6 +437,39 @@ impl<P: provide::Provide> MessagingService for P {
     ) -> Result<Vec<MessageId>, MessagingError> {
         let _pass = enter(self)?;
         provide::Provide::send_batch(self, QueueName::new(queue)?, messages).await
+    }
+
+    async fn send_message_with<T: QueueMessage>(
+        &self,
+        queue: &str,
+        message: &T,
+        options: &SendOptions,
+    ) -> Result<MessageId, MessagingError> {
+        let _pass = enter(self)?;
+        let queue = QueueName::new(queue)?;
+        options.validate(&provide::Provide::capabilities(self))?;
+        if options.is_plain() {
+            return provide::Provide::send_message(self, queue, message).await;
+        }
+        provide::Provide::send_message_with(self, queue, message, options).await
+    }
+
+    async fn send_batch_with<T: QueueMessage>(
+        &self,
+        queue: &str,
+        messages: &[T],
+        options: &SendOptions,
+    ) -> Result<Vec<MessageId>, MessagingError> {
+        let _pass = enter(self)?;
+        let queue = QueueName::new(queue)?;
+        options.validate(&provide::Provide::capabilities(self))?;
+        if options.is_plain() {
+            return provide::Provide::send_batch(self, queue, messages).await;
+        }
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        provide::Provide::send_batch_with(self, queue, messages, options).await
     }
 
     async fn receive_messages<T: QueueMessage>(

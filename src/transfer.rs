@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::{
     queue_name::QueueName, service::provide, MessageBackend, MessagingError, MessagingService,
-    QueuedMessage, ReceiptHandle,
+    QueuedMessage, ReceiptHandle, SendOptions,
 };
 
 /// Messages taken per round: one receive, one `send_batch`, one `delete_messages`.
@@ -184,8 +184,8 @@ async fn move_rounds(
         }
         let bodies: Vec<RawMessage> = round.iter().map(|m| m.message.compacted()).collect();
         let mut failed = None;
-        match to.send_batch(to_queue, &bodies).await {
-            Ok(_) => {}
+        match send_round(to, to_queue, &round, &bodies).await {
+            Ok(()) => {}
             Err(error) if is_refusal(&error) => {
                 // One message the destination refuses must not hold back the
                 // rest: the round goes one by one.
@@ -202,6 +202,34 @@ async fn move_rounds(
         if let Some(error) = failed {
             return Err(error);
         }
+    }
+    Ok(())
+}
+
+/// Sends a round in order, its headers with it (C38): one `send_batch` when
+/// no message has headers (the common case), else one per run of messages
+/// with the same headers. A failure after some runs were sent makes
+/// duplicates of those when the round is sent again, never losses.
+async fn send_round(
+    to: &MessageBackend,
+    to_queue: &str,
+    round: &[QueuedMessage<RawMessage>],
+    bodies: &[RawMessage],
+) -> Result<(), MessagingError> {
+    if round.iter().all(|m| m.headers().is_empty()) {
+        return to.send_batch(to_queue, bodies).await.map(drop);
+    }
+    let mut start = 0;
+    while start < round.len() {
+        let headers = round[start].headers();
+        let end = round[start..]
+            .iter()
+            .position(|m| m.headers() != headers)
+            .map_or(round.len(), |n| start + n);
+        let options = SendOptions::new().headers(headers.clone());
+        to.send_batch_with(to_queue, &bodies[start..end], &options)
+            .await?;
+        start = end;
     }
     Ok(())
 }
@@ -254,7 +282,8 @@ async fn send_one_by_one(
     let mut sent = Vec::with_capacity(round.len());
     let mut rest = round.into_iter().zip(bodies);
     while let Some((message, body)) = rest.next() {
-        match to.send_message(to_queue, &body).await {
+        let options = SendOptions::new().headers(message.headers().clone());
+        match to.send_message_with(to_queue, &body, &options).await {
             Ok(_) => sent.push(message),
             Err(error) if is_refusal(&error) => {
                 tracing::warn!(queue = from_queue, %error,

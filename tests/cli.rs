@@ -11,7 +11,7 @@ use std::{
 };
 
 use tasker_messaging::{
-    conformance::unique_queue, MessageBackend, MessagingService, Provider, QueueStats,
+    conformance::unique_queue, MessageBackend, MessagingService, Provider, QueueStats, SendOptions,
     SimpleStepMessage,
 };
 use uuid::Uuid;
@@ -212,6 +212,46 @@ async fn peek_shows_messages_and_leaves_them_ready() {
         "the peek counted"
     );
     backend.delete_queue(&queue).await.unwrap();
+}
+
+/// C38: `peek` shows a message's headers, and `migrate` (move_messages)
+/// keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peek_shows_headers_and_migrate_keeps_them() {
+    let backend = common::backend(Provider::Pgmq).await;
+    let (queue, _) = queue_with(&backend, "cli_peek_headers", 0).await;
+    let step = SimpleStepMessage::new(Uuid::new_v4(), Uuid::new_v4());
+    let options = SendOptions::new().header("tenant", "acme");
+    backend
+        .send_message_with(&queue, &step, &options)
+        .await
+        .expect("send with headers");
+    let output = cli(&config(Provider::Pgmq, None), &["peek", &queue], "");
+    assert_exit(&output, 0);
+    let out = text(&output.stdout);
+    assert!(out.contains(r#"headers {"tenant":"acme"}"#), "{out}");
+    let output = cli(
+        &config(Provider::Pgmq, None),
+        &["migrate", "--to", "rabbitmq", "--queues", &queue],
+        "",
+    );
+    assert_exit(&output, 0);
+    let target = common::backend(Provider::RabbitMq).await;
+    let got = target
+        .receive_messages::<SimpleStepMessage>(&queue, 5, Duration::from_secs(30))
+        .await
+        .expect("receive on the target");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message, step);
+    assert_eq!(got[0].headers(), options.header_map());
+    target
+        .delete_queue(&queue)
+        .await
+        .expect("delete on the target");
+    backend
+        .delete_queue(&queue)
+        .await
+        .expect("delete on the source");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use chrono::Utc;
 use tasker_messaging::{
     Capabilities, CircuitBreaker, MessageId, MessagingError, MessagingService, Provider,
     QueueMessage, QueueStats, QueuedMessage, QueuedMessageMetadata, QueuesConfig, ReceiptHandle,
-    SimpleStepMessage,
+    SendOptions, SimpleStepMessage,
 };
 use uuid::Uuid;
 
@@ -67,6 +67,25 @@ impl MessagingService for Mock {
         Ok(ids)
     }
 
+    // This mock keeps no delays or headers: it sends as a plain send does.
+    async fn send_message_with<T: QueueMessage>(
+        &self,
+        queue: &str,
+        message: &T,
+        _options: &SendOptions,
+    ) -> Result<MessageId, MessagingError> {
+        self.send_message(queue, message).await
+    }
+
+    async fn send_batch_with<T: QueueMessage>(
+        &self,
+        queue: &str,
+        messages: &[T],
+        _options: &SendOptions,
+    ) -> Result<Vec<MessageId>, MessagingError> {
+        self.send_batch(queue, messages).await
+    }
+
     async fn receive_messages<T: QueueMessage>(
         &self,
         _queue: &str,
@@ -87,6 +106,7 @@ impl MessagingService for Mock {
                         enqueued_at: Utc::now(),
                         receive_count: 1,
                         visibility_timeout_expires: Utc::now() + lease,
+                        headers: Default::default(),
                     },
                     message: serde_json::from_str(&body).map_err(MessagingError::Serialization)?,
                 })

@@ -23,7 +23,7 @@ use common::load::{self, Load};
 use sqlx::{Connection, PgConnection};
 use tasker_messaging::{
     CircuitState, MessageBackend, MessageId, MessagingConfig, MessagingError, MessagingService,
-    Provider, SecretUrl, SimpleStepMessage,
+    Provider, SecretUrl, SendOptions, SimpleStepMessage,
 };
 
 const APP: &str = "tasker_fault_test";
@@ -402,5 +402,53 @@ async fn acknowledged_sends_survive_a_crash() {
         "the kill failed no send: it did not interrupt the stream"
     );
     assert_eq!(lost, 0, "sends that returned Ok did not survive the crash");
+    backend.delete_queue(&queue).await.expect("delete_queue");
+}
+
+/// C41: a delayed message is durable when its send returns, as a plain one
+/// is (C5): PostgreSQL is killed (`stop -m immediate`) and started again
+/// while the delay runs, and the message is received once it is due, not
+/// before, with its headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_message_survives_a_restart() {
+    let _serial = common::serial().await;
+    let _restore = RestoreServer;
+    let backend = MessageBackend::connect(&config())
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is not usable: {e}"));
+    let queue = fresh_queue(&backend, "delayed_restart").await;
+    let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let delay = Duration::from_secs(4);
+    let options = SendOptions::new().delay(delay).header("tenant", "acme");
+    let sent_at = Instant::now();
+    let id = backend
+        .send_message_with(&queue, &step, &options)
+        .await
+        .expect("delayed send");
+    pg_ctl_with("stop", &["-m", "immediate"]);
+    // Starts the server and waits until it accepts connections.
+    drop(RestoreServer);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        assert!(Instant::now() < deadline, "the delayed message never came");
+        match backend
+            .receive_messages::<SimpleStepMessage>(&queue, 1, Duration::from_secs(30))
+            .await
+        {
+            Ok(got) if !got.is_empty() => break got,
+            Ok(_) => {}
+            Err(e) if e.is_transient() => {}
+            Err(e) => panic!("receive after the restart: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let elapsed = sent_at.elapsed();
+    assert!(
+        elapsed + Duration::from_millis(400) >= delay,
+        "received after {elapsed:?}, before its delay"
+    );
+    assert_eq!(got[0].message, step);
+    assert_eq!(got[0].metadata.message_id, id);
+    assert_eq!(got[0].headers(), options.header_map());
     backend.delete_queue(&queue).await.expect("delete_queue");
 }

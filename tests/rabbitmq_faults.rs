@@ -23,7 +23,7 @@ use std::{
 use common::load::{self, Load};
 use tasker_messaging::{
     CircuitState, MessageBackend, MessageId, MessagingConfig, MessagingError, MessagingService,
-    Provider, QueuedMessage, SimpleStepMessage,
+    Provider, QueuedMessage, SendOptions, SimpleStepMessage,
 };
 use uuid::Uuid;
 
@@ -641,4 +641,58 @@ async fn nacks_on_one_queue_cost_a_healthy_queue_nothing() {
     assert_eq!(breaker.state(), CircuitState::Closed, "refusals opened it");
     backend.delete_queue(&refusing).await.expect("delete_queue");
     backend.delete_queue(&healthy).await.expect("delete_queue");
+}
+
+/// C41: a delayed message is durable when its send returns: the broker
+/// application is stopped and started again while the message waits in the
+/// delay tiers (6 s: the 4 s and 2 s levels), and it is received once due,
+/// not before, with its headers (at-least-once dead-lettering between the
+/// levels; a duplicate would be allowed, a loss not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_message_survives_a_broker_restart() {
+    init_logs();
+    let _serial = common::serial().await;
+    let backend = backend_with(|_| {}).await;
+    let queue = queue_name("delayed_restart");
+    backend.create_queue(&queue).await.expect("create_queue");
+    let sent = step();
+    let delay = Duration::from_secs(6);
+    let options = SendOptions::new().delay(delay).header("tenant", "acme");
+    let sent_at = Instant::now();
+    let id = backend
+        .send_message_with(&queue, &sent, &options)
+        .await
+        .expect("delayed send");
+    let restart = RestartBroker;
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+        .await
+        .expect("stop_app task");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::spawn_blocking(move || drop(restart))
+        .await
+        .expect("start_app task");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        assert!(Instant::now() < deadline, "the delayed message never came");
+        match backend
+            .receive_messages::<SimpleStepMessage>(&queue, 10, Duration::from_secs(30))
+            .await
+        {
+            Ok(got) if !got.is_empty() => break got,
+            Ok(_) => {}
+            Err(e) if e.is_transient() => {}
+            Err(e) => panic!("receive after the restart: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let elapsed = sent_at.elapsed();
+    println!("the delayed message arrived after {elapsed:.1?}");
+    assert!(
+        elapsed + Duration::from_millis(400) >= delay,
+        "received after {elapsed:?}, before its delay"
+    );
+    assert_eq!(got[0].message, sent);
+    assert_eq!(got[0].metadata.message_id, id);
+    assert_eq!(got[0].headers(), options.header_map());
+    backend.delete_queue(&queue).await.expect("delete_queue");
 }

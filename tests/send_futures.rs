@@ -20,6 +20,13 @@ fn every_backend_future_is_send(backend: Arc<MessageBackend>) {
     drop(assert_send(b.create_queue("q")));
     drop(assert_send(b.send_message("q", &step)));
     drop(assert_send(b.send_batch("q", std::slice::from_ref(&step))));
+    let options = tasker_messaging::SendOptions::new().header("k", "v");
+    drop(assert_send(b.send_message_with("q", &step, &options)));
+    drop(assert_send(b.send_batch_with(
+        "q",
+        std::slice::from_ref(&step),
+        &options,
+    )));
     drop(assert_send(
         b.receive_messages::<SimpleStepMessage>("q", 1, lease),
     ));

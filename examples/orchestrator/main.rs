@@ -22,9 +22,14 @@
 //! with a `[migration]` section in FILE, a live provider migration).
 //!
 //! Failing steps (picked from the step uuid, so every run agrees) are never
-//! deleted: they come back when their lease ends until `max_receive_count`
-//! moves them to the dead-letter queue. A failing run therefore uses a short
-//! lease (at least 1 s, twice a received batch's work).
+//! deleted: they are retried with exponential backoff (1, 2, 4, … leases, at
+//! most 60 s) by stretching their lease with `change_message_visibility`,
+//! until `max_receive_count` moves them to the dead-letter queue. A
+//! visibility change rather than a delayed send: it keeps the message's id
+//! and `receive_count`, so the dead-letter limit still counts the attempts,
+//! and there is never a second copy (a delayed send then a delete leaves
+//! both between the two calls). A failing run uses a short lease (at least
+//! 1 s, twice a received batch's work).
 //!
 //! Ctrl-C or SIGTERM stops receiving; steps being worked on finish, steps
 //! received but not started are released at once (visibility 0), the summary

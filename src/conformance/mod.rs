@@ -29,8 +29,10 @@
 mod cancels;
 mod close;
 mod dead_letters;
+mod delay;
 mod drops;
 pub mod fleet;
+mod headers;
 mod leases;
 mod queues;
 mod send;
@@ -40,7 +42,9 @@ mod wait;
 
 pub use close::*;
 pub use dead_letters::*;
+pub use delay::*;
 pub use drops::*;
+pub use headers::*;
 pub use leases::*;
 pub use queues::*;
 pub use send::*;
@@ -93,6 +97,7 @@ macro_rules! conformance_tests {
         );
         $crate::__conformance_pair_cases!($backend, $other_process;
             close_keeps_settles_and_refuses_later_calls,
+            a_delayed_message_reaches_another_process_when_due,
         );
         $crate::__conformance_wide_fleet_cases!($backend, $other_process;
             a_fleet_drains_with_bulk_receives,
@@ -132,6 +137,14 @@ macro_rules! conformance_tests {
             waiting_receive_returns_empty_after_the_wait,
             waiting_receive_sees_a_lease_that_ran_out,
             waiting_receive_sees_what_reaches_the_old_side,
+            headers_round_trip_on_send_and_batch,
+            header_keys_are_checked_before_io,
+            headers_count_toward_the_size_limit,
+            headers_survive_dead_lettering_and_other_shapes,
+            headers_survive_move_messages,
+            a_delayed_message_is_received_only_after_its_due_time,
+            the_delay_limits_are_stated_and_enforced,
+            a_zero_delay_is_a_plain_send,
         );
     };
 }

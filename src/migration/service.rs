@@ -277,6 +277,24 @@ impl Provide for MigratingMessageService {
         self.target.send_batch(queue, messages).await
     }
 
+    async fn send_message_with<T: QueueMessage>(
+        &self,
+        queue: &QueueName,
+        message: &T,
+        options: &crate::SendOptions,
+    ) -> Result<MessageId, MessagingError> {
+        self.target.send_message_with(queue, message, options).await
+    }
+
+    async fn send_batch_with<T: QueueMessage>(
+        &self,
+        queue: &QueueName,
+        messages: &[T],
+        options: &crate::SendOptions,
+    ) -> Result<Vec<MessageId>, MessagingError> {
+        self.target.send_batch_with(queue, messages, options).await
+    }
+
     async fn receive_messages<T: QueueMessage>(
         &self,
         queue: &QueueName,

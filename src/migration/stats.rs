@@ -36,6 +36,7 @@ impl MigrationStats {
             sum.message_count += s.message_count;
             sum.in_flight_count = add(s.in_flight_count, sum.in_flight_count);
             sum.dead_letter_count = add(s.dead_letter_count, sum.dead_letter_count);
+            sum.delayed_count = add(s.delayed_count, sum.delayed_count);
             sum.oldest_message_age_seconds = s
                 .oldest_message_age_seconds
                 .zip(sum.oldest_message_age_seconds)

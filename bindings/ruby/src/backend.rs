@@ -18,7 +18,7 @@ use magnus::{
 };
 use tasker_messaging::{
     wait_deadline, MessageBackend, MessagingConfig, MessagingError, MessagingService, Provider,
-    QueuedMessage, ReceiptHandle,
+    QueuedMessage, ReceiptHandle, SendOptions,
 };
 
 use crate::{
@@ -156,29 +156,37 @@ impl Backend {
         })
     }
 
-    /// `body` is the message as JSON text (the Ruby side generates it).
+    /// `body` is the message as JSON text (the Ruby side generates it);
+    /// `delay` in seconds (0: none) and `headers` as flat `[key, value, ...]`
+    /// strings (the Ruby side flattens its Hash).
     pub fn send_message(
         ruby: &Ruby,
         rb_self: &Self,
         queue: String,
         body: String,
+        delay: f64,
+        headers: Vec<String>,
     ) -> Result<String, Error> {
         guard(ruby, || {
             let message = &RubyMessage::parse(body).or_raise(ruby)?;
+            let options = &send_options(delay, headers).or_raise(ruby)?;
             let queue = &queue;
-            let id = rb_self.call(
-                ruby,
-                |b| async move { b.send_message(queue, message).await },
-            )?;
+            let id = rb_self.call(ruby, |b| async move {
+                b.send_message_with(queue, message, options).await
+            })?;
             Ok(id.to_string())
         })
     }
 
+    /// As [`send_message`](Self::send_message), for many bodies with the
+    /// same options.
     pub fn send_batch(
         ruby: &Ruby,
         rb_self: &Self,
         queue: String,
         bodies: Vec<String>,
+        delay: f64,
+        headers: Vec<String>,
     ) -> Result<Vec<String>, Error> {
         guard(ruby, || {
             let messages = bodies
@@ -186,8 +194,11 @@ impl Backend {
                 .map(RubyMessage::parse)
                 .collect::<Result<Vec<_>, _>>()
                 .or_raise(ruby)?;
+            let options = &send_options(delay, headers).or_raise(ruby)?;
             let (queue, messages) = (&queue, &messages);
-            let ids = rb_self.call(ruby, |b| async move { b.send_batch(queue, messages).await })?;
+            let ids = rb_self.call(ruby, |b| async move {
+                b.send_batch_with(queue, messages, options).await
+            })?;
             Ok(ids.iter().map(ToString::to_string).collect())
         })
     }
@@ -306,6 +317,7 @@ impl Backend {
                 stats.oldest_message_age_seconds,
             )?;
             hash.aset(ruby.to_symbol("dead_letter_count"), stats.dead_letter_count)?;
+            hash.aset(ruby.to_symbol("delayed_count"), stats.delayed_count)?;
             Ok(hash)
         })
     }
@@ -428,6 +440,21 @@ pub fn seconds(value: f64, name: &str) -> Result<Duration, MessagingError> {
     })
 }
 
+/// Send options from Ruby: a delay in seconds and flat header pairs.
+fn send_options(delay: f64, headers: Vec<String>) -> Result<SendOptions, MessagingError> {
+    if headers.len() % 2 != 0 {
+        return Err(MessagingError::InvalidArgument(
+            "headers must be key, value pairs".into(),
+        ));
+    }
+    let mut pairs = headers.into_iter();
+    let mut options = SendOptions::new().delay(seconds(delay, "delay")?);
+    while let (Some(key), Some(value)) = (pairs.next(), pairs.next()) {
+        options = options.header(key, value);
+    }
+    Ok(options)
+}
+
 /// A `wait` from Ruby: seconds as for [`seconds`], except that a wait longer
 /// than any `Duration` (up to `Float::INFINITY`) is one with no end, as in Rust.
 fn wait_seconds(value: f64) -> Result<Duration, MessagingError> {
@@ -453,6 +480,15 @@ fn time(ruby: &Ruby, secs: i64, nanos: u32) -> Result<Value, Error> {
     Ok(ruby.time_timespec_new(spec, Offset::utc())?.as_value())
 }
 
+/// A message's headers as a Ruby Hash of Strings.
+fn headers(ruby: &Ruby, headers: &tasker_messaging::Headers) -> Result<Value, Error> {
+    let hash = ruby.hash_new();
+    for (key, value) in headers {
+        hash.aset(ruby.str_new(key), ruby.str_new(value))?;
+    }
+    Ok(hash.as_value())
+}
+
 fn rows(ruby: &Ruby, messages: Vec<QueuedMessage<RubyMessage>>) -> Result<RArray, Error> {
     let rows = ruby.ary_new_capa(messages.len());
     for message in messages {
@@ -472,6 +508,7 @@ fn rows(ruby: &Ruby, messages: Vec<QueuedMessage<RubyMessage>>) -> Result<RArray
                 meta.visibility_timeout_expires.timestamp_subsec_nanos(),
             )?,
             ruby.str_new(message.message.text()).as_value(),
+            headers(ruby, &meta.headers)?,
         ]))?;
     }
     Ok(rows)

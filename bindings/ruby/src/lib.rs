@@ -29,8 +29,8 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     backend.define_method("health_check", method!(backend::Backend::health_check, 0))?;
     backend.define_method("create_queue", method!(backend::Backend::create_queue, 1))?;
     backend.define_method("delete_queue", method!(backend::Backend::delete_queue, 1))?;
-    backend.define_method("send_message", method!(backend::Backend::send_message, 2))?;
-    backend.define_method("send_batch", method!(backend::Backend::send_batch, 2))?;
+    backend.define_method("send_message", method!(backend::Backend::send_message, 4))?;
+    backend.define_method("send_batch", method!(backend::Backend::send_batch, 4))?;
     backend.define_method("receive", method!(backend::Backend::receive, 4))?;
     backend.define_method(
         "delete_message",

@@ -41,7 +41,8 @@ module ContractCases
       assert_equal %i[receipt_handle message metadata], msg.keys
       assert_equal step, Step.from_hash(msg[:message])
       meta = msg[:metadata]
-      assert_equal %i[message_id enqueued_at receive_count visibility_timeout_expires], meta.keys
+      assert_equal %i[message_id enqueued_at receive_count visibility_timeout_expires headers], meta.keys
+      assert_equal({}, meta[:headers])
       assert_equal id, meta[:message_id]
       assert_equal 1, meta[:receive_count]
       assert_kind_of Time, meta[:enqueued_at]
@@ -59,6 +60,32 @@ module ContractCases
       msg = receive_one(queue)
       assert_equal({ kind: "note", n: 7, tags: ["a", nil, 1.5], nested: { ok: true } }, msg[:message])
       service.delete_message(queue, msg[:receipt_handle])
+    end
+  end
+
+  # C34, C38: a delayed send (one or a batch) is received only once due,
+  # and its headers come back in metadata[:headers].
+  def test_delay_and_headers
+    with_queue("delay_headers") do |queue|
+      headers = { "tenant" => "acme", correlation: 42 }
+      sent_at = TestSupport.now
+      service.send_message(queue, { n: 1 }, delay: 2, headers: headers)
+      service.send_batch(queue, [{ n: 2 }, { n: 3 }], delay: 2.0, headers: { "batch" => "yes" })
+      assert_empty service.receive_messages(queue)
+      got = []
+      deadline = TestSupport.now + 10
+      while got.size < 3
+        flunk "#{got.size} of 3 delayed messages arrived within 10 s" if TestSupport.now > deadline
+        got.concat(service.receive_messages(queue, max_messages: 10))
+        sleep 0.05
+      end
+      assert_operator TestSupport.now - sent_at, :>=, 1.6
+      assert_equal [1, 2, 3], got.map { |m| m[:message][:n] }
+      assert_equal({ "tenant" => "acme", "correlation" => "42" }, got[0][:metadata][:headers])
+      assert_equal [{ "batch" => "yes" }] * 2, got[1..].map { |m| m[:metadata][:headers] }
+      got.each { |m| service.delete_message(queue, m[:receipt_handle]) }
+      assert_raises(Services::InvalidArgument) { service.send_message(queue, { n: 4 }, headers: { "x-mine" => "1" }) }
+      assert_raises(Services::InvalidArgument) { service.send_message(queue, { n: 5 }, delay: -1) }
     end
   end
 

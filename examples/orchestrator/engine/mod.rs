@@ -394,8 +394,14 @@ impl Orchestrator {
             )));
         }
         let lease = lease_for(&settings, config.default_visibility_timeout());
-        // A lease that ran out is seen within one fallback poll.
-        let quiet = lease + 2 * config.wait_poll_interval() + Duration::from_secs(1);
+        // A lease that ran out is seen within one fallback poll; a failing
+        // step may wait out its longest backoff first (workers::backoff).
+        let longest = if settings.fail_rate > 0.0 {
+            workers::backoff(lease, config.max_receive_count)
+        } else {
+            lease
+        };
+        let quiet = longest + 2 * config.wait_poll_interval() + Duration::from_secs(1);
         let ctx = Ctx {
             current: Mutex::new(backend),
             crews: Mutex::default(),

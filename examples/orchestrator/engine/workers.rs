@@ -58,9 +58,23 @@ pub(super) async fn run_steps(
             tokio::time::sleep(ctx.settings.work).await;
         }
         if fails(step.message.step_uuid, ctx.settings.fail_rate) {
-            // Not deleted: the lease runs out, the step comes back, and after
-            // max_receive_count deliveries it moves to the dead-letter queue.
+            // Retried with exponential backoff: not deleted, but its lease is
+            // stretched to the backoff of this attempt, so it comes back
+            // then (a visibility change, not a delayed send: see README),
+            // and after max_receive_count deliveries it moves to the
+            // dead-letter queue.
             lock(&s.failing).insert(step.message.step_uuid);
+            let backoff = backoff(ctx.lease, step.metadata.receive_count);
+            match crew
+                .backend
+                .change_message_visibility(queue, step.receipt(), backoff)
+                .await
+            {
+                // Gone already: it comes back, or moved on, as it would have.
+                Ok(()) | Err(MessagingError::LeaseExpired { .. }) => {}
+                // The lease ends on its own: a retry after one lease.
+                Err(error) => eprintln!("warning: backoff: {error} (retried after its lease)"),
+            }
             s.in_flight.fetch_sub(1, Relaxed);
             continue;
         }
@@ -139,3 +153,15 @@ pub(super) async fn release(
         ctx.shared.in_flight.fetch_sub(1, Relaxed);
     }
 }
+
+/// How long a step that failed its `attempt`-th delivery waits before its
+/// next: the lease, doubled for every attempt after the first (1, 2, 4, …
+/// leases), at most [`MAX_BACKOFF`].
+pub fn backoff(lease: Duration, attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(16);
+    lease.saturating_mul(1 << doublings).min(MAX_BACKOFF)
+}
+
+/// The longest backoff: far under RabbitMQ's `consumer_timeout` (30 min by
+/// default), above which a visibility change is refused.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);

@@ -174,6 +174,11 @@ pub async fn peek(config: &MessagingConfig, queue: &str, count: usize) -> Result
                 m.enqueued_at.to_rfc3339(),
                 message.message.json()
             );
+            if !m.headers.is_empty() {
+                // JSON, so that any value prints unambiguously.
+                let headers = serde_json::to_string(&m.headers).unwrap_or_default();
+                println!("  headers {headers}");
+            }
             if let Err(error) = backend
                 .change_message_visibility(queue, message.receipt(), Duration::ZERO)
                 .await

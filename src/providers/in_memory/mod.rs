@@ -23,7 +23,7 @@ use crate::{
     service::provide::{Shutdown, Teardown},
     wait::Arrivals,
     CircuitBreaker, MessageId, MessagingError, Provider, QueueMessage, QueueStats, QueuedMessage,
-    QueuesConfig, ReceiptHandle,
+    QueuesConfig, ReceiptHandle, SendOptions,
 };
 
 /// Queues held in this process, behind one mutex; nothing survives the process.
@@ -135,6 +135,55 @@ impl crate::service::provide::Provide for InMemoryMessageService {
         Ok(ids)
     }
 
+    async fn send_message_with<T: QueueMessage>(
+        &self,
+        queue: &QueueName,
+        message: &T,
+        options: &SendOptions,
+    ) -> Result<MessageId, MessagingError> {
+        let ids = self
+            .send_batch_with(queue, std::slice::from_ref(message), options)
+            .await?;
+        ids.into_iter()
+            .next()
+            .ok_or_else(|| MessagingError::invalid_argument("no message was sent"))
+    }
+
+    async fn send_batch_with<T: QueueMessage>(
+        &self,
+        queue: &QueueName,
+        messages: &[T],
+        options: &SendOptions,
+    ) -> Result<Vec<MessageId>, MessagingError> {
+        let queue = queue.as_str();
+        let bodies = codec::encode_all_with_headers(
+            messages,
+            self.config.max_message_bytes,
+            options.header_bytes(),
+        )?;
+        // Rounded up to the millisecond, the granularity this provider states.
+        let delay = options.delay_duration();
+        let delay = Duration::from_millis(
+            u64::try_from(delay.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX),
+        );
+        let due = (!delay.is_zero())
+            .then(|| tokio::time::Instant::now().checked_add(delay))
+            .flatten();
+        let ids: Vec<MessageId> = self.with_queue(queue, |q| {
+            Ok(bodies
+                .into_iter()
+                .map(|body| {
+                    let id = q.push_with(body.into(), options.header_map().clone(), due);
+                    MessageId::new(id.to_string())
+                })
+                .collect())
+        })?;
+        if due.is_none() {
+            self.arrivals.notify(queue, ids.len());
+        }
+        Ok(ids)
+    }
+
     async fn receive_messages<T: QueueMessage>(
         &self,
         queue: &QueueName,
@@ -161,6 +210,7 @@ impl crate::service::provide::Provide for InMemoryMessageService {
             let Some(Received {
                 id,
                 body,
+                headers,
                 enqueued_at,
                 receive_count,
                 other_shape_since,
@@ -187,13 +237,14 @@ impl crate::service::provide::Provide for InMemoryMessageService {
                     other_shape_for: other_shape_since
                         .map_or(Duration::ZERO, |since| now.saturating_duration_since(since)),
                     body: &body,
+                    headers: headers.clone(),
                 },
             );
             match outcome {
                 Outcome::Deliver(message) => delivered.push(message),
                 Outcome::DeadLetter(reason) => {
-                    let body = q.remove(id).unwrap_or(body);
-                    dead.push((id, body, reason));
+                    let (body, headers) = q.remove(id).unwrap_or((body, headers));
+                    dead.push((id, body, headers, reason));
                 }
                 // After the loop, or this receive would lease it again.
                 Outcome::Release => released.push(receipt),
@@ -210,8 +261,8 @@ impl crate::service::provide::Provide for InMemoryMessageService {
             // Recreated if it was deleted on its own: a dead letter is never dropped.
             let dlq = queues.entry(dlq_name.clone()).or_default();
             let moved = dead.len();
-            for (id, body, reason) in dead {
-                dlq.push(body);
+            for (id, body, headers, reason) in dead {
+                dlq.push_with(body, headers, None);
                 self.dead_letters.log_move(queue, &id.to_string(), reason);
             }
             drop(queues);
@@ -329,6 +380,7 @@ impl crate::service::provide::Provide for InMemoryMessageService {
                 .oldest_enqueued_at()
                 .map(|at| (Utc::now() - at).num_seconds()),
             dead_letter_count,
+            delayed_count: Some(q.delayed_len() as u64),
             migration: None,
         })
     }

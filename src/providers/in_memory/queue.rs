@@ -5,11 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
-use crate::receipt::Receipt;
+use crate::{receipt::Receipt, Headers};
 
 #[derive(Debug)]
 struct Stored {
     body: Box<str>,
+    headers: Headers,
+    /// `Some(due)` while a delayed send's delay runs.
+    due: Option<Instant>,
     enqueued_at: DateTime<Utc>,
     /// Hand-outs to callers (reads of another shape are taken back out).
     receive_count: u32,
@@ -26,6 +29,7 @@ struct Stored {
 pub(super) struct Received {
     pub id: u64,
     pub body: Box<str>,
+    pub headers: Headers,
     pub enqueued_at: DateTime<Utc>,
     pub receive_count: u32,
     pub other_shape_since: Option<Instant>,
@@ -43,6 +47,8 @@ pub(super) struct Queue {
     ready: BTreeSet<(u64, u64)>,
     /// `(deadline, id)` of every lease, earliest first.
     leases: BTreeSet<(Instant, u64)>,
+    /// `(due, id)` of every delayed message, earliest first.
+    delayed: BTreeSet<(Instant, u64)>,
 }
 
 impl Default for Queue {
@@ -53,6 +59,7 @@ impl Default for Queue {
             messages: BTreeMap::new(),
             ready: BTreeSet::new(),
             leases: BTreeSet::new(),
+            delayed: BTreeSet::new(),
         }
     }
 }
@@ -64,12 +71,20 @@ impl Queue {
     }
 
     pub fn push(&mut self, body: Box<str>) -> u64 {
+        self.push_with(body, Headers::new(), None)
+    }
+
+    /// Adds a message with headers, ready at once or, with `due`, only once
+    /// that instant has passed (a delayed send).
+    pub fn push_with(&mut self, body: Box<str>, headers: Headers, due: Option<Instant>) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         self.messages.insert(
             id,
             Stored {
                 body,
+                headers,
+                due,
                 enqueued_at: Utc::now(),
                 receive_count: 0,
                 lease: None,
@@ -77,12 +92,30 @@ impl Queue {
                 place: id,
             },
         );
-        self.ready.insert((id, id));
+        match due {
+            Some(due) => {
+                self.delayed.insert((due, id));
+            }
+            None => {
+                self.ready.insert((id, id));
+            }
+        }
         id
     }
 
-    /// Makes every message whose lease ended at or before `now` ready again.
+    /// Makes every message whose lease ended, or whose delay ran out, at or
+    /// before `now` ready again.
     pub fn release_expired(&mut self, now: Instant) {
+        while let Some(&(due, id)) = self.delayed.first() {
+            if due > now {
+                break;
+            }
+            self.delayed.pop_first();
+            if let Some(stored) = self.messages.get_mut(&id) {
+                stored.due = None;
+                self.ready.insert((stored.place, id));
+            }
+        }
         while let Some(&(deadline, id)) = self.leases.first() {
             if deadline > now {
                 break;
@@ -105,6 +138,7 @@ impl Queue {
         Some(Received {
             id,
             body: stored.body.clone(),
+            headers: stored.headers.clone(),
             enqueued_at: stored.enqueued_at,
             receive_count: stored.receive_count,
             other_shape_since: stored.other_shape_since,
@@ -143,14 +177,17 @@ impl Queue {
         true
     }
 
-    /// Removes a message outright, returning its body.
-    pub fn remove(&mut self, id: u64) -> Option<Box<str>> {
+    /// Removes a message outright, returning its body and headers.
+    pub fn remove(&mut self, id: u64) -> Option<(Box<str>, Headers)> {
         let stored = self.messages.remove(&id)?;
         self.ready.remove(&(stored.place, id));
         if let Some(deadline) = stored.lease {
             self.leases.remove(&(deadline, id));
         }
-        Some(stored.body)
+        if let Some(due) = stored.due {
+            self.delayed.remove(&(due, id));
+        }
+        Some((stored.body, stored.headers))
     }
 
     /// The live lease `receipt` names, if it is still held.
@@ -200,6 +237,10 @@ impl Queue {
 
     pub fn leased_len(&self) -> usize {
         self.leases.len()
+    }
+
+    pub fn delayed_len(&self) -> usize {
+        self.delayed.len()
     }
 
     pub fn oldest_enqueued_at(&self) -> Option<DateTime<Utc>> {

@@ -23,6 +23,8 @@ pub(super) struct ReadRow {
     enqueued_at: DateTime<Utc>,
     vt: DateTime<Utc>,
     body: String,
+    /// The `headers` column as text (`NULL` for most messages).
+    headers: Option<String>,
     /// Seconds since a receiver that could not read it first met it.
     other_shape_secs: Option<f64>,
 }
@@ -124,6 +126,7 @@ impl PgmqMessageService {
         // drop until this transaction ends, so the OID is that table's.
         let rows: Vec<ReadRow> = sqlx::query_as(&format!(
             "SELECT msg_id, read_ct, enqueued_at, vt, message::text AS body,
+                    headers::text AS headers,
                     (SELECT coalesce(to_regclass('pgmq.q_' || $1)::oid::bigint, 0))
                         AS incarnation,
                     CASE WHEN jsonb_typeof(headers->'{OTHER_SHAPE_SINCE}') = 'number'
@@ -163,6 +166,7 @@ impl PgmqMessageService {
                         .and_then(|secs| Duration::try_from_secs_f64(secs.max(0.0)).ok())
                         .unwrap_or_default(),
                     body: &row.body,
+                    headers: user_headers(row.headers.as_deref()),
                 },
             );
             match outcome {
@@ -232,5 +236,21 @@ impl PgmqMessageService {
         .execute(&mut *tx)
         .await?;
         Ok(())
+    }
+}
+
+/// The caller's headers in a `headers` column: its string values, the
+/// library's own keys (`tasker_*`, `dead_letter`) left out. A column that is
+/// not a JSON object (written by another producer) gives none.
+pub(super) fn user_headers(column: Option<&str>) -> crate::Headers {
+    let Some(text) = column else {
+        return crate::Headers::new();
+    };
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
+        Ok(map) => crate::send_options::user_headers(
+            map.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.as_str(), v))),
+        ),
+        Err(_) => crate::Headers::new(),
     }
 }

@@ -339,6 +339,61 @@ impl crate::service::provide::Provide for PgmqMessageService {
             .collect())
     }
 
+    async fn send_message_with<T: QueueMessage>(
+        &self,
+        queue: &QueueName,
+        message: &T,
+        options: &crate::SendOptions,
+    ) -> Result<MessageId, MessagingError> {
+        let mut ids = self
+            .send_batch_with(queue, std::slice::from_ref(message), options)
+            .await?;
+        ids.pop()
+            .ok_or_else(|| MessagingError::invalid_argument("no message was sent"))
+    }
+
+    async fn send_batch_with<T: QueueMessage>(
+        &self,
+        queue: &QueueName,
+        messages: &[T],
+        options: &crate::SendOptions,
+    ) -> Result<Vec<MessageId>, MessagingError> {
+        let queue = queue.as_str();
+        let bodies = codec::encode_all_with_headers(
+            messages,
+            self.config.max_message_bytes,
+            options.header_bytes(),
+        )?;
+        let bodies: Vec<_> = bodies.iter().map(|body| Json(&**body)).collect();
+        // PGMQ's own `headers` column and `delay` (whole seconds, rounded
+        // up: the granularity `Capabilities` states); one statement, so the
+        // batch is stored whole or not at all, delayed or not (C41).
+        let headers = options.header_map();
+        let headers: Vec<_> = bodies.iter().map(|_| Json(headers)).collect();
+        let delay = options.delay_duration();
+        let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+        let secs = i32::try_from(secs)
+            .map_err(|_| MessagingError::invalid_argument("the delay is too long for PGMQ"))?;
+        let ids: Vec<i64> = self
+            .run("send_batch", || async {
+                sqlx::query_scalar(
+                    "SELECT pgmq.send_batch($1, $2::jsonb[], $3::jsonb[], $4::integer)",
+                )
+                .bind(queue)
+                .bind(&bodies)
+                .bind(&headers)
+                .bind(secs)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error("send_batch", e, Some(queue)))
+            })
+            .await?;
+        Ok(ids
+            .into_iter()
+            .map(|id| MessageId::new(id.to_string()))
+            .collect())
+    }
+
     async fn receive_messages<T: QueueMessage>(
         &self,
         queue: &QueueName,
@@ -478,29 +533,35 @@ impl crate::service::provide::Provide for PgmqMessageService {
     async fn get_queue_stats(&self, queue: &QueueName) -> Result<QueueStats, MessagingError> {
         let queue = queue.as_str();
         let dlq = self.dead_letters.dead_letter_queue(queue);
-        type Row = (i64, i64, Option<i32>, Option<i64>);
-        let (ready, total, oldest, dead): Row = self
+        type Row = (i64, i64, Option<i32>, Option<i64>, i64);
+        // Delayed: not visible and never read (a lease has read it at least
+        // once); counted apart from the leased ones (C40).
+        let sql = format!(
+            "SELECT m.queue_visible_length, m.queue_length, m.oldest_msg_age_sec,
+                    CASE WHEN to_regclass('pgmq.q_' || $2) IS NULL THEN NULL
+                         ELSE (SELECT d.queue_length FROM pgmq.metrics($2) d) END,
+                    (SELECT count(*) FROM pgmq.q_{queue}
+                     WHERE vt > clock_timestamp() AND read_ct = 0)
+             FROM pgmq.metrics($1) m"
+        );
+        let (ready, total, oldest, dead, delayed): Row = self
             .run("get_queue_stats", || async {
-                sqlx::query_as(
-                    "SELECT m.queue_visible_length, m.queue_length, m.oldest_msg_age_sec,
-                            CASE WHEN to_regclass('pgmq.q_' || $2) IS NULL THEN NULL
-                                 ELSE (SELECT d.queue_length FROM pgmq.metrics($2) d) END
-                     FROM pgmq.metrics($1) m",
-                )
-                .bind(queue)
-                .bind(dlq.as_deref())
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|e| db_error("get_queue_stats", e, Some(queue)))
+                sqlx::query_as(&sql)
+                    .bind(queue)
+                    .bind(dlq.as_deref())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| db_error("get_queue_stats", e, Some(queue)))
             })
             .await?;
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
         Ok(QueueStats {
             queue_name: queue.to_owned(),
             message_count: count(ready),
-            in_flight_count: Some(count(total - ready)),
+            in_flight_count: Some(count(total - ready - delayed)),
             oldest_message_age_seconds: oldest.map(i64::from),
             dead_letter_count: dead.map(count),
+            delayed_count: Some(count(delayed)),
             migration: None,
         })
     }

@@ -136,8 +136,13 @@ impl Admin {
         Ok(channel)
     }
 
+    /// `x-quorum-initial-group-size` of the queues it declares, if set.
+    pub(super) fn group_size(&self) -> Option<u32> {
+        self.group_size
+    }
+
     /// Runs one request; a 404 is `QueueNotFound` for `queue`.
-    async fn run<T, F, Fut>(
+    pub(super) async fn run<T, F, Fut>(
         &self,
         operation: &'static str,
         queue: Option<&str>,
@@ -155,7 +160,10 @@ impl Admin {
 
     /// Runs one request, returning the broker's refusal as it came (outer
     /// error: no channel to send it on).
-    async fn call<T, F, Fut>(&self, request: F) -> Result<Result<T, CallError>, MessagingError>
+    pub(super) async fn call<T, F, Fut>(
+        &self,
+        request: F,
+    ) -> Result<Result<T, CallError>, MessagingError>
     where
         F: FnOnce(Channel) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, amqprs::error::Error>> + Send + 'static,

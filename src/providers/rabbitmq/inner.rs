@@ -29,6 +29,10 @@ pub(super) struct Inner {
     pub(super) slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// Queues this backend created, declared again after a reconnect.
     pub(super) declared: Mutex<BTreeSet<String>>,
+    /// Set once this backend declared the delay tiers (`delay`).
+    pub(super) delay_tiers: tokio::sync::OnceCell<()>,
+    /// Queues this backend bound to the delay tiers' last hop.
+    pub(super) delay_bound: Mutex<BTreeSet<String>>,
     pub(super) epochs: AtomicU64,
     /// Drawn at connect; every receipt this backend issues names it. Tags
     /// and epochs restart in every process, and only this backend's

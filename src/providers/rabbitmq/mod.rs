@@ -55,6 +55,7 @@ mod channel;
 mod connection;
 mod consumer;
 mod dead_letters;
+mod delay;
 mod errors;
 mod inner;
 mod leases;
@@ -157,6 +158,8 @@ impl RabbitMqMessageService {
             admin: Arc::new(admin),
             slots: Mutex::default(),
             declared: Mutex::default(),
+            delay_tiers: tokio::sync::OnceCell::new(),
+            delay_bound: Mutex::default(),
             epochs: AtomicU64::new(0),
             holder: crate::receipt::new_scope(),
             stop,
@@ -248,6 +251,78 @@ impl RabbitMqMessageService {
 }
 
 impl RabbitMqMessageService {
+    /// Publishes `outgoing` and waits for every confirm, retrying what has
+    /// none (`send_batch`, and the sends with options).
+    async fn publish_confirmed(
+        &self,
+        queue: &str,
+        outgoing: Vec<Outgoing>,
+    ) -> Result<Vec<MessageId>, MessagingError> {
+        // Not atomic on RabbitMQ: each message is confirmed on its own. An
+        // attempt waits for every confirm, and a retry republishes only the
+        // messages still without one (a lost confirm may make a duplicate).
+        let confirmed: Mutex<Vec<Option<MessageId>>> =
+            Mutex::new(outgoing.iter().map(|_| None).collect());
+        self.resilience
+            .run("send_batch", || async {
+                let todo: Vec<usize> = lock(&confirmed)
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, id)| id.is_none().then_some(i))
+                    .collect();
+                let batch = todo.iter().map(|&i| outgoing[i].clone()).collect();
+                let pending = self.publish(queue, batch).await?;
+                let deadline = Instant::now() + self.inner.data.settings.timeout;
+                let mut failure: Option<MessagingError> = None;
+                for (i, pending) in todo.into_iter().zip(pending) {
+                    match pending.confirmed_by(deadline).await {
+                        Ok(id) => lock(&confirmed)[i] = Some(id),
+                        // Report a permanent failure (no retry) over a
+                        // transient one, and an unreachable server over a
+                        // refusal, which the breaker does not count.
+                        Err(error) => {
+                            let rank = |e: &MessagingError| match (e.is_transient(), e.is_refusal())
+                            {
+                                (false, _) => 2,
+                                (true, false) => 1,
+                                (true, true) => 0,
+                            };
+                            if failure.as_ref().is_none_or(|f| rank(&error) > rank(f)) {
+                                failure = Some(error);
+                            }
+                        }
+                    }
+                }
+                failure.map_or(Ok(()), Err)
+            })
+            .await?;
+        let ids = confirmed.into_inner().unwrap_or_else(|p| p.into_inner());
+        Ok(ids.into_iter().flatten().collect())
+    }
+
+    /// Declares the delay tiers once for this backend, and binds `queue` to
+    /// their last hop once (`QueueNotFound` if it does not exist).
+    async fn prepare_delay(&self, queue: &str) -> Result<(), MessagingError> {
+        self.inner
+            .delay_tiers
+            .get_or_try_init(|| async {
+                self.resilience
+                    .run("send_message", || self.inner.admin.declare_delay_tiers())
+                    .await
+            })
+            .await?;
+        if lock(&self.inner.delay_bound).contains(queue) {
+            return Ok(());
+        }
+        self.resilience
+            .run("send_message", || async {
+                self.inner.admin.bind_delayed(queue).await.map(drop)
+            })
+            .await?;
+        lock(&self.inner.delay_bound).insert(queue.to_owned());
+        Ok(())
+    }
+
     /// One attempt at `get_queue_stats` (a read, safe to repeat).
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError> {
         const OPERATION: &str = "get_queue_stats";
@@ -274,6 +349,8 @@ impl RabbitMqMessageService {
             in_flight_count: None,
             oldest_message_age_seconds: None,
             dead_letter_count,
+            // Delayed messages wait in tiers every queue shares (`delay`).
+            delayed_count: None,
             migration: None,
         })
     }
@@ -390,6 +467,16 @@ impl crate::service::provide::Provide for RabbitMqMessageService {
             })
             .await?;
         lock(&self.inner.declared).insert(queue.to_owned());
+        // Delayed messages already on their way to a queue of this name
+        // (sent before it was deleted and created again) reach it; a no-op
+        // where no delayed send ever declared the tiers.
+        let bound = self
+            .resilience
+            .run("create_queue", || self.inner.admin.bind_delayed(queue))
+            .await?;
+        if bound {
+            lock(&self.inner.delay_bound).insert(queue.to_owned());
+        }
         Ok(())
     }
 
@@ -428,46 +515,46 @@ impl crate::service::provide::Provide for RabbitMqMessageService {
             .zip(bodies)
             .map(|(message, body)| properties::outgoing(message, body))
             .collect();
-        // Not atomic on RabbitMQ: each message is confirmed on its own. An
-        // attempt waits for every confirm, and a retry republishes only the
-        // messages still without one (a lost confirm may make a duplicate).
-        let confirmed: Mutex<Vec<Option<MessageId>>> =
-            Mutex::new(outgoing.iter().map(|_| None).collect());
-        self.resilience
-            .run("send_batch", || async {
-                let todo: Vec<usize> = lock(&confirmed)
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, id)| id.is_none().then_some(i))
-                    .collect();
-                let batch = todo.iter().map(|&i| outgoing[i].clone()).collect();
-                let pending = self.publish(queue, batch).await?;
-                let deadline = Instant::now() + self.inner.data.settings.timeout;
-                let mut failure: Option<MessagingError> = None;
-                for (i, pending) in todo.into_iter().zip(pending) {
-                    match pending.confirmed_by(deadline).await {
-                        Ok(id) => lock(&confirmed)[i] = Some(id),
-                        // Report a permanent failure (no retry) over a
-                        // transient one, and an unreachable server over a
-                        // refusal, which the breaker does not count.
-                        Err(error) => {
-                            let rank = |e: &MessagingError| match (e.is_transient(), e.is_refusal())
-                            {
-                                (false, _) => 2,
-                                (true, false) => 1,
-                                (true, true) => 0,
-                            };
-                            if failure.as_ref().is_none_or(|f| rank(&error) > rank(f)) {
-                                failure = Some(error);
-                            }
-                        }
-                    }
-                }
-                failure.map_or(Ok(()), Err)
-            })
+        self.publish_confirmed(queue, outgoing).await
+    }
+
+    async fn send_message_with<T: QueueMessage>(
+        &self,
+        queue: &QueueName,
+        message: &T,
+        options: &crate::SendOptions,
+    ) -> Result<MessageId, MessagingError> {
+        let mut ids = self
+            .send_batch_with(queue, std::slice::from_ref(message), options)
             .await?;
-        let ids = confirmed.into_inner().unwrap_or_else(|p| p.into_inner());
-        Ok(ids.into_iter().flatten().collect())
+        ids.pop()
+            .ok_or_else(|| MessagingError::invalid_argument("no message was sent"))
+    }
+
+    async fn send_batch_with<T: QueueMessage>(
+        &self,
+        queue: &QueueName,
+        messages: &[T],
+        options: &crate::SendOptions,
+    ) -> Result<Vec<MessageId>, MessagingError> {
+        let name = queue.as_str();
+        let bodies = codec::encode_all_with_headers(
+            messages,
+            self.inner.queues.max_message_bytes,
+            options.header_bytes(),
+        )?;
+        let secs = delay::whole_secs(options.delay_duration());
+        if secs > 0 {
+            self.prepare_delay(name).await?;
+        }
+        let outgoing: Vec<Outgoing> = messages
+            .iter()
+            .zip(bodies)
+            .map(|(message, body)| {
+                properties::outgoing(message, body).with_options(options.header_map(), name, secs)
+            })
+            .collect();
+        self.publish_confirmed(name, outgoing).await
     }
 
     async fn receive_messages<T: QueueMessage>(
@@ -645,6 +732,8 @@ impl crate::service::provide::Provide for RabbitMqMessageService {
     async fn delete_queue(&self, queue: &QueueName) -> Result<(), MessagingError> {
         let queue = queue.as_str();
         lock(&self.inner.declared).remove(queue);
+        // Its binding to the delay tiers goes with it.
+        lock(&self.inner.delay_bound).remove(queue);
         // Stop consuming first; dropping the slot closes its channel.
         lock(&self.inner.slots).remove(queue);
         let dlq = self.inner.dead_letters.dead_letter_queue(queue);

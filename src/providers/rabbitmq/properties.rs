@@ -7,7 +7,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::value::RawValue;
 use uuid::{Uuid, Version};
 
-use crate::{dead_letter::DeadLetterReason, QueueMessage};
+use crate::{dead_letter::DeadLetterReason, Headers, QueueMessage};
 
 /// Header with the enqueue time in milliseconds, on dead-letter copies only:
 /// a message this library publishes carries it in its UUIDv7 id.
@@ -38,6 +38,48 @@ pub(super) struct Outgoing {
     pub message_id: String,
     pub properties: BasicProperties,
     pub body: Vec<u8>,
+    /// `Some((exchange, routing key))` for a delayed send (`delay`);
+    /// `None` publishes to the queue through the default exchange.
+    pub route: Option<Box<(String, String)>>,
+}
+
+impl Outgoing {
+    /// Adds the caller's headers (string values) and, for a delay of
+    /// `delay_secs` > 0, routes the publish through the delay tiers to
+    /// `queue` (see `delay`).
+    pub(super) fn with_options(mut self, headers: &Headers, queue: &str, delay_secs: u64) -> Self {
+        if headers.is_empty() && delay_secs == 0 {
+            return self;
+        }
+        let mut table = self.properties.headers().cloned().unwrap_or_default();
+        for (key, value) in headers {
+            // Keys are checked at the gate: ASCII, at most 128 bytes.
+            if let Ok(key) = FieldName::try_from(key.as_str()) {
+                table.insert(key, FieldValue::from(value.as_str()));
+            }
+        }
+        if delay_secs > 0 {
+            table.insert(name(super::delay::DELAY_TO), FieldValue::from(queue));
+            self.route = Some(Box::new((
+                super::delay::first_exchange(),
+                super::delay::routing_key(delay_secs),
+            )));
+        }
+        self.properties.with_headers(table);
+        self
+    }
+}
+
+/// The caller's headers in a delivery's header table: string values under
+/// keys a caller could have sent (`x-*`, `tasker*` and the like left out).
+fn user_headers(table: Option<&FieldTable>) -> Headers {
+    let Some(table) = table else {
+        return Headers::new();
+    };
+    crate::send_options::user_headers(table.as_ref().iter().filter_map(|(k, v)| match v {
+        FieldValue::S(v) => Some((k.as_ref().as_str(), v.as_ref().as_str())),
+        _ => None,
+    }))
 }
 
 /// Builds a persistent JSON publish with a fresh message id.
@@ -66,6 +108,7 @@ pub(super) fn outgoing<T: QueueMessage>(message: &T, body: Box<RawValue>) -> Out
         message_id,
         properties,
         body: body.into_string().into_bytes(),
+        route: None,
     }
 }
 
@@ -78,6 +121,12 @@ pub(super) fn dead_letter(
     reason: DeadLetterReason,
 ) -> Outgoing {
     let mut headers = FieldTable::new();
+    // The caller's headers go with it (C38).
+    for (key, value) in &original.headers {
+        if let Ok(key) = FieldName::try_from(key.as_str()) {
+            headers.insert(key, FieldValue::from(value.as_str()));
+        }
+    }
     headers.insert(
         name(ENQUEUED_AT_MS),
         FieldValue::l(original.enqueued_at.timestamp_millis()),
@@ -97,6 +146,7 @@ pub(super) fn dead_letter(
         message_id: original.message_id.clone(),
         properties,
         body,
+        route: None,
     }
 }
 
@@ -145,6 +195,7 @@ pub(super) fn other_shape_copy(
         message_id: original.message_id.clone(),
         properties,
         body,
+        route: None,
     }
 }
 
@@ -157,6 +208,8 @@ pub(super) struct Delivered {
     pub enqueued_at: DateTime<Utc>,
     /// When a receiver that could not read it first met it.
     pub other_shape_since: Option<DateTime<Utc>>,
+    /// The caller's headers (the library's and the broker's left out).
+    pub headers: Headers,
     /// Kept (already a short string) for the dead-letter copy.
     content_type: Option<String>,
 }
@@ -208,6 +261,7 @@ pub(super) fn delivered(properties: &BasicProperties, delivery_tag: u64) -> Deli
         other_shape_since: header(other_shape_since_ms)
             .and_then(integer)
             .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+        headers: user_headers(headers),
         content_type: properties.content_type().cloned(),
     }
 }
@@ -302,5 +356,20 @@ mod tests {
             headers.get(&name("x-theirs")).is_some(),
             "other headers kept"
         );
+    }
+
+    #[test]
+    fn caller_headers_travel_and_a_delay_routes_through_the_tiers() {
+        let step = SimpleStepMessage::new(Uuid::new_v4(), Uuid::new_v4());
+        let headers: Headers = [("tenant".to_owned(), "acme".to_owned())].into();
+        let out = outgoing(&step, crate::codec::encode(&step, 1024).unwrap())
+            .with_options(&headers, "q", 5);
+        let (exchange, key) = &**out.route.as_ref().unwrap();
+        assert_eq!(exchange, "tasker.delay.19");
+        assert!(key.ends_with("1.0.1"));
+        let seen = delivered(&out.properties, 1);
+        assert_eq!(seen.headers, headers, "tasker-delay-to is not shown");
+        let copy = dead_letter(&seen, out.body, "q", DeadLetterReason::Poison);
+        assert_eq!(delivered(&copy.properties, 2).headers, headers);
     }
 }

@@ -271,8 +271,12 @@ impl Publisher {
                 confirms: &self.confirms,
                 tag: next,
             };
-            // Not `finish()`, which clones the arguments.
-            let mut args = BasicPublishArguments::new("", queue);
+            // Not `finish()`, which clones the arguments. A delayed send
+            // goes through the delay tiers (`delay`).
+            let mut args = match message.route.as_deref() {
+                Some((exchange, key)) => BasicPublishArguments::new(exchange, key),
+                None => BasicPublishArguments::new("", queue),
+            };
             args.mandatory(true);
             let sent = self
                 .channel

@@ -486,6 +486,7 @@ impl Slot {
                     other_shape_for,
                     // Not UTF-8: not JSON either.
                     body: std::str::from_utf8(&taken.body).unwrap_or(""),
+                    headers: delivered.headers.clone(),
                 },
             );
             match outcome {

@@ -11,7 +11,9 @@ module TaskerCore
     # Messages are Hashes (or SimpleStepMessage, or anything with #to_h) sent
     # as JSON; received ones come back as Hashes with symbol keys:
     #   { receipt_handle:, message:,
-    #     metadata: { message_id:, enqueued_at:, receive_count:, visibility_timeout_expires: } }
+    #     metadata: { message_id:, enqueued_at:, receive_count:, visibility_timeout_expires:,
+    #                 headers: } }
+    # where headers is a Hash of Strings (empty when the message was sent without).
     class MessageService
       # The NamespaceQueueRouter of [queues] pattern.
       attr_reader :router
@@ -47,14 +49,21 @@ module TaskerCore
         @native.create_queue(queue_name.to_s)
       end
 
-      # Sends one message; returns its id once it is durable.
-      def send_message(queue_name, message)
-        @native.send_message(queue_name.to_s, encode(message))
+      # Sends one message; returns its id once it is durable. delay: seconds
+      # before it can be received (0 or nil: at once; above the provider's
+      # maximum: InvalidArgument). headers: a Hash of String keys and values
+      # every receive shows in metadata[:headers] (keys ASCII, at most 128
+      # bytes, not starting with "x-" or "tasker"; they count toward the size
+      # limit).
+      def send_message(queue_name, message, delay: nil, headers: nil)
+        @native.send_message(queue_name.to_s, encode(message), delay_seconds(delay), header_pairs(headers))
       end
 
       # Sends messages in order; returns their ids once all are durable.
-      def send_batch(queue_name, messages)
-        @native.send_batch(queue_name.to_s, messages.map { |m| encode(m) })
+      # delay: and headers: apply to every message, as in send_message.
+      def send_batch(queue_name, messages, delay: nil, headers: nil)
+        @native.send_batch(queue_name.to_s, messages.map { |m| encode(m) }, delay_seconds(delay),
+                           header_pairs(headers))
       end
 
       # Up to max_messages messages ready now (returns at once), each leased
@@ -89,7 +98,8 @@ module TaskerCore
       end
 
       # { queue_name:, message_count:, in_flight_count:, oldest_message_age_seconds:,
-      #   dead_letter_count: }; nil where the provider cannot know.
+      #   dead_letter_count:, delayed_count: }; nil where the provider cannot know
+      # (delayed_count: messages whose delay has not passed; nil on RabbitMQ).
       def queue_stats(queue_name)
         @native.queue_stats(queue_name.to_s)
       end
@@ -151,8 +161,21 @@ module TaskerCore
         [Integer(max_messages), 0].max
       end
 
+      # A negative or non-finite delay is refused by the library
+      # (InvalidArgument), as a visibility timeout is.
+      def delay_seconds(delay)
+        delay.nil? ? 0.0 : Float(delay)
+      end
+
+      # A Hash of headers as flat [key, value, ...] Strings.
+      def header_pairs(headers)
+        return [] if headers.nil?
+
+        headers.to_h.flat_map { |key, value| [String(key), String(value)] }
+      end
+
       def decode(rows)
-        rows.map do |id, receipt, enqueued_at, receive_count, expires, body|
+        rows.map do |id, receipt, enqueued_at, receive_count, expires, body, headers|
           {
             receipt_handle: receipt,
             message: JSON.parse(body, symbolize_names: true),
@@ -160,7 +183,8 @@ module TaskerCore
               message_id: id,
               enqueued_at: enqueued_at,
               receive_count: receive_count,
-              visibility_timeout_expires: expires
+              visibility_timeout_expires: expires,
+              headers: headers
             }
           }
         end
