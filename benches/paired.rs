@@ -20,6 +20,7 @@
 //!
 //! cargo bench --bench paired                        # 21 rounds
 //! TASKER_BENCH_QUICK=1 cargo bench --bench paired   # 5 rounds
+//! TASKER_BENCH_ROUNDS=3 cargo bench --bench paired  # any number of rounds
 //! cargo bench --bench paired -- rabbitmq            # rows containing "rabbitmq"
 //!
 //! Needs PostgreSQL and RabbitMQ as `scripts/test.sh` starts them.
@@ -29,7 +30,8 @@ mod clients;
 use std::time::{Duration, Instant};
 
 use clients::{
-    end_to_end, fleet_drain, peer, purge, setup, Client, BATCH, END_TO_END, FLEET_DRAIN,
+    end_to_end, fleet_drain, fleet_drain_wide, peer, purge, setup, steady_stream, Client, BATCH,
+    END_TO_END, FLEET_DRAIN, FLEET_WIDE, STREAM,
 };
 use tasker_messaging::{conformance::step, MessagingService};
 
@@ -54,10 +56,13 @@ enum Operation {
     FleetDrain,
     ConcurrentSends,
     SendReceiveSettle,
+    FleetDrainWide,
+    SteadyStream,
+    StreamSendersAlone,
 }
 
 impl Operation {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 10] = [
         Self::ConcurrentSends,
         Self::SendReceiveSettle,
         Self::SendMessage,
@@ -65,6 +70,9 @@ impl Operation {
         Self::ReceiveDelete,
         Self::EndToEnd,
         Self::FleetDrain,
+        Self::FleetDrainWide,
+        Self::SteadyStream,
+        Self::StreamSendersAlone,
     ];
 
     /// The same names as the criterion groups of `benches/throughput.rs`.
@@ -77,6 +85,9 @@ impl Operation {
             Self::FleetDrain => "drain_2_processes",
             Self::ConcurrentSends => "send_message_16_tasks",
             Self::SendReceiveSettle => "send_receive_settle_100",
+            Self::FleetDrainWide => "drain_2x4_10000",
+            Self::SteadyStream => "stream_4_senders_2x4_waiting",
+            Self::StreamSendersAlone => "stream_4_senders_alone",
         }
     }
 
@@ -152,6 +163,31 @@ impl Operation {
                 fleet_drain(client, peer, queue).await;
                 spent = started.elapsed();
                 FLEET_DRAIN
+            }
+            Self::FleetDrainWide => {
+                let Some(peer) = peer else {
+                    return f64::NAN;
+                };
+                for _ in 0..FLEET_WIDE / BATCH {
+                    client.send_batch(queue, &batch).await;
+                }
+                let started = Instant::now();
+                fleet_drain_wide(client, peer, queue).await;
+                spent = started.elapsed();
+                FLEET_WIDE
+            }
+            Self::SteadyStream | Self::StreamSendersAlone => {
+                let peer = match self {
+                    Self::SteadyStream => match peer {
+                        Some(peer) => Some(peer),
+                        None => return f64::NAN,
+                    },
+                    _ => None,
+                };
+                let started = Instant::now();
+                steady_stream(client, peer, queue).await;
+                spent = started.elapsed();
+                STREAM
             }
         };
         messages as f64 / spent.as_secs_f64()
@@ -247,6 +283,11 @@ fn main() {
     // then one round is a smoke test.
     let rounds = if !std::env::args().any(|a| a == "--bench") {
         1
+    } else if let Some(n) = std::env::var("TASKER_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        n
     } else if std::env::var_os("TASKER_BENCH_QUICK").is_some() {
         5
     } else {
@@ -274,7 +315,11 @@ fn main() {
             if filter.as_ref().is_some_and(|f| !row.contains(f.as_str())) {
                 continue;
             }
-            if matches!(operation, Operation::FleetDrain) && peers.iter().any(Option::is_none) {
+            let two_processes = matches!(
+                operation,
+                Operation::FleetDrain | Operation::FleetDrainWide | Operation::SteadyStream
+            );
+            if two_processes && peers.iter().any(Option::is_none) {
                 continue; // a client without a second process
             }
             let mut rates = vec![Vec::with_capacity(rounds); clients.len()];

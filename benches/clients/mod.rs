@@ -39,6 +39,14 @@ pub const END_TO_END: usize = 400;
 pub const CONSUMERS: usize = 4;
 /// Messages the two-process drain takes.
 pub const FLEET_DRAIN: usize = 1_000;
+/// Messages the wide two-process drain takes (issue 20's table).
+pub const FLEET_WIDE: usize = 10_000;
+/// Workers per process in the wide drain and the steady stream.
+pub const WORKERS_EACH: usize = 4;
+/// Senders in the steady stream, each sending one message at a time.
+pub const STREAM_SENDERS: usize = 4;
+/// Messages the steady stream sends in all.
+pub const STREAM: usize = 1_000;
 /// How long the raw AMQP consumer waits for a delivery before reporting none.
 pub const FIRST_DELIVERY: Duration = Duration::from_millis(1);
 
@@ -124,6 +132,39 @@ impl Client {
                 got.len()
             }
             Self::RawAmqp(r) => r.receive_delete(max).await,
+        }
+    }
+
+    /// A waiting receive of up to `max` (the library's
+    /// `receive_messages_wait`, waiting up to `wait`), settled as one batch;
+    /// the raw clients have no waiting receive: theirs is
+    /// [`receive_delete_batch`](Self::receive_delete_batch) and 1 ms of
+    /// sleep when it found nothing. Returns how many.
+    pub async fn receive_wait_delete_batch(
+        &self,
+        queue: &str,
+        max: usize,
+        wait: Duration,
+    ) -> usize {
+        match self {
+            Self::Tasker(b) => {
+                let got = b
+                    .receive_messages_wait::<SimpleStepMessage>(queue, max, LEASE, wait)
+                    .await
+                    .expect("receive_messages_wait");
+                let receipts: Vec<_> = got.iter().map(|m| m.receipt().clone()).collect();
+                for outcome in b.delete_messages(queue, &receipts).await.expect("delete") {
+                    outcome.expect("delete");
+                }
+                got.len()
+            }
+            _ => {
+                let n = self.receive_delete_batch(queue, max).await;
+                if n == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                n
+            }
         }
     }
 
@@ -587,5 +628,68 @@ pub async fn fleet_drain(client: &Client, peer: &Client, queue: &str) {
 pub async fn purge(clients: &[(Client, String)], queue: &str) {
     if let Some((Client::Tasker(backend), _)) = clients.first() {
         backend.purge_queue(queue).await.expect("purge");
+    }
+}
+
+/// Two processes (`client` and `peer`) with [`WORKERS_EACH`] workers each
+/// drain [`FLEET_WIDE`] messages queued beforehand, 10 per receive, each
+/// receive settled as one batch (`delete_messages`).
+pub async fn fleet_drain_wide(client: &Client, peer: &Client, queue: &str) {
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for process in [client, peer] {
+        for _ in 0..WORKERS_EACH {
+            let (process, queue, done) = (process.clone(), queue.to_owned(), Arc::clone(&done));
+            workers.spawn(async move {
+                while done.load(Ordering::Acquire) < FLEET_WIDE {
+                    let n = process.receive_delete_batch(&queue, 10).await;
+                    if n == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    done.fetch_add(n, Ordering::AcqRel);
+                }
+            });
+        }
+    }
+    while let Some(worker) = workers.join_next().await {
+        worker.expect("worker");
+    }
+}
+
+/// [`STREAM_SENDERS`] tasks on `client` send [`STREAM`] messages one at a
+/// time while, with `peer`, two processes of [`WORKERS_EACH`] workers wait
+/// for them (10 per receive, settled as a batch); done when all are
+/// deleted. Without `peer`, nobody consumes: the senders' rate alone.
+pub async fn steady_stream(client: &Client, peer: Option<&Client>, queue: &str) {
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for process in peer.into_iter().flat_map(|peer| [client, peer]) {
+        for _ in 0..WORKERS_EACH {
+            let (process, queue, done) = (process.clone(), queue.to_owned(), Arc::clone(&done));
+            workers.spawn(async move {
+                while done.load(Ordering::Acquire) < STREAM {
+                    let n = process
+                        .receive_wait_delete_batch(&queue, 10, Duration::from_millis(100))
+                        .await;
+                    done.fetch_add(n, Ordering::AcqRel);
+                }
+            });
+        }
+    }
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..STREAM_SENDERS {
+        let (client, queue) = (client.clone(), queue.to_owned());
+        senders.spawn(async move {
+            let message = step();
+            for _ in 0..STREAM / STREAM_SENDERS {
+                client.send(&queue, &message).await;
+            }
+        });
+    }
+    while let Some(sender) = senders.join_next().await {
+        sender.expect("sender");
+    }
+    while let Some(worker) = workers.join_next().await {
+        worker.expect("worker");
     }
 }
