@@ -65,7 +65,7 @@
 //! ## The contract
 //!
 //! The contract is written out in `docs/CONTRACT.md` (in the repository and
-//! the published package): numbered rules C1–C41, each naming the
+//! the published package): numbered rules C1–C42, each naming the
 //! conformance cases that check it on every provider (the `conformance`
 //! module, behind the cargo feature of that name). In brief:
 //! - sends return once the message is durable (C5);
@@ -159,7 +159,8 @@ pub use resilience::{CircuitBreaker, CircuitBreakerConfig, CircuitState, RetryPo
 pub use router::{MessageRouter, NamespaceQueueRouter};
 pub use secret::{InvalidUrl, SecretUrl};
 pub use send_options::{
-    is_reserved_header, Headers, SendOptions, MAX_HEADER_KEY_BYTES, RESERVED_HEADER_PREFIXES,
+    is_reserved_header, Headers, SendOptions, MAX_HEADERS_BYTES, MAX_HEADER_KEY_BYTES,
+    RESERVED_HEADER_PREFIXES,
 };
 pub use service::MessagingService;
 pub use transfer::{

@@ -5,7 +5,7 @@
 //! header keys are ASCII, at most [`MAX_HEADER_KEY_BYTES`] bytes and outside
 //! the library's reserved names ([`is_reserved_header`]); values hold no
 //! U+0000; the delay is at most [`Capabilities::max_delay`]. Headers count
-//! toward `queues.max_message_bytes` (CONTRACT.md, C34–C41).
+//! toward `queues.max_message_bytes` (CONTRACT.md, C34–C42).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -16,6 +16,14 @@ pub type Headers = BTreeMap<String, String>;
 
 /// The longest header key accepted, in bytes.
 pub const MAX_HEADER_KEY_BYTES: usize = 128;
+
+/// The most a message's headers may take, in bytes, counting each header's
+/// key, value and 8 bytes of framing. RabbitMQ carries headers in one
+/// content-header frame, which cannot be split and is bounded by the
+/// negotiated `frame_max` (128 KiB by default); this bound keeps a send
+/// well inside it on every provider, rather than letting the broker close
+/// the connection over it.
+pub const MAX_HEADERS_BYTES: usize = 64 * 1024;
 
 /// Key prefixes (compared without case) the library and the brokers keep for
 /// themselves: `x-` (AMQP's and the broker's own headers) and `tasker`
@@ -120,6 +128,16 @@ impl SendOptions {
     pub(crate) fn validate(&self, capabilities: &Capabilities) -> Result<(), MessagingError> {
         for (key, value) in &self.headers {
             validate_header(key, value)?;
+        }
+        let framed: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum();
+        if framed > MAX_HEADERS_BYTES {
+            return Err(MessagingError::invalid_argument(format!(
+                "the headers take {framed} bytes with their framing; at most {MAX_HEADERS_BYTES} are allowed"
+            )));
         }
         if self.delay > capabilities.max_delay {
             return Err(MessagingError::invalid_argument(format!(

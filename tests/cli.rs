@@ -312,6 +312,12 @@ async fn migrate_moves_queues_and_dead_letters_to_the_target() {
         .send_message(&format!("{queue}_dlq"), &steps[0])
         .await
         .unwrap();
+    // Not movable until due: reported, not lost from sight.
+    let later = tasker_messaging::SendOptions::new().delay(std::time::Duration::from_secs(600));
+    source
+        .send_message_with(&queue, &steps[1], &later)
+        .await
+        .unwrap();
     let output = cli(
         &config(Provider::Pgmq, None),
         &["migrate", "--to", "rabbitmq", "--queues", &queue],
@@ -323,6 +329,7 @@ async fn migrate_moves_queues_and_dead_letters_to_the_target() {
         out.contains("migrated 251 message(s) from pgmq to rabbitmq"),
         "{out}"
     );
+    assert!(out.contains("1 delayed message(s) still on pgmq"), "{out}");
     assert!(text(&output.stderr).contains("250 moved"), "progress line");
     assert_eq!(ready(&source, &queue).await, 0);
     let stats = target.get_queue_stats(&queue).await.unwrap();

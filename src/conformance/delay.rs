@@ -147,3 +147,38 @@ pub async fn a_delayed_message_reaches_another_process_when_due(
     assert!(sent_at.elapsed() + SLACK >= DELAY);
     cleanup(a, &queue).await;
 }
+
+/// C42: a queue deleted while delayed messages wait for it holds up no other
+/// queue's delayed messages (on RabbitMQ, where every queue shares the delay
+/// tiers, a few dozen such messages used to stall the last hop for all).
+pub async fn a_deleted_queue_s_delayed_messages_hold_up_no_other_queue(backend: &MessageBackend) {
+    let gone = fresh_queue(backend, "delayed_gone").await;
+    let other = fresh_queue(backend, "delayed_kept").await;
+    let short = SendOptions::new().delay(Duration::from_secs(1));
+    let orphans: Vec<_> = (0..40).map(|_| step()).collect();
+    backend
+        .send_batch_with(&gone, &orphans, &short)
+        .await
+        .expect("delayed batch");
+    backend.delete_queue(&gone).await.expect("delete");
+    let message = step();
+    backend
+        .send_message_with(&other, &message, &short)
+        .await
+        .expect("delayed send");
+    let got = receive_n(
+        backend,
+        &other,
+        1,
+        LONG_LEASE,
+        lateness(backend) + SLACK + Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(
+        got.len(),
+        1,
+        "the other queue's delayed message arrives when due"
+    );
+    assert_eq!(got[0].message, message);
+    cleanup(backend, &other).await;
+}

@@ -105,6 +105,16 @@ pub async fn header_keys_are_checked_before_io(backend: &MessageBackend) {
         |e| matches!(e, MessagingError::InvalidArgument(_)),
         "a value with U+0000",
     );
+    // Headers over MAX_HEADERS_BYTES (a 200,000-byte value passes
+    // `max_message_bytes` at its default but not RabbitMQ's frame size).
+    let big = SendOptions::new().header("big", "a".repeat(200_000));
+    assert_err(
+        backend
+            .send_message_with(&never_created, &step(), &big)
+            .await,
+        |e| matches!(e, MessagingError::InvalidArgument(_)),
+        "headers over MAX_HEADERS_BYTES",
+    );
     // A good key of the longest length reaches the queue (missing here).
     let longest = SendOptions::new().header("k".repeat(128), "v");
     assert_err(

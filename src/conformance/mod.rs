@@ -145,6 +145,7 @@ macro_rules! conformance_tests {
             a_delayed_message_is_received_only_after_its_due_time,
             the_delay_limits_are_stated_and_enforced,
             a_zero_delay_is_a_plain_send,
+            a_deleted_queue_s_delayed_messages_hold_up_no_other_queue,
         );
     };
 }

@@ -319,28 +319,43 @@ pub async fn migrate(
             }
         }
         println!(
-            "{:<40} {:>8} {:>10} {:>14} {:>15}",
-            "queue", "moved", "duplicated", "left (ready)", "left (leased)"
+            "{:<40} {:>8} {:>10} {:>14} {:>15} {:>15}",
+            "queue", "moved", "duplicated", "left (ready)", "left (leased)", "left (delayed)"
         );
-        let (mut moved, mut leased) = (0, 0);
+        let (mut moved, mut leased, mut delayed_unknown) = (0, 0, false);
+        let mut delayed = 0;
         for (name, report, left) in &summary {
-            let held = left
-                .in_flight_count
-                .map_or_else(|| "?".to_owned(), |n| n.to_string());
+            let known = |n: Option<u64>| n.map_or_else(|| "?".to_owned(), |n| n.to_string());
             println!(
-                "{name:<40} {:>8} {:>10} {:>14} {held:>15}",
+                "{name:<40} {:>8} {:>10} {:>14} {:>15} {:>15}",
                 report.sent(),
                 report.duplicated,
-                left.message_count
+                left.message_count,
+                known(left.in_flight_count),
+                known(left.delayed_count),
             );
             moved += report.sent();
             leased += left.in_flight_count.unwrap_or(0) + left.message_count;
+            delayed += left.delayed_count.unwrap_or(0);
+            delayed_unknown |= left.delayed_count.is_none();
         }
         println!("migrated {moved} message(s) from {from} to {to}");
         if leased > 0 {
             println!(
                 "{leased} message(s) still on {from} (leased by workers, or sent meanwhile): \
              run migrate again once their workers are done or their leases ended"
+            );
+        }
+        // A delayed message is receivable, and so movable, only once due.
+        if delayed > 0 {
+            println!(
+                "{delayed} delayed message(s) still on {from}: they become movable when due; \
+             run migrate again after the longest delay before retiring {from}"
+            );
+        } else if delayed_unknown {
+            println!(
+                "{from} cannot count delayed messages: any sent with a delay reach its queues \
+             when due; run migrate again after the longest delay before retiring {from}"
             );
         }
         Ok(())

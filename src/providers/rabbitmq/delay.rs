@@ -30,9 +30,16 @@
 //! delay is 2^20 − 1 s; a delay is rounded up to whole seconds.
 //!
 //! Delayed messages wait in tiers every queue shares: `get_queue_stats`
-//! cannot count them per queue (`delayed_count` is `None`), `purge_queue`
-//! does not remove them, and a queue deleted while some wait for it drops
-//! them at the last hop (nothing routes there).
+//! cannot count them per queue (`delayed_count` is `None`) and `purge_queue`
+//! does not remove them. A queue deleted while some wait for it: at the last
+//! hop nothing routes them, and at-least-once dead-lettering would keep
+//! retrying them in level 0, where a few dozen such messages stall the
+//! broker's dead-letter worker for every queue. So `tasker.delay.deliver`
+//! has an alternate exchange, the fanout `tasker.delay.unroutable`, whose
+//! quorum queue of the same name keeps the last 10,000 of them (older ones
+//! are dropped): the deleted queue's delayed messages are discarded, as PGMQ
+//! discards them with its table. A queue of the same name created before
+//! they fall due receives them.
 
 use std::time::Duration;
 
@@ -51,6 +58,10 @@ use crate::MessagingError;
 pub(super) const LEVELS: u32 = 20;
 /// The exchange of the last hop.
 pub(super) const DELIVER: &str = "tasker.delay.deliver";
+/// The alternate exchange of the last hop, and its bounded queue.
+pub(super) const UNROUTABLE: &str = "tasker.delay.unroutable";
+/// How many unroutable delayed messages `UNROUTABLE` keeps.
+const UNROUTABLE_KEPT: i64 = 10_000;
 /// The header naming a delayed message's destination queue.
 pub(super) const DELAY_TO: &str = "tasker-delay-to";
 
@@ -118,6 +129,15 @@ fn tier_arguments(k: u32, group_size: Option<u32>) -> FieldTable {
     arguments
 }
 
+/// A bounded quorum queue: the oldest message goes when it is full.
+fn unroutable_arguments() -> FieldTable {
+    let mut arguments = FieldTable::new();
+    arguments.insert(key("x-queue-type"), text("quorum"));
+    arguments.insert(key("x-max-length"), FieldValue::l(UNROUTABLE_KEPT));
+    arguments.insert(key("x-overflow"), text("drop-head"));
+    arguments
+}
+
 fn binding_to(queue: &str) -> FieldTable {
     let mut arguments = FieldTable::new();
     arguments.insert(key("x-match"), text("all"));
@@ -135,7 +155,18 @@ impl Admin {
                     .durable(true)
                     .finish()
             };
-            c.exchange_declare(exchange(DELIVER, "headers")).await?;
+            c.exchange_declare(exchange(UNROUTABLE, "fanout")).await?;
+            let args = QueueDeclareArguments::durable_client_named(UNROUTABLE)
+                .arguments(unroutable_arguments())
+                .finish();
+            c.queue_declare(args).await?;
+            c.queue_bind(QueueBindArguments::new(UNROUTABLE, UNROUTABLE, ""))
+                .await?;
+            let mut deliver = exchange(DELIVER, "headers");
+            deliver
+                .arguments
+                .insert(key("alternate-exchange"), text(UNROUTABLE));
+            c.exchange_declare(deliver).await?;
             // From level 0 up, so that every exchange a binding names exists.
             for k in 0..LEVELS {
                 let name = level(k);
