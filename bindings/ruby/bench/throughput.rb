@@ -19,7 +19,7 @@ require "securerandom"
 
 ROUNDS = Integer(ARGV.fetch(0, 7))
 BATCH = 10
-MESSAGES = { in_memory: 5_000, pgmq: 500 }.freeze
+MESSAGES = { in_memory: 5_000, pgmq: 500, rabbitmq: 1_000 }.freeze
 CONFIG = File.expand_path("../../../config/messaging.toml", __dir__)
 DATABASE_URL = ENV.fetch("TASKER_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 Step = TaskerCore::Types::SimpleStepMessage
