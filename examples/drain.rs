@@ -12,9 +12,9 @@
 use std::time::{Duration, Instant};
 
 use tasker_messaging::{
-    conformance::{step, unique_queue},
     MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage,
 };
+use uuid::Uuid;
 
 #[tokio::main]
 async fn main() -> Result<(), MessagingError> {
@@ -25,11 +25,14 @@ async fn main() -> Result<(), MessagingError> {
             .map_err(|_| MessagingError::InvalidArgument(format!("not a count: {n}")))?,
     };
     let backend = MessageBackend::connect(&MessagingConfig::load()?).await?;
-    let queue = unique_queue("drain");
+    // A queue of its own per run, so that runs never meet.
+    let queue = format!("drain_{}", &Uuid::new_v4().simple().to_string()[..8]);
     backend.create_queue(&queue).await?;
 
     let started = Instant::now();
-    let batch: Vec<SimpleStepMessage> = (0..100).map(|_| step()).collect();
+    let batch: Vec<SimpleStepMessage> = (0..100)
+        .map(|_| SimpleStepMessage::new(Uuid::new_v4(), Uuid::new_v4()))
+        .collect();
     let mut queued = 0;
     while queued < total {
         let n = batch.len().min(total - queued);

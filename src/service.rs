@@ -64,12 +64,43 @@ use crate::{
 pub trait MessagingService {
     /// `Ok(true)` when the server answers, `Ok(false)` when it does not within
     /// the connection timeout. Never hangs (C23).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// assert!(backend.health_check().await?);
+    /// # Ok(()) }
+    /// ```
     fn health_check(&self) -> impl Future<Output = Result<bool, MessagingError>> + Send;
 
     /// Creates `queue` and its dead-letter queue. Idempotent (C2). A name
     /// ending in `queues.dead_letter_queue_suffix` is `InvalidQueueName`:
     /// dead-letter queues are created with their queue, never on their own
     /// (C1).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// backend.create_queue("payments").await?;
+    /// backend.create_queue("payments").await?; // idempotent (C2)
+    /// assert_eq!(backend.get_queue_stats("payments").await?.message_count, 0);
+    /// // A dead-letter queue comes with its queue, never on its own (C1).
+    /// let refused = backend.create_queue("payments_dlq").await;
+    /// assert!(matches!(refused, Err(MessagingError::InvalidQueueName { .. })));
+    /// # Ok(()) }
+    /// ```
     fn create_queue(&self, queue: &str) -> impl Future<Output = Result<(), MessagingError>> + Send;
 
     /// Sends one message; returns once it is durable (C5). Over
@@ -77,6 +108,22 @@ pub trait MessagingService {
     /// containing U+0000 is `InvalidArgument` (C31). The same as
     /// [`send_message_with`](Self::send_message_with) and
     /// [`SendOptions::new`].
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// let id = backend.send_message("orders", &step).await?;
+    /// let got = backend.receive_messages::<SimpleStepMessage>("orders", 1, lease).await?;
+    /// assert_eq!(got[0].metadata.message_id, id);
+    /// assert_eq!(got[0].message, step);
+    /// # Ok(()) }
+    /// ```
     fn send_message<T: QueueMessage>(
         &self,
         queue: &str,
@@ -87,6 +134,22 @@ pub trait MessagingService {
     /// durable. An empty batch is `Ok(vec![])` with no I/O (C6). One
     /// oversized message refuses the whole batch (C7). The same as
     /// [`send_batch_with`](Self::send_batch_with) and [`SendOptions::new`].
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// let ids = backend.send_batch("orders", &[step.clone(), step]).await?;
+    /// assert_eq!(ids.len(), 2);
+    /// // An empty batch does no I/O (C6).
+    /// assert!(backend.send_batch::<SimpleStepMessage>("orders", &[]).await?.is_empty());
+    /// # Ok(()) }
+    /// ```
     fn send_batch<T: QueueMessage>(
         &self,
         queue: &str,
@@ -102,6 +165,24 @@ pub trait MessagingService {
     /// `dead_letter`), and a delay above
     /// [`Capabilities::max_delay`], are `InvalidArgument` (C36, C39). A zero
     /// delay is a plain send (C37).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// use tasker_messaging::SendOptions;
+    /// let options = SendOptions::new().delay(Duration::from_secs(60));
+    /// backend.send_message_with("orders", &step, &options).await?;
+    /// // Not receivable for a minute, but counted as delayed.
+    /// assert!(backend.receive_messages::<SimpleStepMessage>("orders", 1, lease).await?.is_empty());
+    /// assert_eq!(backend.get_queue_stats("orders").await?.delayed_count, Some(1));
+    /// # Ok(()) }
+    /// ```
     fn send_message_with<T: QueueMessage>(
         &self,
         queue: &str,
@@ -112,6 +193,24 @@ pub trait MessagingService {
     /// [`send_batch`](Self::send_batch) with `options` applied to every
     /// message, as [`send_message_with`](Self::send_message_with) applies
     /// them to one.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// use tasker_messaging::SendOptions;
+    /// let options = SendOptions::new().header("tenant", "acme");
+    /// backend.send_batch_with("orders", &[step.clone(), step], &options).await?;
+    /// let got = backend.receive_messages::<SimpleStepMessage>("orders", 2, lease).await?;
+    /// assert_eq!(got.len(), 2);
+    /// assert!(got.iter().all(|m| m.headers()["tenant"] == "acme"));
+    /// # Ok(()) }
+    /// ```
     fn send_batch_with<T: QueueMessage>(
         &self,
         queue: &str,
@@ -128,6 +227,23 @@ pub trait MessagingService {
     /// not decode as `T` takes its place among the `max_messages` read and is
     /// put back at once for receivers that read it, without counting as a
     /// delivery, and one that is not JSON moves at once (C19).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// backend.send_message("orders", &step).await?;
+    /// let got = backend.receive_messages::<SimpleStepMessage>("orders", 10, lease).await?;
+    /// assert_eq!((got.len(), got[0].metadata.receive_count), (1, 1));
+    /// // Leased: hidden from every other receive until deleted or the lease ends.
+    /// assert!(backend.receive_messages::<SimpleStepMessage>("orders", 10, lease).await?.is_empty());
+    /// # Ok(()) }
+    /// ```
     fn receive_messages<T: QueueMessage>(
         &self,
         queue: &str,
@@ -145,6 +261,38 @@ pub trait MessagingService {
     /// Dropping the future mid-wait loses nothing: a lease taken by an
     /// interrupted receive ends with its visibility timeout (not checked by
     /// the conformance suite).
+    ///
+    /// The two `Duration`s are easy to swap, and both compile. The lease
+    /// comes first, in the same place as in `receive_messages`; the wait is
+    /// the one argument added at the end:
+    ///
+    /// | position | argument | what it bounds | typical |
+    /// | --- | --- | --- | --- |
+    /// | 3rd | `visibility_timeout` | **the lease**: how long each message received stays hidden from other receivers, for the caller to settle it | 30 s |
+    /// | 4th | `wait` | **the wait**: how long this call blocks when the queue is empty before returning `Ok(vec![])` | 1-20 s |
+    ///
+    /// Swapped, a 30 s lease and 1 s wait become a 1 s lease, after which
+    /// the message is delivered again (a duplicate), and a 30 s wait.
+    /// Naming both as locals, as below, keeps the order visible at the call.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// let lease = Duration::from_secs(30); // visibility_timeout: how long a message stays ours
+    /// let wait = Duration::from_millis(50); // wait: how long to wait for one to arrive
+    /// let empty = backend.receive_messages_wait::<SimpleStepMessage>("orders", 10, lease, wait).await?;
+    /// assert!(empty.is_empty()); // nothing arrived within `wait`
+    /// backend.send_message("orders", &step).await?;
+    /// let got = backend.receive_messages_wait::<SimpleStepMessage>("orders", 10, lease, wait).await?;
+    /// assert_eq!(got.len(), 1); // available: returned at once, leased for 30 s
+    /// # Ok(()) }
+    /// ```
     fn receive_messages_wait<T: QueueMessage>(
         &self,
         queue: &str,
@@ -156,6 +304,24 @@ pub trait MessagingService {
     /// Removes a leased message for good. A receipt whose lease has ended is
     /// `LeaseExpired`; a malformed or foreign one is `InvalidReceipt`
     /// (C14–C16).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// backend.send_message("orders", &step).await?;
+    /// let got = backend.receive_messages::<SimpleStepMessage>("orders", 1, lease).await?;
+    /// backend.delete_message("orders", got[0].receipt()).await?;
+    /// // A receipt settles once: its lease is gone (C14).
+    /// let again = backend.delete_message("orders", got[0].receipt()).await;
+    /// assert!(matches!(again, Err(MessagingError::LeaseExpired { .. })));
+    /// # Ok(()) }
+    /// ```
     fn delete_message(
         &self,
         queue: &str,
@@ -176,6 +342,24 @@ pub trait MessagingService {
     /// server cannot be reached) and then no receipt was settled, except
     /// that, as for `delete_message`, a lost reply can hide deletes that did
     /// happen (C4, C32).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// backend.send_batch("orders", &[step.clone(), step]).await?;
+    /// let got = backend.receive_messages::<SimpleStepMessage>("orders", 10, lease).await?;
+    /// let receipts: Vec<_> = got.iter().map(|m| m.receipt().clone()).collect();
+    /// let outcomes = backend.delete_messages("orders", &receipts).await?;
+    /// assert!(outcomes.len() == 2 && outcomes.iter().all(Result::is_ok));
+    /// assert_eq!(backend.get_queue_stats("orders").await?.in_flight_count, Some(0));
+    /// # Ok(()) }
+    /// ```
     fn delete_messages(
         &self,
         queue: &str,
@@ -185,6 +369,24 @@ pub trait MessagingService {
     /// Moves a live lease's deadline to now + `visibility_timeout`; zero
     /// releases the message at once (C17). Dead and foreign receipts fail as
     /// in [`delete_message`](Self::delete_message) (C14, C15).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// backend.send_message("orders", &step).await?;
+    /// let got = backend.receive_messages::<SimpleStepMessage>("orders", 1, lease).await?;
+    /// // Zero hands the message back at once, for the next receive (C17).
+    /// backend.change_message_visibility("orders", got[0].receipt(), Duration::ZERO).await?;
+    /// let again = backend.receive_messages::<SimpleStepMessage>("orders", 1, lease).await?;
+    /// assert_eq!(again[0].metadata.receive_count, 2);
+    /// # Ok(()) }
+    /// ```
     fn change_message_visibility(
         &self,
         queue: &str,
@@ -194,6 +396,24 @@ pub trait MessagingService {
 
     /// Ready, leased and dead-lettered counts, and the oldest message's age;
     /// `None` where the provider cannot know (C21).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// backend.send_batch("orders", &[step.clone(), step]).await?;
+    /// backend.receive_messages::<SimpleStepMessage>("orders", 1, lease).await?;
+    /// let stats = backend.get_queue_stats("orders").await?;
+    /// assert_eq!(stats.message_count, 1); // ready
+    /// assert_eq!(stats.in_flight_count, Some(1)); // leased (`None` where unknown)
+    /// assert_eq!(stats.dead_letter_count, Some(0));
+    /// # Ok(()) }
+    /// ```
     fn get_queue_stats(
         &self,
         queue: &str,
@@ -201,23 +421,116 @@ pub trait MessagingService {
 
     /// Removes every ready message (leased ones stay) and returns how many
     /// (C22).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// backend.send_batch("orders", &[step.clone(), step.clone(), step]).await?;
+    /// let leased = backend.receive_messages::<SimpleStepMessage>("orders", 1, lease).await?;
+    /// assert_eq!(backend.purge_queue("orders").await?, 2); // the leased one stays
+    /// backend.delete_message("orders", leased[0].receipt()).await?;
+    /// # Ok(()) }
+    /// ```
     fn purge_queue(&self, queue: &str) -> impl Future<Output = Result<u64, MessagingError>> + Send;
 
     /// Deletes `queue` and its dead-letter queue. Idempotent (C3).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// backend.delete_queue("orders").await?;
+    /// backend.delete_queue("orders").await?; // idempotent (C3)
+    /// let gone = backend.get_queue_stats("orders").await;
+    /// assert!(matches!(gone, Err(MessagingError::QueueNotFound { .. })));
+    /// # Ok(()) }
+    /// ```
     fn delete_queue(&self, queue: &str) -> impl Future<Output = Result<(), MessagingError>> + Send;
 
     /// Which provider this is.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// use tasker_messaging::Provider;
+    /// assert_eq!(backend.provider(), Provider::InMemory);
+    /// assert_eq!(backend.provider().to_string(), "in_memory"); // the config's tag
+    /// # Ok(()) }
+    /// ```
     fn provider(&self) -> Provider;
 
     /// What this provider guarantees beyond the contract (atomic batches,
     /// exact stats, confirmed deletes, durability, portable receipts).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// let capabilities = backend.capabilities();
+    /// assert!(!capabilities.durable); // in-memory: gone with the process
+    /// assert!(capabilities.max_delay >= Duration::from_secs(3600)); // delayed sends offered
+    /// # Ok(()) }
+    /// ```
     fn capabilities(&self) -> Capabilities;
 
     /// The `[queues]` settings this service enforces (limits, dead-letter policy).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// let queues = backend.queues_config();
+    /// assert_eq!(queues.dead_letter_queue_suffix, "_dlq");
+    /// assert_eq!(queues.max_receive_count, 5); // then a message is dead-lettered
+    /// # Ok(()) }
+    /// ```
     fn queues_config(&self) -> &QueuesConfig;
 
     /// The circuit breaker guarding this provider's server; `None` for a
     /// provider without one (in-memory: nothing to protect).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// match backend.circuit_breaker() {
+    ///     Some(breaker) => println!("circuit {:?}", breaker.state()),
+    ///     None => assert!(backend.provider() == tasker_messaging::Provider::InMemory),
+    /// }
+    /// # Ok(()) }
+    /// ```
     fn circuit_breaker(&self) -> Option<&CircuitBreaker>;
 
     /// Shuts the backend down, for it and every clone (C33). New calls are
@@ -263,9 +576,42 @@ pub trait MessagingService {
     /// same teardown from a task when a runtime is there to run it, but a
     /// process that exits right after loses that task, and with it acks
     /// not yet written (their messages come back as duplicates).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// let clone = backend.clone();
+    /// backend.close().await?;
+    /// let refused = clone.send_message("orders", &step).await;
+    /// assert!(matches!(refused, Err(MessagingError::Closed { .. })));
+    /// backend.close().await?; // later calls are `Ok`
+    /// # Ok(()) }
+    /// ```
     fn close(&self) -> impl Future<Output = Result<(), MessagingError>> + Send;
 
     /// Whether [`close`](Self::close) has been called on this backend or a clone.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tasker_messaging::{MessageBackend, MessagingConfig, MessagingError, MessagingService, SimpleStepMessage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = MessageBackend::connect(&MessagingConfig::in_memory()).await?;
+    /// # backend.create_queue("orders").await?;
+    /// # let step = SimpleStepMessage::new(uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    /// # let lease = Duration::from_secs(30);
+    /// let clone = backend.clone();
+    /// assert!(!clone.is_closed());
+    /// backend.close().await?;
+    /// assert!(clone.is_closed()); // closing one clone closes them all
+    /// # Ok(()) }
+    /// ```
     fn is_closed(&self) -> bool;
 }
 
