@@ -71,8 +71,14 @@ pub(crate) fn assemble<T: QueueMessage>(
             },
             message,
         }),
-        (Verdict::Release, _) => Outcome::Release,
-        (Verdict::DeadLetter(reason), _) => Outcome::DeadLetter(reason),
+        (Verdict::Release, _) => {
+            crate::telemetry::released(delivery.provider, delivery.queue);
+            Outcome::Release
+        }
+        (Verdict::DeadLetter(reason), _) => {
+            crate::telemetry::dead_lettered(delivery.provider, delivery.queue, reason.as_str());
+            Outcome::DeadLetter(reason)
+        }
         // The policy delivers only what decoded; anything else is held.
         (Verdict::Hold | Verdict::Deliver, _) => {
             policy.log_held(delivery.queue, &delivery.message_id);

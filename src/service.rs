@@ -3,7 +3,9 @@
 use std::{future::Future, time::Duration};
 
 use crate::{
-    queue_name::QueueName, Capabilities, CircuitBreaker, MessageId, MessagingError, Provider,
+    queue_name::QueueName,
+    telemetry::{self, Op},
+    Capabilities, CircuitBreaker, MessageId, MessagingError, Provider,
     QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle, SendOptions,
 };
 
@@ -735,6 +737,15 @@ pub(crate) mod provide {
 
         fn circuit_breaker(&self) -> Option<&CircuitBreaker>;
 
+        /// The server this backend talks to now, as `(host, port)`, for the
+        /// `server.address` and `server.port` span attributes: from the
+        /// configured URL (never its credentials); `None` for a provider
+        /// with no server (in-memory), or none fixed (a migration, or
+        /// RabbitMQ while reconnecting). Asked only when a span is recorded.
+        fn server(&self) -> Option<(&str, u16)> {
+            None
+        }
+
         /// The closed state the gate checks, shared by clones.
         fn shutdown(&self) -> &Shutdown;
 
@@ -753,7 +764,10 @@ pub(crate) mod provide {
 }
 
 /// The one gate: every queue name is checked here, before any provider sees
-/// it (C1), so a provider only ever handles valid names.
+/// it (C1), so a provider only ever handles valid names. Every queue call
+/// also runs here inside its span, and records its metrics once
+/// ([`telemetry::observe`]): a provider (or a migration's side, called
+/// through `Provide`) makes no span of its own.
 impl<P: provide::Provide> MessagingService for P {
     async fn health_check(&self) -> Result<bool, MessagingError> {
         let _pass = enter(self)?;
@@ -761,10 +775,13 @@ impl<P: provide::Provide> MessagingService for P {
     }
 
     async fn create_queue(&self, queue: &str) -> Result<(), MessagingError> {
-        let _pass = enter(self)?;
-        let suffix = &provide::Provide::queues_config(self).dead_letter_queue_suffix;
-        let queue = QueueName::new_queue(queue, suffix)?;
-        provide::Provide::create_queue(self, queue).await
+        let call = async {
+            let _pass = enter(self)?;
+            let suffix = &provide::Provide::queues_config(self).dead_letter_queue_suffix;
+            let queue = QueueName::new_queue(queue, suffix)?;
+            provide::Provide::create_queue(self, queue).await
+        };
+        telemetry::observe(self, Op::CreateQueue, queue, None, call).await
     }
 
     async fn send_message<T: QueueMessage>(
@@ -772,8 +789,11 @@ impl<P: provide::Provide> MessagingService for P {
         queue: &str,
         message: &T,
     ) -> Result<MessageId, MessagingError> {
-        let _pass = enter(self)?;
-        provide::Provide::send_message(self, QueueName::new(queue)?, message).await
+        let call = async {
+            let _pass = enter(self)?;
+            provide::Provide::send_message(self, QueueName::new(queue)?, message).await
+        };
+        telemetry::observe(self, Op::SendMessage, queue, None, call).await
     }
 
     async fn send_batch<T: QueueMessage>(
@@ -781,8 +801,12 @@ impl<P: provide::Provide> MessagingService for P {
         queue: &str,
         messages: &[T],
     ) -> Result<Vec<MessageId>, MessagingError> {
-        let _pass = enter(self)?;
-        provide::Provide::send_batch(self, QueueName::new(queue)?, messages).await
+        let call = async {
+            let _pass = enter(self)?;
+            provide::Provide::send_batch(self, QueueName::new(queue)?, messages).await
+        };
+        let count = Some(messages.len());
+        telemetry::observe(self, Op::SendBatch, queue, count, call).await
     }
 
     async fn send_message_with<T: QueueMessage>(
@@ -791,13 +815,17 @@ impl<P: provide::Provide> MessagingService for P {
         message: &T,
         options: &SendOptions,
     ) -> Result<MessageId, MessagingError> {
-        let _pass = enter(self)?;
-        let queue = QueueName::new(queue)?;
-        options.validate(&provide::Provide::capabilities(self))?;
-        if options.is_plain() {
-            return provide::Provide::send_message(self, queue, message).await;
-        }
-        provide::Provide::send_message_with(self, queue, message, options).await
+        // Runs inside the send span.
+        let call = async {
+            let _pass = enter(self)?;
+            let queue = QueueName::new(queue)?;
+            options.validate(&provide::Provide::capabilities(self))?;
+            if options.is_plain() {
+                return provide::Provide::send_message(self, queue, message).await;
+            }
+            provide::Provide::send_message_with(self, queue, message, options).await
+        };
+        telemetry::observe(self, Op::SendMessageWith, queue, None, call).await
     }
 
     async fn send_batch_with<T: QueueMessage>(
@@ -806,16 +834,21 @@ impl<P: provide::Provide> MessagingService for P {
         messages: &[T],
         options: &SendOptions,
     ) -> Result<Vec<MessageId>, MessagingError> {
-        let _pass = enter(self)?;
-        let queue = QueueName::new(queue)?;
-        options.validate(&provide::Provide::capabilities(self))?;
-        if options.is_plain() {
-            return provide::Provide::send_batch(self, queue, messages).await;
-        }
-        if messages.is_empty() {
-            return Ok(Vec::new());
-        }
-        provide::Provide::send_batch_with(self, queue, messages, options).await
+        // Runs inside the send span.
+        let call = async {
+            let _pass = enter(self)?;
+            let queue = QueueName::new(queue)?;
+            options.validate(&provide::Provide::capabilities(self))?;
+            if options.is_plain() {
+                return provide::Provide::send_batch(self, queue, messages).await;
+            }
+            if messages.is_empty() {
+                return Ok(Vec::new());
+            }
+            provide::Provide::send_batch_with(self, queue, messages, options).await
+        };
+        let count = Some(messages.len());
+        telemetry::observe(self, Op::SendBatchWith, queue, count, call).await
     }
 
     async fn receive_messages<T: QueueMessage>(
@@ -824,9 +857,12 @@ impl<P: provide::Provide> MessagingService for P {
         max_messages: usize,
         visibility_timeout: Duration,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
-        let _pass = enter(self)?;
-        let queue = QueueName::new(queue)?;
-        provide::Provide::receive_messages(self, queue, max_messages, visibility_timeout).await
+        let call = async {
+            let _pass = enter(self)?;
+            let queue = QueueName::new(queue)?;
+            provide::Provide::receive_messages(self, queue, max_messages, visibility_timeout).await
+        };
+        telemetry::observe(self, Op::ReceiveMessages, queue, None, call).await
     }
 
     async fn receive_messages_wait<T: QueueMessage>(
@@ -836,19 +872,22 @@ impl<P: provide::Provide> MessagingService for P {
         visibility_timeout: Duration,
         wait: Duration,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
-        let _pass = enter(self)?;
-        let queue = QueueName::new(queue)?;
-        let wait = provide::Provide::receive_messages_wait(
-            self,
-            queue,
-            max_messages,
-            visibility_timeout,
-            wait,
-        );
-        let provider = provide::Provide::provider(self);
-        provide::Provide::shutdown(self)
-            .unless_closed(provider, wait)
-            .await
+        let call = async {
+            let _pass = enter(self)?;
+            let queue = QueueName::new(queue)?;
+            let wait = provide::Provide::receive_messages_wait(
+                self,
+                queue,
+                max_messages,
+                visibility_timeout,
+                wait,
+            );
+            let provider = provide::Provide::provider(self);
+            provide::Provide::shutdown(self)
+                .unless_closed(provider, wait)
+                .await
+        };
+        telemetry::observe(self, Op::ReceiveMessagesWait, queue, None, call).await
     }
 
     async fn delete_message(
@@ -856,8 +895,11 @@ impl<P: provide::Provide> MessagingService for P {
         queue: &str,
         receipt: &ReceiptHandle,
     ) -> Result<(), MessagingError> {
-        let _pass = enter(self)?;
-        provide::Provide::delete_message(self, QueueName::new(queue)?, receipt).await
+        let call = async {
+            let _pass = enter(self)?;
+            provide::Provide::delete_message(self, QueueName::new(queue)?, receipt).await
+        };
+        telemetry::observe(self, Op::DeleteMessage, queue, None, call).await
     }
 
     async fn delete_messages(
@@ -865,8 +907,12 @@ impl<P: provide::Provide> MessagingService for P {
         queue: &str,
         receipts: &[ReceiptHandle],
     ) -> Result<Vec<Result<(), MessagingError>>, MessagingError> {
-        let _pass = enter(self)?;
-        provide::Provide::delete_messages(self, QueueName::new(queue)?, receipts).await
+        let call = async {
+            let _pass = enter(self)?;
+            provide::Provide::delete_messages(self, QueueName::new(queue)?, receipts).await
+        };
+        let count = Some(receipts.len());
+        telemetry::observe(self, Op::DeleteMessages, queue, count, call).await
     }
 
     async fn change_message_visibility(
@@ -875,24 +921,37 @@ impl<P: provide::Provide> MessagingService for P {
         receipt: &ReceiptHandle,
         visibility_timeout: Duration,
     ) -> Result<(), MessagingError> {
-        let _pass = enter(self)?;
-        let queue = QueueName::new(queue)?;
-        provide::Provide::change_message_visibility(self, queue, receipt, visibility_timeout).await
+        let call = async {
+            let _pass = enter(self)?;
+            let queue = QueueName::new(queue)?;
+            provide::Provide::change_message_visibility(self, queue, receipt, visibility_timeout)
+                .await
+        };
+        telemetry::observe(self, Op::ChangeMessageVisibility, queue, None, call).await
     }
 
     async fn get_queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError> {
-        let _pass = enter(self)?;
-        provide::Provide::get_queue_stats(self, QueueName::new(queue)?).await
+        let call = async {
+            let _pass = enter(self)?;
+            provide::Provide::get_queue_stats(self, QueueName::new(queue)?).await
+        };
+        telemetry::observe(self, Op::GetQueueStats, queue, None, call).await
     }
 
     async fn purge_queue(&self, queue: &str) -> Result<u64, MessagingError> {
-        let _pass = enter(self)?;
-        provide::Provide::purge_queue(self, QueueName::new(queue)?).await
+        let call = async {
+            let _pass = enter(self)?;
+            provide::Provide::purge_queue(self, QueueName::new(queue)?).await
+        };
+        telemetry::observe(self, Op::PurgeQueue, queue, None, call).await
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), MessagingError> {
-        let _pass = enter(self)?;
-        provide::Provide::delete_queue(self, QueueName::new(queue)?).await
+        let call = async {
+            let _pass = enter(self)?;
+            provide::Provide::delete_queue(self, QueueName::new(queue)?).await
+        };
+        telemetry::observe(self, Op::DeleteQueue, queue, None, call).await
     }
 
     fn provider(&self) -> Provider {

@@ -118,6 +118,7 @@ impl Drop for Permit<'_> {
 impl CircuitBreaker {
     /// A closed breaker.
     pub fn new(provider: Provider, config: CircuitBreakerConfig) -> Self {
+        crate::telemetry::breaker_state(provider, CircuitState::Closed);
         Self {
             config,
             provider,
@@ -144,6 +145,7 @@ impl CircuitBreaker {
         let to = Self::name(&next);
         *inner = next;
         if from != to {
+            crate::telemetry::breaker_state(self.provider, to);
             tracing::warn!(provider = %self.provider, %from, %to, "circuit breaker state changed");
         }
     }

@@ -1,0 +1,225 @@
+//! The span of one call, and what its outcome records.
+
+use std::{future::Future, pin::pin, time::Instant};
+
+use tracing::{field::Empty, Instrument, Span};
+
+use super::meter;
+use crate::{service::provide::Provide, MessageId, MessagingError, QueueStats, QueuedMessage};
+
+/// A public call the gate observes: its `messaging.operation.name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    CreateQueue,
+    DeleteQueue,
+    PurgeQueue,
+    GetQueueStats,
+    SendMessage,
+    SendBatch,
+    SendMessageWith,
+    SendBatchWith,
+    ReceiveMessages,
+    ReceiveMessagesWait,
+    DeleteMessage,
+    DeleteMessages,
+    ChangeMessageVisibility,
+}
+
+impl Op {
+    /// `messaging.operation.name`: the method's name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::CreateQueue => "create_queue",
+            Self::DeleteQueue => "delete_queue",
+            Self::PurgeQueue => "purge_queue",
+            Self::GetQueueStats => "get_queue_stats",
+            Self::SendMessage => "send_message",
+            Self::SendBatch => "send_batch",
+            Self::SendMessageWith => "send_message_with",
+            Self::SendBatchWith => "send_batch_with",
+            Self::ReceiveMessages => "receive_messages",
+            Self::ReceiveMessagesWait => "receive_messages_wait",
+            Self::DeleteMessage => "delete_message",
+            Self::DeleteMessages => "delete_messages",
+            Self::ChangeMessageVisibility => "change_message_visibility",
+        }
+    }
+
+    /// The span's name, the first word of `otel.name`.
+    pub(crate) fn span_name(self) -> &'static str {
+        match self {
+            Self::CreateQueue => "create",
+            Self::DeleteQueue => "delete",
+            Self::PurgeQueue => "purge",
+            Self::GetQueueStats => "stats",
+            Self::SendMessage | Self::SendBatch | Self::SendMessageWith | Self::SendBatchWith => {
+                "send"
+            }
+            Self::ReceiveMessages | Self::ReceiveMessagesWait => "receive",
+            Self::DeleteMessage | Self::DeleteMessages | Self::ChangeMessageVisibility => "settle",
+        }
+    }
+
+    /// `messaging.operation.type`: the conventions have none for queue
+    /// administration.
+    pub(crate) fn operation_type(self) -> Option<&'static str> {
+        match self.span_name() {
+            name @ ("send" | "receive" | "settle") => Some(name),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_send(self) -> bool {
+        self.span_name() == "send"
+    }
+
+    pub(crate) fn is_settle(self) -> bool {
+        self.span_name() == "settle"
+    }
+}
+
+/// A span with every field of the conventions declared empty: a callsite
+/// per span name (a `tracing` name is static). Disabled, it costs an
+/// interest check and nothing is formatted or allocated.
+macro_rules! op_span {
+    ($name:literal, $kind:literal) => {
+        tracing::info_span!(
+            $name,
+            otel.name = Empty,
+            otel.kind = $kind,
+            otel.status_code = Empty,
+            messaging.system = Empty,
+            messaging.destination.name = Empty,
+            messaging.operation.type = Empty,
+            messaging.operation.name = Empty,
+            messaging.batch.message_count = Empty,
+            messaging.message.id = Empty,
+            "error.type" = Empty,
+            server.address = Empty,
+            server.port = Empty,
+        )
+    };
+}
+
+/// The span of `op` on `queue`, its attributes recorded only if a
+/// subscriber wants it.
+fn start<P: Provide>(service: &P, op: Op, queue: &str, count: Option<usize>) -> Span {
+    let span = match op.span_name() {
+        "send" => op_span!("send", "producer"),
+        "receive" => op_span!("receive", "client"),
+        "settle" => op_span!("settle", "client"),
+        "create" => op_span!("create", "client"),
+        "delete" => op_span!("delete", "client"),
+        "purge" => op_span!("purge", "client"),
+        _ => op_span!("stats", "client"),
+    };
+    if span.is_disabled() {
+        return span;
+    }
+    span.record(
+        "otel.name",
+        tracing::field::display(format_args!("{} {queue}", op.span_name())),
+    );
+    span.record("messaging.system", Provide::provider(service).tag());
+    span.record("messaging.destination.name", queue);
+    if let Some(kind) = op.operation_type() {
+        span.record("messaging.operation.type", kind);
+    }
+    span.record("messaging.operation.name", op.name());
+    if let Some(count) = count {
+        span.record("messaging.batch.message_count", count as u64);
+    }
+    if let Some((address, port)) = Provide::server(service) {
+        span.record("server.address", address);
+        span.record("server.port", port);
+    }
+    span
+}
+
+/// Runs `call`, the gate's work for `op` on `queue`, inside its span, then
+/// records its outcome on the span and in the metrics. `count` is the
+/// number of messages or receipts of a batch call.
+///
+/// A call whose future is dropped before it ends records no metric.
+pub(crate) async fn observe<P, T, F>(
+    service: &P,
+    op: Op,
+    queue: &str,
+    count: Option<usize>,
+    call: F,
+) -> Result<T, MessagingError>
+where
+    P: Provide,
+    T: Observed,
+    F: Future<Output = Result<T, MessagingError>>,
+{
+    // A name the gate refuses may be anything (a secret pasted by mistake,
+    // a megabyte): it is recorded empty, never as a span field or a label.
+    let queue = if crate::queue_name::QueueName::new(queue).is_ok() {
+        queue
+    } else {
+        ""
+    };
+    let span = start(service, op, queue, count);
+    let started = Instant::now();
+    let mut call = pin!(call.instrument(span));
+    let result = call.as_mut().await;
+    let elapsed = started.elapsed();
+    let span = call.span();
+    if !span.is_disabled() {
+        match &result {
+            Ok(value) => value.on_span(span),
+            Err(error) => {
+                span.record("error.type", error.kind());
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+    }
+    let system = Provide::provider(service).tag();
+    meter::finish(system, op, queue, count, elapsed, &result);
+    result
+}
+
+/// What a call's successful output adds to its span and metrics.
+pub(crate) trait Observed {
+    /// Records what the output says on the call's (enabled) span.
+    fn on_span(&self, _span: &Span) {}
+
+    /// Messages handed to the caller (a receive).
+    fn consumed(&self) -> Option<usize> {
+        None
+    }
+
+    /// Per-receipt outcomes (`delete_messages`).
+    fn outcomes(&self) -> Option<&[Result<(), MessagingError>]> {
+        None
+    }
+}
+
+impl Observed for () {}
+impl Observed for bool {}
+impl Observed for u64 {}
+impl Observed for QueueStats {}
+impl Observed for Vec<MessageId> {}
+
+impl Observed for MessageId {
+    fn on_span(&self, span: &Span) {
+        span.record("messaging.message.id", self.as_str());
+    }
+}
+
+impl<T> Observed for Vec<QueuedMessage<T>> {
+    fn on_span(&self, span: &Span) {
+        span.record("messaging.batch.message_count", self.len() as u64);
+    }
+
+    fn consumed(&self) -> Option<usize> {
+        Some(self.len())
+    }
+}
+
+impl Observed for Vec<Result<(), MessagingError>> {
+    fn outcomes(&self) -> Option<&[Result<(), MessagingError>]> {
+        Some(self)
+    }
+}
