@@ -5,8 +5,8 @@ use std::{future::Future, time::Duration};
 use crate::{
     queue_name::QueueName,
     telemetry::{self, Op},
-    Capabilities, CircuitBreaker, MessageId, MessagingError, Provider,
-    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle, SendOptions,
+    Capabilities, CircuitBreaker, MessageId, MessagingError, Provider, QueueMessage, QueueStats,
+    QueuedMessage, QueuesConfig, ReceiptHandle, SendOptions,
 };
 
 /// Operations every provider offers, with the same observable behaviour.

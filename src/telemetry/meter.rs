@@ -84,8 +84,11 @@ fn settled<T: Observed>(
 ) {
     let add = |outcome: &'static str, n: usize| {
         if n > 0 {
-            counter!(super::SETTLED_MESSAGES, with(labels.clone(), OUTCOME, outcome))
-                .increment(n as u64);
+            counter!(
+                super::SETTLED_MESSAGES,
+                with(labels.clone(), OUTCOME, outcome)
+            )
+            .increment(n as u64);
         }
     };
     match result {
