@@ -3,7 +3,9 @@
 //! test, naming it). Spans are captured by a `tracing_subscriber` layer
 //! written here, metrics by `metrics-util`'s `DebuggingRecorder`, both
 //! installed for this thread only (`#[tokio::test]` runs on one thread, and
-//! every gate call runs on it).
+//! every gate call runs on it). The tests run one at a time, each with a
+//! subscriber: `tracing` caches whether a callsite is enabled, and a
+//! thread without one could have it cached as disabled for all.
 
 mod common;
 
@@ -159,6 +161,7 @@ fn unique_queue(prefix: &str) -> String {
 
 /// A known run on `backend`, with the spans and metrics it recorded, checked.
 async fn known_run(backend: MessageBackend, system: &str, server: Option<(&str, &str)>) {
+    let _serial = common::serial().await;
     let spans = SpanCapture::default();
     let _subscriber =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
@@ -415,6 +418,7 @@ async fn rabbitmq_spans_and_metrics() {
 /// reach either side).
 #[tokio::test]
 async fn migration_makes_one_span_per_call() {
+    let _serial = common::serial().await;
     let backend = common::migrating(Provider::Pgmq, Provider::RabbitMq).await;
     let spans = SpanCapture::default();
     let _subscriber =
@@ -445,6 +449,12 @@ async fn migration_makes_one_span_per_call() {
 /// Dead-lettered and released messages, counted where a receive decides.
 #[tokio::test]
 async fn dead_letters_and_releases_are_counted() {
+    let _serial = common::serial().await;
+    // A subscriber here too: a span callsite first met on a thread with
+    // none would be cached as never enabled, for the other tests as well.
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(SpanCapture::default()),
+    );
     let backend = common::backend(Provider::InMemory).await;
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
