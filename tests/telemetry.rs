@@ -168,6 +168,7 @@ async fn known_run(backend: MessageBackend, system: &str, server: Option<(&str, 
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _recorder = metrics::set_default_local_recorder(&recorder);
+    telemetry::enable_metrics();
 
     let queue = unique_queue("telemetry");
     let missing = unique_queue("telemetry_missing");
@@ -459,6 +460,7 @@ async fn dead_letters_and_releases_are_counted() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _recorder = metrics::set_default_local_recorder(&recorder);
+    telemetry::enable_metrics();
     let queue = unique_queue("telemetry_dlq");
     backend.create_queue(&queue).await.expect("create");
     let step = SimpleStepMessage::new(Uuid::new_v4(), Uuid::new_v4());
@@ -504,13 +506,13 @@ async fn dead_letters_and_releases_are_counted() {
     assert_eq!(counter(&recorded, telemetry::SENT_MESSAGES, &labels), 2);
 }
 
-/// `describe_metrics` gives every metric its unit.
+/// `enable_metrics` gives every metric its unit.
 #[test]
 fn metrics_are_described_with_units() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
-        telemetry::describe_metrics();
+        telemetry::enable_metrics();
         metrics::histogram!(telemetry::OPERATION_DURATION).record(0.5);
     });
     let snapshot = snapshotter.snapshot().into_vec();

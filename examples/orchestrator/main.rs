@@ -146,7 +146,7 @@ async fn main() -> ExitCode {
             .and_then(|builder| builder.install_recorder().map_err(|e| e.to_string()));
         match installed {
             Ok(handle) => {
-                tasker_messaging::telemetry::describe_metrics();
+                tasker_messaging::telemetry::enable_metrics();
                 Some(handle)
             }
             Err(error) => {

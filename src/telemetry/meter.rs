@@ -2,7 +2,10 @@
 //! releases, breaker transitions, reconnects). Names and labels are listed
 //! in the parent module.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use metrics::{counter, gauge, histogram, Label};
 
@@ -15,6 +18,17 @@ const OPERATION: &str = "messaging.operation.name";
 const OPERATION_TYPE: &str = "messaging.operation.type";
 const ERROR_TYPE: &str = "error.type";
 const OUTCOME: &str = "outcome";
+
+/// Whether the application enabled metrics ([`super::enable_metrics`]).
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+pub(crate) fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
 
 /// The labels every per-call metric carries.
 fn base(system: &'static str, op: Op, queue: &str) -> Vec<Label> {
@@ -109,6 +123,9 @@ fn settled<T: Observed>(
 
 /// A receive sent a message of `queue` to its dead-letter queue.
 pub(crate) fn dead_lettered(provider: Provider, queue: &str, reason: &'static str) {
+    if !enabled() {
+        return;
+    }
     counter!(
         super::DEAD_LETTERED_MESSAGES,
         SYSTEM => provider.tag(),
@@ -120,6 +137,9 @@ pub(crate) fn dead_lettered(provider: Provider, queue: &str, reason: &'static st
 
 /// A receive made a message of `queue` of another shape ready again.
 pub(crate) fn released(provider: Provider, queue: &str) {
+    if !enabled() {
+        return;
+    }
     counter!(
         super::RELEASED_MESSAGES,
         SYSTEM => provider.tag(),

@@ -8,9 +8,9 @@
 //! facade. The application installs a subscriber (e.g.
 //! `tracing-opentelemetry` or `tracing_subscriber::fmt`) and a recorder
 //! (e.g. `metrics-exporter-prometheus` or
-//! `metrics-exporter-opentelemetry`); with neither installed, a call pays a
-//! disabled span (a few nanoseconds) and the metrics facade's no-op
-//! recorder.
+//! `metrics-exporter-opentelemetry`) then calls [`enable_metrics`]; with
+//! neither, a call pays a disabled span's interest check and one atomic
+//! load.
 //!
 //! # Spans
 //!
@@ -39,7 +39,8 @@
 //!
 //! # Metrics
 //!
-//! See [`describe_metrics`] and the constants of this module.
+//! Recorded once the application calls [`enable_metrics`] (after installing
+//! its recorder); the names are the constants of this module.
 
 mod meter;
 mod span;
@@ -90,17 +91,24 @@ pub const CIRCUIT_BREAKER_STATE: &str = "tasker_messaging.circuit_breaker.state"
 /// after it was found unreachable). Label: `messaging.system`.
 pub const RECONNECTS: &str = "tasker_messaging.reconnects";
 
-/// Gives the installed metrics recorder the unit and description of every
-/// metric above. Call it once, after installing the recorder (a recorder
-/// installed later does not see descriptions given before); the metrics are
-/// recorded whether or not it is called.
+/// Turns the library's metrics on, and gives the installed recorder the
+/// unit and description of each. Call it once, after installing the
+/// recorder (a recorder installed later does not see the descriptions).
+///
+/// Until it is called, calls record no per-call metric: the `metrics`
+/// facade cannot tell whether a recorder is installed, and building the
+/// labels of a call (an owned queue name each) for its no-op recorder cost
+/// about 0.2 µs a call on the in-memory provider (BENCHMARKS.md,
+/// "Telemetry cost"). The circuit breaker gauge and the reconnect counter,
+/// rare, are recorded either way.
 ///
 /// ```
 /// // With metrics-exporter-prometheus, say:
 /// // let handle = PrometheusBuilder::new().install_recorder()?;
-/// tasker_messaging::telemetry::describe_metrics();
+/// tasker_messaging::telemetry::enable_metrics();
 /// ```
-pub fn describe_metrics() {
+pub fn enable_metrics() {
+    meter::enable();
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_histogram!(
         OPERATION_DURATION,

@@ -101,10 +101,10 @@ macro_rules! op_span {
     };
 }
 
-/// The span of `op` on `queue`, its attributes recorded only if a
-/// subscriber wants it.
-fn start<P: Provide>(service: &P, op: Op, queue: &str, count: Option<usize>) -> Span {
-    let span = match op.span_name() {
+/// The span of `op`: disabled (an interest check, nothing formatted or
+/// allocated) unless a subscriber wants it.
+fn start(op: Op) -> Span {
+    match op.span_name() {
         "send" => op_span!("send", "producer"),
         "receive" => op_span!("receive", "client"),
         "settle" => op_span!("settle", "client"),
@@ -112,10 +112,11 @@ fn start<P: Provide>(service: &P, op: Op, queue: &str, count: Option<usize>) -> 
         "delete" => op_span!("delete", "client"),
         "purge" => op_span!("purge", "client"),
         _ => op_span!("stats", "client"),
-    };
-    if span.is_disabled() {
-        return span;
     }
+}
+
+/// Records the attributes known before the call on an enabled span.
+fn record_start<P: Provide>(span: &Span, service: &P, op: Op, queue: &str, count: Option<usize>) {
     span.record(
         "otel.name",
         tracing::field::display(format_args!("{} {queue}", op.span_name())),
@@ -133,14 +134,16 @@ fn start<P: Provide>(service: &P, op: Op, queue: &str, count: Option<usize>) -> 
         span.record("server.address", address);
         span.record("server.port", port);
     }
-    span
 }
 
 /// Runs `call`, the gate's work for `op` on `queue`, inside its span, then
 /// records its outcome on the span and in the metrics. `count` is the
 /// number of messages or receipts of a batch call.
 ///
-/// A call whose future is dropped before it ends records no metric.
+/// With no subscriber wanting the span and metrics not enabled
+/// ([`enable_metrics`](super::enable_metrics)), it is `call.await` after
+/// one interest check and one atomic load. A call whose future is dropped
+/// before it ends records no metric.
 pub(crate) async fn observe<P, T, F>(
     service: &P,
     op: Op,
@@ -153,14 +156,18 @@ where
     T: Observed,
     F: Future<Output = Result<T, MessagingError>>,
 {
+    let metered = meter::enabled();
+    let span = start(op);
+    if span.is_disabled() && !metered {
+        // Nothing to record: the call as it would be without telemetry.
+        return call.await;
+    }
     // A name the gate refuses may be anything (a secret pasted by mistake,
     // a megabyte): it is recorded empty, never as a span field or a label.
-    let queue = if crate::queue_name::QueueName::new(queue).is_ok() {
-        queue
-    } else {
-        ""
-    };
-    let span = start(service, op, queue, count);
+    let queue = recordable(queue);
+    if !span.is_disabled() {
+        record_start(&span, service, op, queue, count);
+    }
     let started = Instant::now();
     let mut call = pin!(call.instrument(span));
     let result = call.as_mut().await;
@@ -175,9 +182,20 @@ where
             }
         }
     }
-    let system = Provide::provider(service).tag();
-    meter::finish(system, op, queue, count, elapsed, &result);
+    if metered {
+        let system = Provide::provider(service).tag();
+        meter::finish(system, op, queue, count, elapsed, &result);
+    }
     result
+}
+
+/// `queue` if it is a valid name, else `""`.
+fn recordable(queue: &str) -> &str {
+    if crate::queue_name::QueueName::new(queue).is_ok() {
+        queue
+    } else {
+        ""
+    }
 }
 
 /// What a call's successful output adds to its span and metrics.
