@@ -126,6 +126,7 @@ mod send_options;
 mod service;
 mod shutdown;
 mod sync;
+mod trace_context;
 mod transfer;
 mod wait;
 
