@@ -129,6 +129,7 @@ mod service;
 mod shutdown;
 mod sync;
 pub mod telemetry;
+mod trace_context;
 mod transfer;
 mod wait;
 

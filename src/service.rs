@@ -791,7 +791,7 @@ impl<P: provide::Provide> MessagingService for P {
     ) -> Result<MessageId, MessagingError> {
         let call = async {
             let _pass = enter(self)?;
-            provide::Provide::send_message(self, QueueName::new(queue)?, message).await
+            send_one(self, QueueName::new(queue)?, message, &SendOptions::new()).await
         };
         telemetry::observe(self, Op::SendMessage, queue, None, call).await
     }
@@ -803,7 +803,7 @@ impl<P: provide::Provide> MessagingService for P {
     ) -> Result<Vec<MessageId>, MessagingError> {
         let call = async {
             let _pass = enter(self)?;
-            provide::Provide::send_batch(self, QueueName::new(queue)?, messages).await
+            send_many(self, QueueName::new(queue)?, messages, &SendOptions::new()).await
         };
         let count = Some(messages.len());
         telemetry::observe(self, Op::SendBatch, queue, count, call).await
@@ -815,15 +815,12 @@ impl<P: provide::Provide> MessagingService for P {
         message: &T,
         options: &SendOptions,
     ) -> Result<MessageId, MessagingError> {
-        // Runs inside the send span.
+        // Runs inside the send span, which the trace context names.
         let call = async {
             let _pass = enter(self)?;
             let queue = QueueName::new(queue)?;
             options.validate(&provide::Provide::capabilities(self))?;
-            if options.is_plain() {
-                return provide::Provide::send_message(self, queue, message).await;
-            }
-            provide::Provide::send_message_with(self, queue, message, options).await
+            send_one(self, queue, message, options).await
         };
         telemetry::observe(self, Op::SendMessageWith, queue, None, call).await
     }
@@ -834,18 +831,12 @@ impl<P: provide::Provide> MessagingService for P {
         messages: &[T],
         options: &SendOptions,
     ) -> Result<Vec<MessageId>, MessagingError> {
-        // Runs inside the send span.
+        // Runs inside the send span, which the trace context names.
         let call = async {
             let _pass = enter(self)?;
             let queue = QueueName::new(queue)?;
             options.validate(&provide::Provide::capabilities(self))?;
-            if options.is_plain() {
-                return provide::Provide::send_batch(self, queue, messages).await;
-            }
-            if messages.is_empty() {
-                return Ok(Vec::new());
-            }
-            provide::Provide::send_batch_with(self, queue, messages, options).await
+            send_many(self, queue, messages, options).await
         };
         let count = Some(messages.len());
         telemetry::observe(self, Op::SendBatchWith, queue, count, call).await
@@ -991,4 +982,56 @@ fn enter<P: provide::Provide>(service: &P) -> Result<crate::shutdown::Pass<'_>, 
         return Err(MessagingError::Closed { provider });
     }
     Ok(pass)
+}
+
+/// A send whose options the gate checked, with the current trace context
+/// added (`trace_context`): plain options take the
+/// provider's plain path (PGMQ's group commit, for one).
+async fn send_one<P: provide::Provide, T: QueueMessage>(
+    service: &P,
+    queue: &QueueName,
+    message: &T,
+    options: &SendOptions,
+) -> Result<MessageId, MessagingError> {
+    let options = traced(service, options);
+    if options.is_plain() {
+        return provide::Provide::send_message(service, queue, message).await;
+    }
+    provide::Provide::send_message_with(service, queue, message, &options).await
+}
+
+/// `send_one` for a batch: every message carries the same options.
+async fn send_many<P: provide::Provide, T: QueueMessage>(
+    service: &P,
+    queue: &QueueName,
+    messages: &[T],
+    options: &SendOptions,
+) -> Result<Vec<MessageId>, MessagingError> {
+    let options = traced(service, options);
+    if options.is_plain() {
+        return provide::Provide::send_batch(service, queue, messages).await;
+    }
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
+    provide::Provide::send_batch_with(service, queue, messages, &options).await
+}
+
+/// `options` with the current trace context's headers. Checked again only
+/// when some were added: a context that does not fit (the headers' bound)
+/// is left out rather than failing a send that fits without it.
+fn traced<'a, P: provide::Provide>(
+    service: &P,
+    options: &'a SendOptions,
+) -> std::borrow::Cow<'a, SendOptions> {
+    match crate::trace_context::inject(options) {
+        std::borrow::Cow::Owned(traced)
+            if traced
+                .validate(&provide::Provide::capabilities(service))
+                .is_err() =>
+        {
+            std::borrow::Cow::Borrowed(options)
+        }
+        traced => traced,
+    }
 }
