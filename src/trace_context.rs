@@ -16,8 +16,14 @@ use crate::SendOptions;
 
 /// The options a send goes out with: `options`, plus the current trace
 /// context's headers when there is a sampled or unsampled but valid span
-/// context and the caller did not set those headers itself (the caller's
-/// win). Keys the library reserves are never injected.
+/// context and the caller set none of the propagator's fields itself.
+///
+/// The caller's context wins whole: if it set any of the propagator's
+/// fields (`traceparent`, `tracestate`, ..., compared without ASCII case,
+/// as [`extract`] reads them), nothing is injected, so a message never
+/// carries the caller's `tracestate` with the library's `traceparent`.
+/// Fields the propagator writes empty (an empty `tracestate`) and keys the
+/// library reserves are left out.
 #[cfg(feature = "opentelemetry")]
 pub(crate) fn inject(options: &SendOptions) -> Cow<'_, SendOptions> {
     use opentelemetry::{global, trace::TraceContextExt};
@@ -27,11 +33,28 @@ pub(crate) fn inject(options: &SendOptions) -> Cow<'_, SendOptions> {
         return Cow::Borrowed(options);
     }
     let mut fields = crate::Headers::new();
-    global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&cx, &mut Carrier(&mut fields));
+    let callers = global::get_text_map_propagator(|propagator| {
+        let set_by_caller = propagator.fields().any(|field| {
+            options
+                .header_map()
+                .keys()
+                .any(|key| key.eq_ignore_ascii_case(field))
+        });
+        if !set_by_caller {
+            propagator.inject_context(&cx, &mut Carrier(&mut fields));
+        }
+        set_by_caller
     });
-    fields.retain(|key, _| {
-        !crate::send_options::is_reserved_header(key) && !options.header_map().contains_key(key)
+    if callers {
+        return Cow::Borrowed(options);
+    }
+    fields.retain(|key, value| {
+        !value.is_empty()
+            && !crate::send_options::is_reserved_header(key)
+            && !options
+                .header_map()
+                .keys()
+                .any(|own| own.eq_ignore_ascii_case(key))
     });
     if fields.is_empty() {
         return Cow::Borrowed(options);
@@ -64,11 +87,13 @@ fn current() -> opentelemetry::Context {
 
 /// The context the headers of a received message carry, read by the
 /// application's global text-map propagator; an empty context when they
-/// carry none.
+/// carry none (never the receiver's own current context, which
+/// `TextMapPropagator::extract` would fall back to).
 #[cfg(feature = "opentelemetry")]
 pub(crate) fn extract(headers: &crate::Headers) -> opentelemetry::Context {
+    let empty = opentelemetry::Context::new();
     opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&Reader(headers))
+        propagator.extract_with_context(&empty, &Reader(headers))
     })
 }
 
