@@ -766,7 +766,7 @@ pub(crate) mod provide {
 /// The one gate: every queue name is checked here, before any provider sees
 /// it (C1), so a provider only ever handles valid names. Every queue call
 /// also runs here inside its span, and records its metrics once
-/// ([`telemetry::observe`]): a provider (or a migration's side, called
+/// (`telemetry::observe`): a provider (or a migration's side, called
 /// through `Provide`) makes no span of its own.
 impl<P: provide::Provide> MessagingService for P {
     async fn health_check(&self) -> Result<bool, MessagingError> {
@@ -985,36 +985,73 @@ fn enter<P: provide::Provide>(service: &P) -> Result<crate::shutdown::Pass<'_>, 
 }
 
 /// A send whose options the gate checked, with the current trace context
-/// added (`trace_context`): plain options take the
-/// provider's plain path (PGMQ's group commit, for one).
+/// added (`trace_context`): plain options take the provider's plain path
+/// (PGMQ's group commit, for one).
+///
+/// A message that fits without the context must not fail for it: when the
+/// added headers push it over `max_message_bytes`, it is sent again with
+/// the caller's own options. Every provider raises `MessageTooLarge` while
+/// encoding, before any I/O (`codec::encode_all_with_headers`), so the
+/// first attempt sent nothing.
 async fn send_one<P: provide::Provide, T: QueueMessage>(
     service: &P,
     queue: &QueueName,
     message: &T,
     options: &SendOptions,
 ) -> Result<MessageId, MessagingError> {
-    let options = traced(service, options);
+    if let std::borrow::Cow::Owned(with_context) = traced(service, options) {
+        match send_one_as(service, queue, message, &with_context).await {
+            Err(MessagingError::MessageTooLarge { .. }) => {}
+            sent => return sent,
+        }
+    }
+    send_one_as(service, queue, message, options).await
+}
+
+/// `send_one` with these very options.
+async fn send_one_as<P: provide::Provide, T: QueueMessage>(
+    service: &P,
+    queue: &QueueName,
+    message: &T,
+    options: &SendOptions,
+) -> Result<MessageId, MessagingError> {
     if options.is_plain() {
         return provide::Provide::send_message(service, queue, message).await;
     }
-    provide::Provide::send_message_with(service, queue, message, &options).await
+    provide::Provide::send_message_with(service, queue, message, options).await
 }
 
-/// `send_one` for a batch: every message carries the same options.
+/// `send_one` for a batch: every message carries the same options, and the
+/// batch is sent again without the context if it made one message too large.
 async fn send_many<P: provide::Provide, T: QueueMessage>(
     service: &P,
     queue: &QueueName,
     messages: &[T],
     options: &SendOptions,
 ) -> Result<Vec<MessageId>, MessagingError> {
-    let options = traced(service, options);
+    if let std::borrow::Cow::Owned(with_context) = traced(service, options) {
+        match send_many_as(service, queue, messages, &with_context).await {
+            Err(MessagingError::MessageTooLarge { .. }) => {}
+            sent => return sent,
+        }
+    }
+    send_many_as(service, queue, messages, options).await
+}
+
+/// `send_many` with these very options.
+async fn send_many_as<P: provide::Provide, T: QueueMessage>(
+    service: &P,
+    queue: &QueueName,
+    messages: &[T],
+    options: &SendOptions,
+) -> Result<Vec<MessageId>, MessagingError> {
     if options.is_plain() {
         return provide::Provide::send_batch(service, queue, messages).await;
     }
     if messages.is_empty() {
         return Ok(Vec::new());
     }
-    provide::Provide::send_batch_with(service, queue, messages, &options).await
+    provide::Provide::send_batch_with(service, queue, messages, options).await
 }
 
 /// `options` with the current trace context's headers. Checked again only
