@@ -264,3 +264,162 @@ async fn without_a_layer_a_send_carries_nothing() {
     assert!(message.headers().is_empty(), "{:?}", message.headers());
     assert!(!message.trace_context().span().span_context().is_valid());
 }
+
+/// A body exactly at `max_message_bytes` (its JSON is that long).
+fn body_at_limit(backend: &MessageBackend) -> serde_json::Value {
+    let max = backend.queues_config().max_message_bytes;
+    let body = serde_json::Value::String("x".repeat(max - 2));
+    assert_eq!(serde_json::to_string(&body).expect("json").len(), max);
+    body
+}
+
+/// A message that fits without trace headers is not refused for them: sent
+/// inside a span, it goes out without the context instead, once.
+async fn a_full_message_is_sent_in_a_span(provider: Provider) {
+    let _guard = traced();
+    let backend = common::backend(provider).await;
+    let queue = fresh(&backend, "full").await;
+    let body = body_at_limit(&backend);
+    let span = tracing::info_span!("enqueue step");
+    {
+        let _entered = span.enter();
+        backend
+            .send_message(&queue, &body)
+            .await
+            .unwrap_or_else(|e| panic!("{provider:?}: send at the limit in a span: {e}"));
+        backend
+            .send_batch(&queue, std::slice::from_ref(&body))
+            .await
+            .unwrap_or_else(|e| panic!("{provider:?}: batch at the limit in a span: {e}"));
+        backend
+            .send_message_with(&queue, &body, &SendOptions::new())
+            .await
+            .unwrap_or_else(|e| panic!("{provider:?}: send_with at the limit in a span: {e}"));
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let more = backend
+            .receive_messages_wait::<serde_json::Value>(&queue, 10, LEASE, WAIT)
+            .await
+            .expect("receive");
+        assert!(!more.is_empty(), "{provider:?}: only {} arrived", got.len());
+        got.extend(more);
+    }
+    for message in &got {
+        assert_eq!(message.message, body);
+        assert!(!message.headers().contains_key("traceparent"));
+    }
+    let left = backend
+        .receive_messages::<serde_json::Value>(&queue, 10, LEASE)
+        .await
+        .expect("receive");
+    assert!(left.is_empty(), "{provider:?}: each sent once, no second copy");
+    backend.delete_queue(&queue).await.expect("delete queue");
+}
+
+#[tokio::test]
+async fn in_memory_full_message_in_a_span() {
+    a_full_message_is_sent_in_a_span(Provider::InMemory).await;
+}
+
+#[tokio::test]
+async fn pgmq_full_message_in_a_span() {
+    a_full_message_is_sent_in_a_span(Provider::Pgmq).await;
+}
+
+#[tokio::test]
+async fn rabbitmq_full_message_in_a_span() {
+    a_full_message_is_sent_in_a_span(Provider::RabbitMq).await;
+}
+
+/// A message with no valid context gives an empty one, not the receiver's
+/// current context (`extract` would fall back to it).
+#[tokio::test]
+async fn no_context_in_the_headers_is_no_context() {
+    let backend = common::backend(Provider::InMemory).await;
+    let queue = fresh(&backend, "none").await;
+    // With no OpenTelemetry layer yet: no trace headers at all.
+    backend.send_message(&queue, &step()).await.expect("send");
+    let _guard = traced();
+    // A caller's garbage: kept as it is, and no context is read from it.
+    backend
+        .send_message_with(
+            &queue,
+            &step(),
+            &SendOptions::new().header("traceparent", "garbage"),
+        )
+        .await
+        .expect("send");
+    let worker = tracing::info_span!("worker");
+    let _entered = worker.enter();
+    assert!(context_of(&worker).is_valid());
+    for _ in 0..2 {
+        let message = receive_one(&backend, &queue).await;
+        let context = message.trace_context();
+        assert!(
+            !context.span().span_context().is_valid(),
+            "headers {:?} carry no context, yet the worker's came back",
+            message.headers()
+        );
+    }
+}
+
+/// The caller's trace headers win whole, whatever their case: no second
+/// `traceparent` beside a `Traceparent`, no library `traceparent` paired
+/// with the caller's `tracestate`, and never an empty `tracestate`.
+#[tokio::test]
+async fn a_caller_s_trace_headers_win_whole() {
+    let _guard = traced();
+    let backend = common::backend(Provider::InMemory).await;
+    let queue = fresh(&backend, "whole").await;
+    let own = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let span = tracing::info_span!("enqueue step");
+    let _entered = span.enter();
+    let cases = [
+        ("Traceparent", own),
+        ("TRACESTATE", "vendor=secret"),
+        ("tracestate", "vendor=secret"),
+    ];
+    for (key, value) in cases {
+        backend
+            .send_message_with(&queue, &step(), &SendOptions::new().header(key, value))
+            .await
+            .expect("send");
+        let message = receive_one(&backend, &queue).await;
+        let mut expected = tasker_messaging::Headers::new();
+        expected.insert(key.to_owned(), value.to_owned());
+        assert_eq!(message.headers(), &expected, "{key}: only the caller's");
+        backend
+            .delete_message(&queue, message.receipt())
+            .await
+            .expect("delete");
+    }
+    // The caller's own `Traceparent` is read back, without case.
+    backend
+        .send_message_with(
+            &queue,
+            &step(),
+            &SendOptions::new().header("Traceparent", own),
+        )
+        .await
+        .expect("send");
+    let message = receive_one(&backend, &queue).await;
+    assert_eq!(
+        message
+            .trace_context()
+            .span()
+            .span_context()
+            .trace_id()
+            .to_string(),
+        "0af7651916cd43dd8448eb211c80319c"
+    );
+    backend
+        .delete_message(&queue, message.receipt())
+        .await
+        .expect("delete");
+    // The library's own: `traceparent` only (the span's `tracestate` is empty).
+    backend.send_message(&queue, &step()).await.expect("send");
+    let message = receive_one(&backend, &queue).await;
+    let keys: Vec<&str> = message.headers().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["traceparent"], "no empty tracestate");
+}
