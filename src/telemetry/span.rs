@@ -1,8 +1,13 @@
 //! The span of one call, and what its outcome records.
 
-use std::{future::Future, pin::pin, time::Instant};
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{ready, Context, Poll},
+    time::Instant,
+};
 
-use tracing::{field::Empty, Instrument, Span};
+use tracing::{field::Empty, Span};
 
 use super::meter;
 use crate::{service::provide::Provide, MessageId, MessagingError, QueueStats, QueuedMessage};
@@ -117,10 +122,15 @@ fn start(op: Op) -> Span {
 
 /// Records the attributes known before the call on an enabled span.
 fn record_start<P: Provide>(span: &Span, service: &P, op: Op, queue: &str, count: Option<usize>) {
-    span.record(
-        "otel.name",
-        tracing::field::display(format_args!("{} {queue}", op.span_name())),
-    );
+    if queue.is_empty() {
+        // Not recordable (see `recordable`): the operation alone.
+        span.record("otel.name", op.span_name());
+    } else {
+        span.record(
+            "otel.name",
+            tracing::field::display(format_args!("{} {queue}", op.span_name())),
+        );
+    }
     span.record("messaging.system", Provide::provider(service).tag());
     span.record("messaging.destination.name", queue);
     if let Some(kind) = op.operation_type() {
@@ -141,52 +151,156 @@ fn record_start<P: Provide>(span: &Span, service: &P, op: Op, queue: &str, count
 /// number of messages or receipts of a batch call.
 ///
 /// With no subscriber wanting the span and metrics not enabled
-/// ([`enable_metrics`](super::enable_metrics)), it is `call.await` after
-/// one interest check and one atomic load. A call whose future is dropped
-/// before it ends records no metric.
-pub(crate) async fn observe<P, T, F>(
-    service: &P,
+/// ([`enable_metrics`](super::enable_metrics)), each poll is `call`'s poll
+/// after one interest check and one atomic load at the first. A call whose
+/// future is dropped before it ends records no metric; its span gets
+/// `error.type = "cancelled"`.
+///
+/// A hand-written future rather than an `async fn`: an `async fn` taking
+/// `call` by value holds it twice (as its argument and as the future it
+/// awaits), which doubled the size of every gate future.
+pub(crate) fn observe<'a, P, F>(
+    service: &'a P,
     op: Op,
-    queue: &str,
+    queue: &'a str,
     count: Option<usize>,
     call: F,
-) -> Result<T, MessagingError>
+) -> Observe<'a, P, F> {
+    Observe {
+        call: Some(call),
+        service,
+        op,
+        queue,
+        count,
+        state: State::Unpolled,
+    }
+}
+
+/// Where an [`Observe`] is.
+enum State {
+    /// Not polled yet: whether to observe is decided at the first poll.
+    Unpolled,
+    /// Nothing to record: polls are `call`'s own.
+    Plain,
+    /// Observed: the call's span (maybe disabled, with metrics on), whether
+    /// metrics are recorded, and when the call started.
+    Observed {
+        span: Span,
+        metered: bool,
+        started: Instant,
+    },
+    /// Finished and recorded.
+    Done,
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`observe`].
+    ///
+    /// `call` is entered in its span around each poll and dropped inside it
+    /// too, as `tracing::Instrumented` does: whatever the call's drop does
+    /// (a permit handed back, a log line) belongs to its span.
+    #[must_use = "futures do nothing unless polled"]
+    pub(crate) struct Observe<'a, P, F> {
+        // `None` once dropped in its span (finished or cancelled).
+        #[pin]
+        call: Option<F>,
+        service: &'a P,
+        op: Op,
+        queue: &'a str,
+        count: Option<usize>,
+        state: State,
+    }
+
+    impl<P, F> PinnedDrop for Observe<'_, P, F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if let State::Observed { span, .. } = &*this.state {
+                // Dropped before it finished: cancelled.
+                let _entered = span.enter();
+                this.call.set(None);
+                if !span.is_disabled() {
+                    span.record("error.type", "cancelled");
+                }
+            }
+        }
+    }
+}
+
+impl<P, T, F> Future for Observe<'_, P, F>
 where
     P: Provide,
     T: Observed,
     F: Future<Output = Result<T, MessagingError>>,
 {
-    let metered = meter::enabled();
-    let span = start(op);
-    if span.is_disabled() && !metered {
-        // Nothing to record: the call as it would be without telemetry.
-        return call.await;
-    }
-    // A name the gate refuses may be anything (a secret pasted by mistake,
-    // a megabyte): it is recorded empty, never as a span field or a label.
-    let queue = recordable(queue);
-    if !span.is_disabled() {
-        record_start(&span, service, op, queue, count);
-    }
-    let started = Instant::now();
-    let mut call = pin!(call.instrument(span));
-    let result = call.as_mut().await;
-    let elapsed = started.elapsed();
-    let span = call.span();
-    if !span.is_disabled() {
-        match &result {
-            Ok(value) => value.on_span(span),
-            Err(error) => {
-                span.record("error.type", error.kind());
-                span.record("otel.status_code", "ERROR");
+    type Output = Result<T, MessagingError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let State::Unpolled = this.state {
+            let metered = meter::enabled();
+            let span = start(*this.op);
+            if span.is_disabled() && !metered {
+                // Nothing to record: the call as it would be without telemetry.
+                *this.state = State::Plain;
+            } else {
+                // A name the gate refuses may be anything (a secret pasted
+                // by mistake, a megabyte): it is recorded empty, never as a
+                // span field or a label.
+                *this.queue = recordable(*this.queue);
+                if !span.is_disabled() {
+                    record_start(&span, *this.service, *this.op, this.queue, *this.count);
+                }
+                *this.state = State::Observed {
+                    span,
+                    metered,
+                    started: Instant::now(),
+                };
             }
         }
+        let result = match &*this.state {
+            State::Plain => {
+                let call = this.call.as_pin_mut().expect("polled after completion");
+                return call.poll(cx);
+            }
+            State::Observed { span, .. } => {
+                let _entered = span.enter();
+                let call = this.call.as_mut().as_pin_mut();
+                let result = ready!(call.expect("polled after completion").poll(cx));
+                this.call.set(None);
+                result
+            }
+            State::Unpolled | State::Done => panic!("`Observe` polled after completion"),
+        };
+        let State::Observed {
+            span,
+            metered,
+            started,
+        } = std::mem::replace(this.state, State::Done)
+        else {
+            unreachable!("observed above")
+        };
+        let elapsed = started.elapsed();
+        if !span.is_disabled() {
+            match &result {
+                Ok(value) => value.on_span(&span),
+                Err(error) => {
+                    span.record("error.type", error.kind());
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+        }
+        if metered {
+            let system = Provide::provider(*this.service).tag();
+            // A queue that does not exist is as unbounded as an invalid
+            // name (any string a caller tries): no label of its own.
+            let queue = match &result {
+                Err(MessagingError::QueueNotFound { .. } | MessagingError::InvalidQueueName { .. }) => "",
+                _ => *this.queue,
+            };
+            meter::finish(system, *this.op, queue, *this.count, elapsed, &result);
+        }
+        Poll::Ready(result)
     }
-    if metered {
-        let system = Provide::provider(service).tag();
-        meter::finish(system, op, queue, count, elapsed, &result);
-    }
-    result
 }
 
 /// `queue` if it is a valid name, else `""`.
