@@ -118,7 +118,8 @@ impl Drop for Permit<'_> {
 impl CircuitBreaker {
     /// A closed breaker.
     pub fn new(provider: Provider, config: CircuitBreakerConfig) -> Self {
-        crate::telemetry::breaker_state(provider, CircuitState::Closed);
+        // No gauge yet: it is set at transitions only, so a breaker
+        // created for a second backend of the provider does not reset it.
         Self {
             config,
             provider,

@@ -148,8 +148,12 @@ pub(crate) fn released(provider: Provider, queue: &str) {
     .increment(1);
 }
 
-/// `provider`'s circuit breaker is now in `state`.
+/// `provider`'s circuit breaker is now in `state` (a transition). Keyed by
+/// provider only: two backends of one provider set the same gauge.
 pub(crate) fn breaker_state(provider: Provider, state: CircuitState) {
+    if !enabled() {
+        return;
+    }
     let value = match state {
         CircuitState::Closed => 0.0,
         CircuitState::HalfOpen => 1.0,

@@ -84,7 +84,10 @@ pub const RELEASED_MESSAGES: &str = "tasker_messaging.released.messages";
 /// `messaging.destination.name`, `messaging.operation.name`, `error.type`.
 pub const ERRORS: &str = "tasker_messaging.errors";
 /// Gauge: the circuit breaker's state, `0` closed, `1` half-open, `2` open,
-/// set at each transition. Label: `messaging.system`.
+/// set at each transition once metrics are enabled (none until a breaker
+/// first changes state). Label: `messaging.system` only: it is keyed by
+/// provider, so two backends of one provider (two PGMQ databases, say)
+/// set the same gauge, and it shows whichever changed last.
 pub const CIRCUIT_BREAKER_STATE: &str = "tasker_messaging.circuit_breaker.state";
 /// Counter, reconnects: connections to the server re-established after a
 /// loss (RabbitMQ: the data connection; PGMQ: the server answering again
@@ -99,8 +102,9 @@ pub const RECONNECTS: &str = "tasker_messaging.reconnects";
 /// facade cannot tell whether a recorder is installed, and building the
 /// labels of a call (an owned queue name each) for its no-op recorder cost
 /// about 0.2 µs a call on the in-memory provider (BENCHMARKS.md,
-/// "Telemetry cost"). The circuit breaker gauge and the reconnect counter,
-/// rare, are recorded either way.
+/// "Telemetry cost"). The circuit breaker gauge is set only at transitions
+/// once they are enabled; the reconnect counter, rare, is recorded either
+/// way.
 ///
 /// ```
 /// // With metrics-exporter-prometheus, say:
