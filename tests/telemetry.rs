@@ -242,12 +242,13 @@ async fn known_run(backend: MessageBackend, system: &str, server: Option<(&str, 
     for span in &ours {
         assert_eq!(span.parent, None, "no span inside another: {span:?}");
         assert_eq!(span.field("messaging.system"), Some(system), "{span:?}");
-        let destination = span.field("messaging.destination.name").unwrap_or("");
-        assert_eq!(
-            span.field("otel.name"),
-            Some(format!("{} {destination}", span.name).as_str()),
-            "{span:?}"
-        );
+        // `{span} {queue}`, or the span's name alone when the queue is
+        // not recorded (no trailing space).
+        let otel_name = match span.field("messaging.destination.name").unwrap_or("") {
+            "" => span.name.to_owned(),
+            destination => format!("{} {destination}", span.name),
+        };
+        assert_eq!(span.field("otel.name"), Some(otel_name.as_str()), "{span:?}");
         match server {
             Some((address, port)) => {
                 assert_eq!(span.field("server.address"), Some(address), "{span:?}");
@@ -279,6 +280,7 @@ async fn known_run(backend: MessageBackend, system: &str, server: Option<(&str, 
     // A name the gate refuses is not recorded.
     assert_eq!(sends[2].field("error.type"), Some("invalid_queue_name"));
     assert_eq!(sends[2].field("messaging.destination.name"), Some(""));
+    assert_eq!(sends[2].field("otel.name"), Some("send"));
     let batch = find("send_batch");
     assert_eq!(batch[0].field("messaging.batch.message_count"), Some("2"));
     let receives = find("receive_messages_wait");
@@ -334,11 +336,30 @@ async fn known_run(backend: MessageBackend, system: &str, server: Option<(&str, 
             &recorded,
             telemetry::SENT_MESSAGES,
             &[
-                ("messaging.destination.name", missing.as_str()),
+                ("messaging.destination.name", ""),
                 ("error.type", "queue_not_found")
             ]
         ),
+        1,
+        "a queue that does not exist is no label of its own"
+    );
+    assert_eq!(
+        counter(
+            &recorded,
+            telemetry::ERRORS,
+            &[
+                ("messaging.destination.name", ""),
+                ("error.type", "invalid_queue_name")
+            ]
+        ),
         1
+    );
+    assert!(
+        !recorded.iter().any(|(key, _, _, _)| key
+            .key()
+            .labels()
+            .any(|label| label.value() == missing.as_str())),
+        "no metric labelled with the missing queue"
     );
     assert_eq!(
         counter(&recorded, telemetry::CONSUMED_MESSAGES, &on(&[])),
@@ -522,4 +543,70 @@ fn metrics_are_described_with_units() {
         .expect("recorded");
     assert_eq!(*unit, Some(metrics::Unit::Seconds));
     assert!(description.is_some());
+}
+
+/// A call dropped before it ends closes its span as cancelled, and records
+/// no metric.
+#[tokio::test]
+async fn a_cancelled_call_closes_its_span_as_cancelled() {
+    let _serial = common::serial().await;
+    let spans = SpanCapture::default();
+    let _subscriber =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+    telemetry::enable_metrics();
+    let backend = common::backend(Provider::InMemory).await;
+    let queue = unique_queue("telemetry_cancel");
+    backend.create_queue(&queue).await.expect("create");
+    let waited = tokio::time::timeout(
+        Duration::from_millis(50),
+        backend.receive_messages_wait::<SimpleStepMessage>(
+            &queue,
+            1,
+            LEASE,
+            Duration::from_secs(30),
+        ),
+    )
+    .await;
+    assert!(waited.is_err(), "the receive was cut short");
+    let receives: Vec<_> = spans
+        .ours()
+        .into_iter()
+        .filter(|s| s.name == "receive")
+        .collect();
+    assert_eq!(receives.len(), 1, "{receives:#?}");
+    assert_eq!(receives[0].field("error.type"), Some("cancelled"));
+    let recorded = take(&snapshotter);
+    assert_eq!(
+        samples(
+            &recorded,
+            telemetry::OPERATION_DURATION,
+            &[("messaging.operation.name", "receive_messages_wait")]
+        ),
+        0
+    );
+}
+
+/// The breaker gauge is set at transitions only: creating a backend (and
+/// its breaker) sets nothing.
+#[tokio::test]
+async fn a_new_breaker_sets_no_gauge() {
+    let _serial = common::serial().await;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+    telemetry::enable_metrics();
+    let _breaker = tasker_messaging::CircuitBreaker::new(
+        Provider::Pgmq,
+        tasker_messaging::CircuitBreakerConfig::default(),
+    );
+    let recorded = take(&snapshotter);
+    assert!(
+        !recorded
+            .iter()
+            .any(|(key, _, _, _)| key.key().name() == telemetry::CIRCUIT_BREAKER_STATE),
+        "{recorded:?}"
+    );
 }
