@@ -71,14 +71,11 @@ pub(crate) fn assemble<T: QueueMessage>(
             },
             message,
         }),
-        (Verdict::Release, _) => {
-            crate::telemetry::released(delivery.provider, delivery.queue);
-            Outcome::Release
-        }
-        (Verdict::DeadLetter(reason), _) => {
-            crate::telemetry::dead_lettered(delivery.provider, delivery.queue, reason.as_str());
-            Outcome::DeadLetter(reason)
-        }
+        // Counted by the provider once the release or the move is done
+        // (committed, confirmed), not here: a receive that fails after
+        // deciding would count a message it decides again next time.
+        (Verdict::Release, _) => Outcome::Release,
+        (Verdict::DeadLetter(reason), _) => Outcome::DeadLetter(reason),
         // The policy delivers only what decoded; anything else is held.
         (Verdict::Hold | Verdict::Deliver, _) => {
             policy.log_held(delivery.queue, &delivery.message_id);

@@ -135,9 +135,9 @@ pub(crate) fn dead_lettered(provider: Provider, queue: &str, reason: &'static st
     .increment(1);
 }
 
-/// A receive made a message of `queue` of another shape ready again.
-pub(crate) fn released(provider: Provider, queue: &str) {
-    if !enabled() {
+/// A receive made `n` messages of `queue` of another shape ready again.
+pub(crate) fn released(provider: Provider, queue: &str, n: usize) {
+    if !enabled() || n == 0 {
         return;
     }
     counter!(
@@ -145,7 +145,7 @@ pub(crate) fn released(provider: Provider, queue: &str) {
         SYSTEM => provider.tag(),
         DESTINATION => queue.to_owned(),
     )
-    .increment(1);
+    .increment(n as u64);
 }
 
 /// `provider`'s circuit breaker is now in `state` (a transition). Keyed by
