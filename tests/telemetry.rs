@@ -468,16 +468,16 @@ async fn migration_makes_one_span_per_call() {
     }
 }
 
-/// Dead-lettered and released messages, counted where a receive decides.
-#[tokio::test]
-async fn dead_letters_and_releases_are_counted() {
+/// Dead-lettered and released messages, counted once the receive that
+/// moved or released them has done so.
+async fn dead_letters_and_releases_are_counted(provider: Provider) {
     let _serial = common::serial().await;
     // A subscriber here too: a span callsite first met on a thread with
     // none would be cached as never enabled, for the other tests as well.
     let _subscriber = tracing::subscriber::set_default(
         tracing_subscriber::registry().with(SpanCapture::default()),
     );
-    let backend = common::backend(Provider::InMemory).await;
+    let backend = common::backend(provider).await;
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _recorder = metrics::set_default_local_recorder(&recorder);
@@ -513,7 +513,7 @@ async fn dead_letters_and_releases_are_counted() {
 
     let recorded = take(&snapshotter);
     let labels = [
-        ("messaging.system", "in_memory"),
+        ("messaging.system", provider.tag()),
         ("messaging.destination.name", queue.as_str()),
     ];
     let mut dead = labels.to_vec();
@@ -525,6 +525,22 @@ async fn dead_letters_and_releases_are_counted() {
     assert_eq!(counter(&recorded, telemetry::RELEASED_MESSAGES, &labels), 1);
     assert_eq!(counter(&recorded, telemetry::CONSUMED_MESSAGES, &labels), 3);
     assert_eq!(counter(&recorded, telemetry::SENT_MESSAGES, &labels), 2);
+    backend.delete_queue(&queue).await.expect("delete queue");
+}
+
+#[tokio::test]
+async fn in_memory_dead_letters_and_releases_are_counted() {
+    dead_letters_and_releases_are_counted(Provider::InMemory).await;
+}
+
+#[tokio::test]
+async fn pgmq_dead_letters_and_releases_are_counted() {
+    dead_letters_and_releases_are_counted(Provider::Pgmq).await;
+}
+
+#[tokio::test]
+async fn rabbitmq_dead_letters_and_releases_are_counted() {
+    dead_letters_and_releases_are_counted(Provider::RabbitMq).await;
 }
 
 /// `enable_metrics` gives every metric its unit.
