@@ -248,7 +248,11 @@ async fn known_run(backend: MessageBackend, system: &str, server: Option<(&str, 
             "" => span.name.to_owned(),
             destination => format!("{} {destination}", span.name),
         };
-        assert_eq!(span.field("otel.name"), Some(otel_name.as_str()), "{span:?}");
+        assert_eq!(
+            span.field("otel.name"),
+            Some(otel_name.as_str()),
+            "{span:?}"
+        );
         match server {
             Some((address, port)) => {
                 assert_eq!(span.field("server.address"), Some(address), "{span:?}");

@@ -313,7 +313,10 @@ async fn a_full_message_is_sent_in_a_span(provider: Provider) {
         .receive_messages::<serde_json::Value>(&queue, 10, LEASE)
         .await
         .expect("receive");
-    assert!(left.is_empty(), "{provider:?}: each sent once, no second copy");
+    assert!(
+        left.is_empty(),
+        "{provider:?}: each sent once, no second copy"
+    );
     backend.delete_queue(&queue).await.expect("delete queue");
 }
 

@@ -246,7 +246,7 @@ where
                 // A name the gate refuses may be anything (a secret pasted
                 // by mistake, a megabyte): it is recorded empty, never as a
                 // span field or a label.
-                *this.queue = recordable(*this.queue);
+                *this.queue = recordable(this.queue);
                 if !span.is_disabled() {
                     record_start(&span, *this.service, *this.op, this.queue, *this.count);
                 }
@@ -294,7 +294,9 @@ where
             // A queue that does not exist is as unbounded as an invalid
             // name (any string a caller tries): no label of its own.
             let queue = match &result {
-                Err(MessagingError::QueueNotFound { .. } | MessagingError::InvalidQueueName { .. }) => "",
+                Err(
+                    MessagingError::QueueNotFound { .. } | MessagingError::InvalidQueueName { .. },
+                ) => "",
                 _ => *this.queue,
             };
             meter::finish(system, *this.op, queue, *this.count, elapsed, &result);
