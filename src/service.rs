@@ -999,13 +999,18 @@ async fn send_one<P: provide::Provide, T: QueueMessage>(
     message: &T,
     options: &SendOptions,
 ) -> Result<MessageId, MessagingError> {
-    if let std::borrow::Cow::Owned(with_context) = traced(service, options) {
-        match send_one_as(service, queue, message, &with_context).await {
-            Err(MessagingError::MessageTooLarge { .. }) => {}
+    // One await in a loop, not two: the future holds one send, not two.
+    let mut options_now = traced(service, options);
+    loop {
+        match send_one_as(service, queue, message, &options_now).await {
+            Err(MessagingError::MessageTooLarge { .. })
+                if matches!(options_now, std::borrow::Cow::Owned(_)) =>
+            {
+                options_now = std::borrow::Cow::Borrowed(options);
+            }
             sent => return sent,
         }
     }
-    send_one_as(service, queue, message, options).await
 }
 
 /// `send_one` with these very options.
@@ -1029,13 +1034,17 @@ async fn send_many<P: provide::Provide, T: QueueMessage>(
     messages: &[T],
     options: &SendOptions,
 ) -> Result<Vec<MessageId>, MessagingError> {
-    if let std::borrow::Cow::Owned(with_context) = traced(service, options) {
-        match send_many_as(service, queue, messages, &with_context).await {
-            Err(MessagingError::MessageTooLarge { .. }) => {}
+    let mut options_now = traced(service, options);
+    loop {
+        match send_many_as(service, queue, messages, &options_now).await {
+            Err(MessagingError::MessageTooLarge { .. })
+                if matches!(options_now, std::borrow::Cow::Owned(_)) =>
+            {
+                options_now = std::borrow::Cow::Borrowed(options);
+            }
             sent => return sent,
         }
     }
-    send_many_as(service, queue, messages, options).await
 }
 
 /// `send_many` with these very options.
