@@ -34,7 +34,8 @@
 //! `messaging.batch.message_count` (batch calls), `messaging.message.id`
 //! (single-message calls, where known), `error.type`
 //! ([`MessagingError::kind`](crate::MessagingError::kind)) and
-//! `otel.status_code = "ERROR"` on failure, `server.address` and
+//! `otel.status_code = "ERROR"` on failure (`error.type = "cancelled"`
+//! alone when the call's future was dropped before it ended), `server.address` and
 //! `server.port` (server providers).
 //!
 //! # Metrics
