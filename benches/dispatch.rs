@@ -3,7 +3,16 @@
 //! futures (the async_trait way). In-memory only: with no I/O, dispatch is a
 //! visible share of the cost.
 //!
+//! The `telemetry` group times the same round trip through
+//! `MessageBackend` with no `tracing` subscriber and metrics off (disabled
+//! spans), with a `tracing_subscriber::fmt` subscriber writing to
+//! `io::sink` (every span enabled and formatted), with metrics on and no
+//! recorder (the facade's no-op one), with a Prometheus recorder, and with
+//! both. Subscriber and recorder are installed for the bench thread only
+//! (`block_on` polls on it).
+//!
 //! cargo bench --bench dispatch
+//! cargo bench --bench dispatch -- telemetry
 
 use std::{future::Future, hint::black_box, pin::Pin, time::Duration};
 
@@ -104,6 +113,43 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("box_dyn", |b| {
         b.to_async(&rt).iter(|| black_box(&boxed).round_trip(&step))
+    });
+    group.finish();
+
+    // In this order: `tracing` caches a callsite's interest once a
+    // subscriber has seen it, and metrics cannot be turned off once on.
+    let mut group = c.benchmark_group("telemetry: send+receive+delete (in-memory)");
+    group.bench_function("no_subscriber_metrics_off", |b| {
+        b.to_async(&rt)
+            .iter(|| async { round_trip!(black_box(&backend), &step) })
+    });
+    let fmt = || {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::sink)
+            .finish()
+    };
+    group.bench_function("fmt_subscriber_to_sink", |b| {
+        let _subscriber = tracing::subscriber::set_default(fmt());
+        b.to_async(&rt)
+            .iter(|| async { round_trip!(black_box(&backend), &step) })
+    });
+    tasker_messaging::telemetry::enable_metrics();
+    group.bench_function("metrics_on_no_recorder", |b| {
+        b.to_async(&rt)
+            .iter(|| async { round_trip!(black_box(&backend), &step) })
+    });
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    group.bench_function("prometheus_recorder", |b| {
+        let _recorder = metrics::set_default_local_recorder(&prometheus);
+        b.to_async(&rt)
+            .iter(|| async { round_trip!(black_box(&backend), &step) })
+    });
+    group.bench_function("fmt_subscriber_and_prometheus_recorder", |b| {
+        let _subscriber = tracing::subscriber::set_default(fmt());
+        let _recorder = metrics::set_default_local_recorder(&prometheus);
+        b.to_async(&rt)
+            .iter(|| async { round_trip!(black_box(&backend), &step) })
     });
     group.finish();
 }

@@ -94,7 +94,8 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets -- -D warnings
-cargo clippy --all-targets --features conformance,cli -- -D warnings
+cargo clippy --all-targets --features conformance,cli,opentelemetry -- -D warnings
+cargo clippy --lib --no-default-features --features opentelemetry -- -D warnings
 cargo clippy -p tasker-messaging-ruby --all-targets -- -D warnings
 
 # Each provider on its own, and the in-memory queue alone: the library
@@ -112,13 +113,13 @@ tree_count() { cargo tree -e normal --no-default-features --features "$1" | grep
 
 log "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet --features conformance
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet --features conformance,opentelemetry
 log "cargo test"
 # The live suites are I/O-bound: run more cases at once than there are cores.
 # `cli` builds the binary for tests/cli.rs.
-RUST_TEST_THREADS=${RUST_TEST_THREADS:-8} cargo test --all-targets --features cli
+RUST_TEST_THREADS=${RUST_TEST_THREADS:-8} cargo test --all-targets --features cli,opentelemetry
 log "doctests (every MessagingService method's example, the README's)"
-cargo test --doc --features cli
+cargo test --doc --features cli,opentelemetry
 log "Ruby docs (rdoc: every public item documented)"
 rdoc_out=$(cd bindings/ruby && rdoc -C --dry-run lib 2>&1)
 grep -q "100.00% documented" <<<"$rdoc_out" || { printf '%s\n' "$rdoc_out" >&2; die "rdoc: undocumented Ruby API (above)"; }

@@ -71,6 +71,9 @@ pub(crate) fn assemble<T: QueueMessage>(
             },
             message,
         }),
+        // Counted by the provider once the release or the move is done
+        // (committed, confirmed), not here: a receive that fails after
+        // deciding would count a message it decides again next time.
         (Verdict::Release, _) => Outcome::Release,
         (Verdict::DeadLetter(reason), _) => Outcome::DeadLetter(reason),
         // The policy delivers only what decoded; anything else is held.

@@ -311,6 +311,13 @@ macro_rules! dispatch_provide {
                 }
             }
 
+            fn server(&self) -> Option<(&str, u16)> {
+                match self {
+                    $( $(#[$attr])* Self::$variant(inner) =>
+                        $crate::service::provide::Provide::server(inner), )+
+                }
+            }
+
             fn shutdown(&self) -> &$crate::service::provide::Shutdown {
                 match self {
                     $( $(#[$attr])* Self::$variant(inner) =>

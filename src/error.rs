@@ -144,6 +144,36 @@ impl MessagingError {
         }
     }
 
+    /// A stable short name of the variant, for the `error.type` span
+    /// attribute and metric label: `connection`, `tls`, `queue_not_found`,
+    /// `invalid_queue_name`, `invalid_argument`, `serialization`,
+    /// `invalid_receipt`, `lease_expired`, `message_too_large`,
+    /// `circuit_open`, `config`, `closed`, `provider`. Never carries a
+    /// queue name, a receipt or a message: a bounded set of values.
+    ///
+    /// ```
+    /// use tasker_messaging::MessagingError;
+    /// let error = MessagingError::QueueNotFound { queue: "orders".into() };
+    /// assert_eq!(error.kind(), "queue_not_found");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connection { .. } => "connection",
+            Self::Tls { .. } => "tls",
+            Self::QueueNotFound { .. } => "queue_not_found",
+            Self::InvalidQueueName { .. } => "invalid_queue_name",
+            Self::InvalidArgument(_) => "invalid_argument",
+            Self::Serialization(_) => "serialization",
+            Self::InvalidReceipt { .. } => "invalid_receipt",
+            Self::LeaseExpired { .. } => "lease_expired",
+            Self::MessageTooLarge { .. } => "message_too_large",
+            Self::CircuitOpen { .. } => "circuit_open",
+            Self::Config(_) => "config",
+            Self::Closed { .. } => "closed",
+            Self::Provider { .. } => "provider",
+        }
+    }
+
     pub(crate) fn invalid_argument(message: impl Into<String>) -> Self {
         Self::InvalidArgument(message.into())
     }

@@ -49,6 +49,8 @@
 //! - [`migration`]: the backend that moves a fleet from one provider to
 //!   another.
 //! - [`ops`]: moving messages between queues, redriving dead letters.
+//! - [`telemetry`]: the spans (through `tracing`) and metrics (through the
+//!   `metrics` facade) every call records, and their names.
 //!
 //! ## Cargo features
 //!
@@ -126,6 +128,8 @@ mod send_options;
 mod service;
 mod shutdown;
 mod sync;
+pub mod telemetry;
+mod trace_context;
 mod transfer;
 mod wait;
 

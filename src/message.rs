@@ -184,6 +184,29 @@ impl<T> QueuedMessage<T> {
     pub fn headers(&self) -> &crate::Headers {
         &self.metadata.headers
     }
+
+    /// The trace context the sender's span put in the message's headers
+    /// (cargo feature `opentelemetry`), read by the application's global
+    /// text-map propagator; an empty context when the message carries none.
+    /// Make the processing span a child of the sender's, or link to it:
+    ///
+    /// ```no_run
+    /// # use tasker_messaging::QueuedMessage;
+    /// use opentelemetry::trace::TraceContextExt;
+    /// use tracing_opentelemetry::OpenTelemetrySpanExt;
+    ///
+    /// # fn work(message: QueuedMessage<serde_json::Value>) {
+    /// let span = tracing::info_span!("process step");
+    /// let _ = span.set_parent(message.trace_context());
+    /// // or, to start a trace of its own that points at the sender's:
+    /// let linked = tracing::info_span!("process step");
+    /// linked.add_link(message.trace_context().span().span_context().clone());
+    /// # }
+    /// ```
+    #[cfg(feature = "opentelemetry")]
+    pub fn trace_context(&self) -> opentelemetry::Context {
+        crate::trace_context::extract(&self.metadata.headers)
+    }
 }
 
 /// A snapshot of one queue. A field a provider cannot know is `None`, never a guess.

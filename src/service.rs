@@ -3,8 +3,10 @@
 use std::{future::Future, time::Duration};
 
 use crate::{
-    queue_name::QueueName, Capabilities, CircuitBreaker, MessageId, MessagingError, Provider,
-    QueueMessage, QueueStats, QueuedMessage, QueuesConfig, ReceiptHandle, SendOptions,
+    queue_name::QueueName,
+    telemetry::{self, Op},
+    Capabilities, CircuitBreaker, MessageId, MessagingError, Provider, QueueMessage, QueueStats,
+    QueuedMessage, QueuesConfig, ReceiptHandle, SendOptions,
 };
 
 /// Operations every provider offers, with the same observable behaviour.
@@ -735,6 +737,15 @@ pub(crate) mod provide {
 
         fn circuit_breaker(&self) -> Option<&CircuitBreaker>;
 
+        /// The server this backend talks to now, as `(host, port)`, for the
+        /// `server.address` and `server.port` span attributes: from the
+        /// configured URL (never its credentials); `None` for a provider
+        /// with no server (in-memory), or none fixed (a migration, or
+        /// RabbitMQ while reconnecting). Asked only when a span is recorded.
+        fn server(&self) -> Option<(&str, u16)> {
+            None
+        }
+
         /// The closed state the gate checks, shared by clones.
         fn shutdown(&self) -> &Shutdown;
 
@@ -753,7 +764,10 @@ pub(crate) mod provide {
 }
 
 /// The one gate: every queue name is checked here, before any provider sees
-/// it (C1), so a provider only ever handles valid names.
+/// it (C1), so a provider only ever handles valid names. Every queue call
+/// also runs here inside its span, and records its metrics once
+/// (`telemetry::observe`): a provider (or a migration's side, called
+/// through `Provide`) makes no span of its own.
 impl<P: provide::Provide> MessagingService for P {
     async fn health_check(&self) -> Result<bool, MessagingError> {
         let _pass = enter(self)?;
@@ -761,10 +775,13 @@ impl<P: provide::Provide> MessagingService for P {
     }
 
     async fn create_queue(&self, queue: &str) -> Result<(), MessagingError> {
-        let _pass = enter(self)?;
-        let suffix = &provide::Provide::queues_config(self).dead_letter_queue_suffix;
-        let queue = QueueName::new_queue(queue, suffix)?;
-        provide::Provide::create_queue(self, queue).await
+        let call = async {
+            let _pass = enter(self)?;
+            let suffix = &provide::Provide::queues_config(self).dead_letter_queue_suffix;
+            let queue = QueueName::new_queue(queue, suffix)?;
+            provide::Provide::create_queue(self, queue).await
+        };
+        telemetry::observe(self, Op::CreateQueue, queue, None, call).await
     }
 
     async fn send_message<T: QueueMessage>(
@@ -772,8 +789,11 @@ impl<P: provide::Provide> MessagingService for P {
         queue: &str,
         message: &T,
     ) -> Result<MessageId, MessagingError> {
-        let _pass = enter(self)?;
-        provide::Provide::send_message(self, QueueName::new(queue)?, message).await
+        let call = async {
+            let _pass = enter(self)?;
+            send_one(self, QueueName::new(queue)?, message, &SendOptions::new()).await
+        };
+        telemetry::observe(self, Op::SendMessage, queue, None, call).await
     }
 
     async fn send_batch<T: QueueMessage>(
@@ -781,8 +801,12 @@ impl<P: provide::Provide> MessagingService for P {
         queue: &str,
         messages: &[T],
     ) -> Result<Vec<MessageId>, MessagingError> {
-        let _pass = enter(self)?;
-        provide::Provide::send_batch(self, QueueName::new(queue)?, messages).await
+        let call = async {
+            let _pass = enter(self)?;
+            send_many(self, QueueName::new(queue)?, messages, &SendOptions::new()).await
+        };
+        let count = Some(messages.len());
+        telemetry::observe(self, Op::SendBatch, queue, count, call).await
     }
 
     async fn send_message_with<T: QueueMessage>(
@@ -791,13 +815,14 @@ impl<P: provide::Provide> MessagingService for P {
         message: &T,
         options: &SendOptions,
     ) -> Result<MessageId, MessagingError> {
-        let _pass = enter(self)?;
-        let queue = QueueName::new(queue)?;
-        options.validate(&provide::Provide::capabilities(self))?;
-        if options.is_plain() {
-            return provide::Provide::send_message(self, queue, message).await;
-        }
-        provide::Provide::send_message_with(self, queue, message, options).await
+        // Runs inside the send span, which the trace context names.
+        let call = async {
+            let _pass = enter(self)?;
+            let queue = QueueName::new(queue)?;
+            options.validate(&provide::Provide::capabilities(self))?;
+            send_one(self, queue, message, options).await
+        };
+        telemetry::observe(self, Op::SendMessageWith, queue, None, call).await
     }
 
     async fn send_batch_with<T: QueueMessage>(
@@ -806,16 +831,15 @@ impl<P: provide::Provide> MessagingService for P {
         messages: &[T],
         options: &SendOptions,
     ) -> Result<Vec<MessageId>, MessagingError> {
-        let _pass = enter(self)?;
-        let queue = QueueName::new(queue)?;
-        options.validate(&provide::Provide::capabilities(self))?;
-        if options.is_plain() {
-            return provide::Provide::send_batch(self, queue, messages).await;
-        }
-        if messages.is_empty() {
-            return Ok(Vec::new());
-        }
-        provide::Provide::send_batch_with(self, queue, messages, options).await
+        // Runs inside the send span, which the trace context names.
+        let call = async {
+            let _pass = enter(self)?;
+            let queue = QueueName::new(queue)?;
+            options.validate(&provide::Provide::capabilities(self))?;
+            send_many(self, queue, messages, options).await
+        };
+        let count = Some(messages.len());
+        telemetry::observe(self, Op::SendBatchWith, queue, count, call).await
     }
 
     async fn receive_messages<T: QueueMessage>(
@@ -824,9 +848,12 @@ impl<P: provide::Provide> MessagingService for P {
         max_messages: usize,
         visibility_timeout: Duration,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
-        let _pass = enter(self)?;
-        let queue = QueueName::new(queue)?;
-        provide::Provide::receive_messages(self, queue, max_messages, visibility_timeout).await
+        let call = async {
+            let _pass = enter(self)?;
+            let queue = QueueName::new(queue)?;
+            provide::Provide::receive_messages(self, queue, max_messages, visibility_timeout).await
+        };
+        telemetry::observe(self, Op::ReceiveMessages, queue, None, call).await
     }
 
     async fn receive_messages_wait<T: QueueMessage>(
@@ -836,19 +863,22 @@ impl<P: provide::Provide> MessagingService for P {
         visibility_timeout: Duration,
         wait: Duration,
     ) -> Result<Vec<QueuedMessage<T>>, MessagingError> {
-        let _pass = enter(self)?;
-        let queue = QueueName::new(queue)?;
-        let wait = provide::Provide::receive_messages_wait(
-            self,
-            queue,
-            max_messages,
-            visibility_timeout,
-            wait,
-        );
-        let provider = provide::Provide::provider(self);
-        provide::Provide::shutdown(self)
-            .unless_closed(provider, wait)
-            .await
+        let call = async {
+            let _pass = enter(self)?;
+            let queue = QueueName::new(queue)?;
+            let wait = provide::Provide::receive_messages_wait(
+                self,
+                queue,
+                max_messages,
+                visibility_timeout,
+                wait,
+            );
+            let provider = provide::Provide::provider(self);
+            provide::Provide::shutdown(self)
+                .unless_closed(provider, wait)
+                .await
+        };
+        telemetry::observe(self, Op::ReceiveMessagesWait, queue, None, call).await
     }
 
     async fn delete_message(
@@ -856,8 +886,11 @@ impl<P: provide::Provide> MessagingService for P {
         queue: &str,
         receipt: &ReceiptHandle,
     ) -> Result<(), MessagingError> {
-        let _pass = enter(self)?;
-        provide::Provide::delete_message(self, QueueName::new(queue)?, receipt).await
+        let call = async {
+            let _pass = enter(self)?;
+            provide::Provide::delete_message(self, QueueName::new(queue)?, receipt).await
+        };
+        telemetry::observe(self, Op::DeleteMessage, queue, None, call).await
     }
 
     async fn delete_messages(
@@ -865,8 +898,12 @@ impl<P: provide::Provide> MessagingService for P {
         queue: &str,
         receipts: &[ReceiptHandle],
     ) -> Result<Vec<Result<(), MessagingError>>, MessagingError> {
-        let _pass = enter(self)?;
-        provide::Provide::delete_messages(self, QueueName::new(queue)?, receipts).await
+        let call = async {
+            let _pass = enter(self)?;
+            provide::Provide::delete_messages(self, QueueName::new(queue)?, receipts).await
+        };
+        let count = Some(receipts.len());
+        telemetry::observe(self, Op::DeleteMessages, queue, count, call).await
     }
 
     async fn change_message_visibility(
@@ -875,24 +912,37 @@ impl<P: provide::Provide> MessagingService for P {
         receipt: &ReceiptHandle,
         visibility_timeout: Duration,
     ) -> Result<(), MessagingError> {
-        let _pass = enter(self)?;
-        let queue = QueueName::new(queue)?;
-        provide::Provide::change_message_visibility(self, queue, receipt, visibility_timeout).await
+        let call = async {
+            let _pass = enter(self)?;
+            let queue = QueueName::new(queue)?;
+            provide::Provide::change_message_visibility(self, queue, receipt, visibility_timeout)
+                .await
+        };
+        telemetry::observe(self, Op::ChangeMessageVisibility, queue, None, call).await
     }
 
     async fn get_queue_stats(&self, queue: &str) -> Result<QueueStats, MessagingError> {
-        let _pass = enter(self)?;
-        provide::Provide::get_queue_stats(self, QueueName::new(queue)?).await
+        let call = async {
+            let _pass = enter(self)?;
+            provide::Provide::get_queue_stats(self, QueueName::new(queue)?).await
+        };
+        telemetry::observe(self, Op::GetQueueStats, queue, None, call).await
     }
 
     async fn purge_queue(&self, queue: &str) -> Result<u64, MessagingError> {
-        let _pass = enter(self)?;
-        provide::Provide::purge_queue(self, QueueName::new(queue)?).await
+        let call = async {
+            let _pass = enter(self)?;
+            provide::Provide::purge_queue(self, QueueName::new(queue)?).await
+        };
+        telemetry::observe(self, Op::PurgeQueue, queue, None, call).await
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), MessagingError> {
-        let _pass = enter(self)?;
-        provide::Provide::delete_queue(self, QueueName::new(queue)?).await
+        let call = async {
+            let _pass = enter(self)?;
+            provide::Provide::delete_queue(self, QueueName::new(queue)?).await
+        };
+        telemetry::observe(self, Op::DeleteQueue, queue, None, call).await
     }
 
     fn provider(&self) -> Provider {
@@ -932,4 +982,102 @@ fn enter<P: provide::Provide>(service: &P) -> Result<crate::shutdown::Pass<'_>, 
         return Err(MessagingError::Closed { provider });
     }
     Ok(pass)
+}
+
+/// A send whose options the gate checked, with the current trace context
+/// added (`trace_context`): plain options take the provider's plain path
+/// (PGMQ's group commit, for one).
+///
+/// A message that fits without the context must not fail for it: when the
+/// added headers push it over `max_message_bytes`, it is sent again with
+/// the caller's own options. Every provider raises `MessageTooLarge` while
+/// encoding, before any I/O (`codec::encode_all_with_headers`), so the
+/// first attempt sent nothing.
+async fn send_one<P: provide::Provide, T: QueueMessage>(
+    service: &P,
+    queue: &QueueName,
+    message: &T,
+    options: &SendOptions,
+) -> Result<MessageId, MessagingError> {
+    // One await in a loop, not two: the future holds one send, not two.
+    let mut options_now = traced(service, options);
+    loop {
+        match send_one_as(service, queue, message, &options_now).await {
+            Err(MessagingError::MessageTooLarge { .. })
+                if matches!(options_now, std::borrow::Cow::Owned(_)) =>
+            {
+                options_now = std::borrow::Cow::Borrowed(options);
+            }
+            sent => return sent,
+        }
+    }
+}
+
+/// `send_one` with these very options.
+async fn send_one_as<P: provide::Provide, T: QueueMessage>(
+    service: &P,
+    queue: &QueueName,
+    message: &T,
+    options: &SendOptions,
+) -> Result<MessageId, MessagingError> {
+    if options.is_plain() {
+        return provide::Provide::send_message(service, queue, message).await;
+    }
+    provide::Provide::send_message_with(service, queue, message, options).await
+}
+
+/// `send_one` for a batch: every message carries the same options, and the
+/// batch is sent again without the context if it made one message too large.
+async fn send_many<P: provide::Provide, T: QueueMessage>(
+    service: &P,
+    queue: &QueueName,
+    messages: &[T],
+    options: &SendOptions,
+) -> Result<Vec<MessageId>, MessagingError> {
+    let mut options_now = traced(service, options);
+    loop {
+        match send_many_as(service, queue, messages, &options_now).await {
+            Err(MessagingError::MessageTooLarge { .. })
+                if matches!(options_now, std::borrow::Cow::Owned(_)) =>
+            {
+                options_now = std::borrow::Cow::Borrowed(options);
+            }
+            sent => return sent,
+        }
+    }
+}
+
+/// `send_many` with these very options.
+async fn send_many_as<P: provide::Provide, T: QueueMessage>(
+    service: &P,
+    queue: &QueueName,
+    messages: &[T],
+    options: &SendOptions,
+) -> Result<Vec<MessageId>, MessagingError> {
+    if options.is_plain() {
+        return provide::Provide::send_batch(service, queue, messages).await;
+    }
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
+    provide::Provide::send_batch_with(service, queue, messages, options).await
+}
+
+/// `options` with the current trace context's headers. Checked again only
+/// when some were added: a context that does not fit (the headers' bound)
+/// is left out rather than failing a send that fits without it.
+fn traced<'a, P: provide::Provide>(
+    service: &P,
+    options: &'a SendOptions,
+) -> std::borrow::Cow<'a, SendOptions> {
+    match crate::trace_context::inject(options) {
+        std::borrow::Cow::Owned(traced)
+            if traced
+                .validate(&provide::Provide::capabilities(service))
+                .is_err() =>
+        {
+            std::borrow::Cow::Borrowed(options)
+        }
+        traced => traced,
+    }
 }

@@ -10,6 +10,7 @@
 //! cargo run --release --example orchestrator -- --config config/rabbitmq.toml
 //! TASKER_MESSAGING_PROVIDER=rabbitmq cargo run --release --example orchestrator
 //! cargo run --release --example orchestrator -- --messages 2000 --fail-rate 0.01
+//! cargo run --release --example orchestrator -- --messages 20 --trace --metrics
 //! ```
 //!
 //! Flags: `--config FILE` (else `MessagingConfig::load()`: `TASKER_MESSAGING_CONFIG`
@@ -19,7 +20,12 @@
 //! (time `receive_messages_wait` wake-ups instead of a run), `--switch-to FILE`
 //! with `--switch-after N` (once N steps are processed, roll the run over to
 //! the configuration in FILE: new workers on it, then the old ones stopped;
-//! with a `[migration]` section in FILE, a live provider migration).
+//! with a `[migration]` section in FILE, a live provider migration),
+//! `--trace` (print every span of the library on stderr as it closes, with
+//! its attributes and timing, through `tracing_subscriber::fmt`; use it on a
+//! short run), `--metrics` (install `metrics-exporter-prometheus`'s
+//! recorder, no HTTP server, and print every metric in the Prometheus text
+//! format on stdout at the end).
 //!
 //! Failing steps (picked from the step uuid, so every run agrees) are never
 //! deleted: they are retried with exponential backoff (1, 2, 4, … leases, at
@@ -60,7 +66,7 @@ use tasker_messaging::{
 
 const USAGE: &str = "usage: orchestrator [--config FILE] [--messages N] [--workers K] \
                      [--work-ms MS] [--fail-rate P] [--quiet] [--measure-wake-up] \
-                     [--switch-to FILE --switch-after N]";
+                     [--switch-to FILE --switch-after N] [--trace] [--metrics]";
 
 struct Args {
     config: Option<PathBuf>,
@@ -68,6 +74,8 @@ struct Args {
     measure_wake_up: bool,
     switch_to: Option<PathBuf>,
     switch_after: u64,
+    trace: bool,
+    metrics: bool,
 }
 
 fn parse_args() -> Result<Args, lexopt::Error> {
@@ -79,6 +87,8 @@ fn parse_args() -> Result<Args, lexopt::Error> {
         measure_wake_up: false,
         switch_to: None,
         switch_after: 0,
+        trace: false,
+        metrics: false,
     };
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
@@ -100,6 +110,8 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             Long("measure-wake-up") => args.measure_wake_up = true,
             Long("switch-to") => args.switch_to = Some(parser.value()?.into()),
             Long("switch-after") => args.switch_after = parser.value()?.parse()?,
+            Long("trace") => args.trace = true,
+            Long("metrics") => args.metrics = true,
             Short('h') | Long("help") => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -112,10 +124,6 @@ fn parse_args() -> Result<Args, lexopt::Error> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
     let args = match parse_args() {
         Ok(args) => args,
         Err(error) => {
@@ -123,12 +131,62 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(args).await {
+    init_tracing(args.trace);
+    let prometheus = if args.metrics {
+        // The recorder only: no HTTP listener, no upkeep task. Durations as
+        // a histogram with the OpenTelemetry messaging buckets (else a summary).
+        use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+        const BUCKETS: [f64; 14] = [
+            0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+        ];
+        let duration = Matcher::Full(tasker_messaging::telemetry::OPERATION_DURATION.into());
+        let installed = PrometheusBuilder::new()
+            .set_buckets_for_metric(duration, &BUCKETS)
+            .map_err(|e| e.to_string())
+            .and_then(|builder| builder.install_recorder().map_err(|e| e.to_string()));
+        match installed {
+            Ok(handle) => {
+                tasker_messaging::telemetry::enable_metrics();
+                Some(handle)
+            }
+            Err(error) => {
+                eprintln!("error: cannot install the metrics recorder: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let code = match run(args).await {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::FAILURE
         }
+    };
+    if let Some(handle) = prometheus {
+        print!("{}", handle.render());
+    }
+    code
+}
+
+/// Logs as `RUST_LOG` says (errors only without it). With `--trace`, also
+/// every span of the library, printed when it closes with its fields and
+/// timing (`RUST_LOG` still overrides the filter).
+fn init_tracing(trace: bool) {
+    use tracing_subscriber::{fmt::format::FmtSpan, EnvFilter};
+    let subscriber = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    if trace {
+        let filter = EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("warn,tasker_messaging=info"));
+        subscriber
+            .with_env_filter(filter)
+            .with_span_events(FmtSpan::CLOSE)
+            .init();
+    } else {
+        subscriber
+            .with_env_filter(EnvFilter::from_default_env())
+            .init();
     }
 }
 

@@ -118,6 +118,8 @@ impl Drop for Permit<'_> {
 impl CircuitBreaker {
     /// A closed breaker.
     pub fn new(provider: Provider, config: CircuitBreakerConfig) -> Self {
+        // No gauge yet: it is set at transitions only, so a breaker
+        // created for a second backend of the provider does not reset it.
         Self {
             config,
             provider,
@@ -144,6 +146,7 @@ impl CircuitBreaker {
         let to = Self::name(&next);
         *inner = next;
         if from != to {
+            crate::telemetry::breaker_state(self.provider, to);
             tracing::warn!(provider = %self.provider, %from, %to, "circuit breaker state changed");
         }
     }

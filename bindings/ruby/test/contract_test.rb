@@ -89,6 +89,22 @@ module ContractCases
     end
   end
 
+  # Trace context: the W3C headers the opentelemetry gem's propagator
+  # writes are accepted on send and come back unchanged, for
+  # OpenTelemetry.propagation.extract on the worker's side.
+  def test_trace_context_headers_round_trip
+    with_queue("trace_context") do |queue|
+      carrier = {
+        "traceparent" => "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate" => "congo=t61rcWkgMzE"
+      }
+      service.send_message(queue, { n: 1 }, headers: carrier)
+      msg = receive_one(queue)
+      assert_equal carrier, msg[:metadata][:headers]
+      service.delete_message(queue, msg[:receipt_handle])
+    end
+  end
+
   def test_batch_keeps_order
     with_queue("batch") do |queue|
       assert_equal [], service.send_batch(queue, [])

@@ -253,9 +253,11 @@ impl crate::service::provide::Provide for InMemoryMessageService {
         }
         // Ready again for receivers that read it, waking no one: a waiter
         // woken by its own release would read it again at once.
+        let releases = released.len();
         for receipt in released {
             q.release_other_shape(receipt, now);
         }
+        crate::telemetry::released(Provider::InMemory, queue, releases);
         let dlq_name = self.dead_letters.dead_letter_queue(queue);
         if let (false, Some(dlq_name)) = (dead.is_empty(), dlq_name) {
             // Recreated if it was deleted on its own: a dead letter is never dropped.
@@ -264,6 +266,7 @@ impl crate::service::provide::Provide for InMemoryMessageService {
             for (id, body, headers, reason) in dead {
                 dlq.push_with(body, headers, None);
                 self.dead_letters.log_move(queue, &id.to_string(), reason);
+                crate::telemetry::dead_lettered(Provider::InMemory, queue, reason.as_str());
             }
             drop(queues);
             self.arrivals.notify(&dlq_name, moved);

@@ -106,11 +106,20 @@ impl PgmqMessageService {
     ) -> Result<(Vec<QueuedMessage<T>>, Vec<(i64, DeadLetterReason)>), MessagingError> {
         let err = |e| db_error("receive_messages", e, Some(queue));
         let (policy, name) = (Arc::clone(&self.dead_letters), queue.to_owned());
-        Tx::run(&self.pool, move |tx| {
+        let (delivered, dead, releases) = Tx::run(&self.pool, move |tx| {
             Box::pin(async move { Self::lease_in::<T>(tx, &policy, &name, vt, qty).await })
         })
         .await
-        .map_err(err)
+        .map_err(err)?;
+        // Counted once the transaction committed: a rolled-back attempt
+        // (retried by the caller) decides again and counts then.
+        crate::telemetry::released(Provider::Pgmq, queue, releases);
+        if self.dead_letters.dead_letter_queue(queue).is_some() {
+            for (_, reason) in &dead {
+                crate::telemetry::dead_lettered(Provider::Pgmq, queue, reason.as_str());
+            }
+        }
+        Ok((delivered, dead))
     }
 
     /// The statements of [`Self::read_leases`], inside its transaction.
@@ -120,7 +129,7 @@ impl PgmqMessageService {
         queue: &str,
         vt: i32,
         qty: i32,
-    ) -> Result<(Vec<QueuedMessage<T>>, Vec<(i64, DeadLetterReason)>), sqlx::Error> {
+    ) -> Result<(Vec<QueuedMessage<T>>, Vec<(i64, DeadLetterReason)>, usize), sqlx::Error> {
         // The table's OID, for the receipts: looked up once, at the first
         // row, after pgmq.read ran; the table it read stays locked against a
         // drop until this transaction ends, so the OID is that table's.
@@ -192,13 +201,14 @@ impl PgmqMessageService {
              WHERE msg_id = $1"
         );
         released.sort_unstable();
+        let releases = released.len();
         for id in released {
             sqlx::query(&release).bind(id).execute(&mut *tx).await?;
         }
         if let (false, Some(dlq)) = (dead.is_empty(), dead_letters.dead_letter_queue(queue)) {
             Self::move_to_dead_letters(tx, queue, &dlq, &dead).await?;
         }
-        Ok((delivered, dead))
+        Ok((delivered, dead, releases))
     }
 
     /// Moves messages this transaction has just leased to the dead-letter queue.

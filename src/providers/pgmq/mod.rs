@@ -617,6 +617,10 @@ impl crate::service::provide::Provide for PgmqMessageService {
         Some(self.resilience.breaker())
     }
 
+    fn server(&self) -> Option<(&str, u16)> {
+        Some(self.outage.server())
+    }
+
     fn shutdown(&self) -> &Shutdown {
         &self.shutdown
     }

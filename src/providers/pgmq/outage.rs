@@ -46,6 +46,14 @@ pub(super) struct Outage {
     stopped: AtomicBool,
 }
 
+impl Outage {
+    /// The server's host (or socket directory) and port, from the connect
+    /// options (never the password).
+    pub(super) fn server(&self) -> (&str, u16) {
+        (self.options.get_host(), self.options.get_port())
+    }
+}
+
 // By hand: the connect options hold the password.
 impl std::fmt::Debug for Outage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,6 +181,7 @@ async fn probe_loop(outage: Weak<Outage>) {
             Ok(()) => {
                 if this.resilience.reach().is_down() {
                     this.resilience.server_answered();
+                    crate::telemetry::reconnected(Provider::Pgmq);
                     tracing::info!("PostgreSQL answers again");
                 }
                 this.probing.store(false, Ordering::Release);

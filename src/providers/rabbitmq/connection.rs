@@ -211,6 +211,13 @@ impl DataConnection {
             .then(|| self.settings.address(link.node).to_owned())
     }
 
+    /// The host and port of the node the live link is connected to;
+    /// `None` while reconnecting.
+    pub(super) fn server(&self) -> Option<(&str, u16)> {
+        let link = self.current();
+        link.is_alive().then(|| self.settings.server(link.node))
+    }
+
     /// The generation of the newest link.
     pub(super) fn generation(&self) -> u64 {
         *self.installed.borrow()
@@ -323,6 +330,7 @@ pub(super) async fn supervise(
                     let Some(inner) = inner.upgrade() else { return };
                     inner.data.install(Arc::clone(&link));
                     resilience.server_answered();
+                    crate::telemetry::reconnected(crate::Provider::RabbitMq);
                     tracing::info!(
                         generation = link.generation,
                         "RabbitMQ connection recovered"

@@ -49,6 +49,12 @@ impl RabbitMqMessageService {
                             &letter.delivered.message_id,
                             letter.reason,
                         );
+                        // Counted once its copy is confirmed on the DLQ.
+                        crate::telemetry::dead_lettered(
+                            crate::Provider::RabbitMq,
+                            &slot.queue,
+                            letter.reason.as_str(),
+                        );
                     }
                     Err(MessagingError::QueueNotFound { .. }) if attempt == 0 => {
                         missing_queue.push(letter)

@@ -768,6 +768,10 @@ impl crate::service::provide::Provide for RabbitMqMessageService {
         Some(self.resilience.breaker())
     }
 
+    fn server(&self) -> Option<(&str, u16)> {
+        self.inner.data.server()
+    }
+
     fn shutdown(&self) -> &Shutdown {
         &self.inner.shutdown
     }

@@ -38,6 +38,8 @@ impl RabbitMqMessageService {
             }
             Err(_) => Vec::new(),
         };
+        // Ready again once settled below, copied (acked) or requeued.
+        let releases = released.len();
         for (i, other) in released.into_iter().enumerate() {
             let copied = confirmed.get(i).copied().unwrap_or(false);
             if !copied {
@@ -58,5 +60,6 @@ impl RabbitMqMessageService {
                 }
             }
         }
+        crate::telemetry::released(crate::Provider::RabbitMq, &slot.queue, releases);
     }
 }

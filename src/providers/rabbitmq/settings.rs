@@ -67,6 +67,10 @@ struct Node {
     shown: String,
     /// `host:port`, for messages and `connected_node`.
     address: String,
+    /// The host as the URL names it (an IPv6 address without brackets) and
+    /// the port: the `server.address` and `server.port` of spans.
+    host: String,
+    port: u16,
 }
 
 impl Node {
@@ -116,6 +120,8 @@ impl Node {
             transport,
             shown,
             address,
+            host,
+            port,
         })
     }
 }
@@ -205,6 +211,12 @@ impl Settings {
     /// The `host:port` of node `index`.
     pub(super) fn address(&self, index: usize) -> &str {
         &self.nodes[index].address
+    }
+
+    /// The host and port of node `index`.
+    pub(super) fn server(&self, index: usize) -> (&str, u16) {
+        let node = &self.nodes[index];
+        (&node.host, node.port)
     }
 
     /// The connection to node `index` dropped: the next connection tries
