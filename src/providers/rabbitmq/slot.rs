@@ -71,6 +71,7 @@ use super::{
     errors,
     leases::{self, Leases},
     properties::{self, Delivered},
+    pump::{Pump, Waited},
     Inner,
 };
 use crate::{
@@ -142,9 +143,12 @@ pub(super) struct Slot {
     pub queue: String,
     line: tokio::sync::Mutex<Option<Line>>,
     pub leases: Arc<Leases>,
+    /// The standing consumer of waiting receives (`pump`).
+    pub pump: Arc<Pump>,
     consumers: AtomicU64,
-    /// Dropping the slot stops its lease timer.
+    /// Dropping the slot stops its lease timer and its standing consumer's task.
     _stop: watch::Sender<()>,
+    pub stopped: watch::Receiver<()>,
 }
 
 impl Slot {
@@ -155,14 +159,16 @@ impl Slot {
         tokio::spawn(leases::run_timer(
             queue.to_owned(),
             Arc::clone(&leases),
-            stopped,
+            stopped.clone(),
         ));
         Arc::new(Self {
             queue: queue.to_owned(),
             line: tokio::sync::Mutex::new(None),
             leases,
+            pump: Arc::default(),
             consumers: AtomicU64::new(0),
             _stop: stop,
+            stopped,
         })
     }
 
@@ -196,7 +202,11 @@ impl Slot {
 
     /// Sets the window and starts a consumer, as one step: another receive's
     /// `basic.qos` must not come between them.
-    async fn open(&self, inner: &Inner, want: u16) -> Result<(Consumer, u64), MessagingError> {
+    pub(super) async fn open(
+        &self,
+        inner: &Inner,
+        want: u16,
+    ) -> Result<(Consumer, u64), MessagingError> {
         let link = inner.data.link().await?;
         let mut guard = self.line.lock().await;
         let line = self.line(&mut guard, inner, &link).await?;
@@ -278,6 +288,20 @@ impl Slot {
     ) -> Result<Received<T>, MessagingError> {
         let want = max.min(usize::from(window)).max(1);
         let lease = Duration::from_secs(secs);
+        // The standing consumer first: what it holds, or for a waiting
+        // receive, what it is sent until `until`.
+        let (held, epoch) = self.pump.take(&self.leases, want, lease);
+        if !held.is_empty() {
+            return Ok(self.hand_out(inner, epoch, secs, held));
+        }
+        if let Some(until) = until {
+            match self.pump.wait(&self.leases, want, lease, until).await {
+                Waited::Got(taken, epoch) => return Ok(self.hand_out(inner, epoch, secs, taken)),
+                Waited::Nothing => return Ok(self.hand_out(inner, epoch, secs, Vec::new())),
+                // The consumer could not start: this receive reports why.
+                Waited::Failed => {}
+            }
+        }
         let (channel, epoch) = self.channel(inner).await?;
         let mut taken = Vec::new();
         // How many more the broker says are ready; unknown after a wait.

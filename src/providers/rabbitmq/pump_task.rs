@@ -1,0 +1,116 @@
+//! The task that runs a queue's standing consumer (`pump`): starts it when
+//! callers wait, replaces it when its window is used up, and stops it and
+//! gives back what it holds once callers stop coming.
+
+use std::sync::{Arc, Weak};
+
+use amqprs::channel::BasicCancelArguments;
+use tokio::sync::watch;
+
+use super::{
+    pump::{Next, Pump, Running},
+    slot::Slot,
+    RabbitMqMessageService,
+};
+
+impl RabbitMqMessageService {
+    /// Spawns the task of `slot`'s standing consumer, once.
+    pub(super) fn run_pump_of(&self, slot: &Arc<Slot>) {
+        if slot.pump.claim_task() {
+            let task = self.clone().run_pump(
+                Arc::downgrade(slot),
+                Arc::clone(&slot.pump),
+                slot.stopped.clone(),
+            );
+            tokio::spawn(task);
+        }
+    }
+
+    /// Runs the standing consumer until the slot is dropped.
+    async fn run_pump(self, slot: Weak<Slot>, pump: Arc<Pump>, mut stop: watch::Receiver<()>) {
+        let cap = usize::from(self.inner.config.prefetch_count);
+        loop {
+            let asked = pump.asked();
+            tokio::pin!(asked);
+            asked.as_mut().enable();
+            let next = pump.next(cap);
+            let Some(slot) = slot.upgrade() else {
+                return;
+            };
+            match next {
+                Next::Start(window) => self.start_pump(&slot, &pump, window).await,
+                Next::Replace(old, window) => {
+                    // No credit left: nothing is in flight to race the
+                    // cancel, so it needs no reply.
+                    let args = BasicCancelArguments::new(&old.tag).no_wait(true).finish();
+                    let channel = Arc::clone(&old.channel);
+                    if channel
+                        .call(move |c| async move { c.basic_cancel(args).await })
+                        .await
+                        .is_err()
+                    {
+                        channel.give_up();
+                    }
+                    drop(old);
+                    self.start_pump(&slot, &pump, window).await;
+                }
+                Next::Stop => self.stop_pump(&slot, &pump).await,
+                Next::Wait(until) => {
+                    drop(slot);
+                    let until = until.unwrap_or_else(crate::wait::far_future);
+                    tokio::select! {
+                        _ = &mut asked => {}
+                        _ = pump.delivered() => {}
+                        _ = tokio::time::sleep_until(until) => {}
+                        changed = stop.changed() => if changed.is_err() {
+                            return;
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    async fn start_pump(&self, slot: &Slot, pump: &Pump, window: usize) {
+        let want = u16::try_from(window).unwrap_or(u16::MAX);
+        match slot.open(&self.inner, want).await {
+            Ok((mut consumer, epoch)) => {
+                // Its guard is disarmed: the pump owns the consumer now.
+                let Some(rx) = consumer.deliveries.take() else {
+                    return pump.failed();
+                };
+                let channel = Arc::clone(&consumer.channel);
+                let tag = consumer.tag.clone();
+                pump.started(Running::new(channel, tag, epoch, window, rx));
+            }
+            Err(error) => {
+                tracing::debug!(queue = slot.queue, %error, "the standing consumer could not start");
+                pump.failed();
+            }
+        }
+    }
+
+    /// Cancels the consumer, awaiting the reply so that what it was sent
+    /// before is in hand, and gives back what no caller took.
+    async fn stop_pump(&self, slot: &Slot, pump: &Pump) {
+        if let Some((channel, tag)) = pump.stopping() {
+            let args = BasicCancelArguments::new(&tag);
+            let cancelled = channel
+                .call(move |c| async move { c.basic_cancel(args).await })
+                .await;
+            if cancelled.is_err() {
+                // A consumer nobody owns must not stay: the broker cancels it
+                // with the channel, and requeues what it holds.
+                channel.give_up();
+            }
+        }
+        let (held, channel, _) = pump.stopped();
+        match channel {
+            Some(channel) if !held.is_empty() && channel.usable() => {
+                self.give_back_held(slot, &channel, held).await;
+            }
+            // Gone with the channel, which gave them back.
+            _ => drop(held),
+        }
+    }
+}
