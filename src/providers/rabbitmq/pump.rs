@@ -13,10 +13,15 @@
 //! callers only (C28).
 //!
 //! A quorum queue fixes a consumer's prefetch when it starts (a later
-//! `basic.qos` changes nothing on RabbitMQ 3.10 to 4.x). When callers wait
-//! while every delivery of the window is leased, the consumer is replaced
-//! by one with a window from the demand now: with no credit left, nothing is
-//! in flight to it, so its cancel races nothing and needs no reply.
+//! `basic.qos` changes nothing on RabbitMQ 3.10). So the window grows by
+//! consumers: when callers wait for more than the credit left, another
+//! consumer starts on the same channel with a window of the difference, up
+//! to `prefetch_count` in all. Past that, a consumer whose every delivery is
+//! leased is replaced by one with a window from the demand now: with no
+//! credit left, nothing is in flight to it, so its cancel races nothing and
+//! needs no reply. Only a stop cancels consumers with credit left, once
+//! callers stopped coming; a delivery in flight then comes back counted
+//! (the race C28's RabbitMQ note states).
 //!
 //! Callers never await the consumer: they register their demand, take what
 //! is held under a lock, and wait for a wake-up. A caller dropped at any
@@ -91,7 +96,8 @@ impl Running {
 
 #[derive(Default)]
 struct State {
-    running: Option<Running>,
+    /// The consumers, all on `held_channel`.
+    running: Vec<Running>,
     /// Deliveries no caller took yet, all of `held_epoch`'s channel.
     held: VecDeque<Held>,
     held_epoch: u64,
@@ -113,22 +119,28 @@ struct State {
 impl State {
     /// Moves what amqprs has received into `held`.
     fn pull(&mut self) {
-        let Some(running) = self.running.as_mut() else {
-            return;
-        };
-        loop {
+        let held = &mut self.held;
+        self.running.retain_mut(|running| loop {
             match running.rx.try_recv() {
-                Ok(message) => hold(&mut self.held, running, message),
-                Err(mpsc::error::TryRecvError::Empty) => return,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    // Cancelled by the broker (the queue was deleted) or gone
-                    // with its channel: what it holds stays, and is given
-                    // back, or went back with the channel.
-                    self.running = None;
-                    return;
-                }
+                Ok(message) => hold(held, running, message),
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+                // Cancelled by the broker (the queue was deleted) or gone
+                // with its channel: what it holds stays, and is given back,
+                // or went back with the channel.
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
             }
-        }
+        });
+    }
+
+    /// The credit the consumers have left, and their windows in all.
+    fn credit(&self) -> (usize, usize) {
+        self.running.iter().fold((0, 0), |(free, total), running| {
+            let used = running.credit.used();
+            (
+                free + running.window.saturating_sub(used),
+                total + running.window,
+            )
+        })
     }
 }
 
@@ -144,12 +156,11 @@ fn hold(held: &mut VecDeque<Held>, running: &Running, message: ConsumerMessage) 
 
 /// What the consumer's task does next.
 pub(super) enum Next {
-    /// Start a consumer with this window.
+    /// Start a consumer (another, if some run) with this window.
     Start(usize),
-    /// Replace the running consumer, which has no credit left, by one with
-    /// this window.
+    /// Replace a consumer, which has no credit left, by one with this window.
     Replace(Running, usize),
-    /// Cancel the running consumer (if any) and give back what it holds.
+    /// Cancel the consumers and give back what they hold.
     Stop,
     /// Wait for a delivery, a caller, or this time.
     Wait(Option<Instant>),
@@ -187,7 +198,12 @@ impl Pump {
     }
 
     /// Up to `want` held deliveries, each leased for `lease` in the same step.
-    pub(super) fn take(&self, leases: &Leases, want: usize, lease: Duration) -> (Vec<Delivery>, u64) {
+    pub(super) fn take(
+        &self,
+        leases: &Leases,
+        want: usize,
+        lease: Duration,
+    ) -> (Vec<Delivery>, u64) {
         let mut state = self.lock();
         state.pull();
         let epoch = state.held_epoch;
@@ -248,7 +264,7 @@ impl Pump {
             (0, None) => Some(now),
             _ => None,
         };
-        let Some(running) = state.running.as_ref() else {
+        if state.running.is_empty() {
             if give_back_at.is_some_and(|at| now >= at) {
                 return Next::Stop;
             }
@@ -257,12 +273,21 @@ impl Pump {
                 return Next::Start(state.wanted.clamp(1, cap));
             }
             return Next::Wait(give_back_at);
-        };
-        let used = running.credit.used();
-        if state.held.is_empty() && state.wanted > 0 && used >= running.window {
-            let window = (state.wanted + used).clamp(1, cap);
-            let running = state.running.take().expect("checked above");
-            return Next::Replace(running, window);
+        }
+        let (free, total) = state.credit();
+        if state.held.is_empty() && state.wanted > free {
+            let short = state.wanted - free;
+            if total < cap {
+                return Next::Start(short.min(cap - total));
+            }
+            let spent = state
+                .running
+                .iter()
+                .position(|running| running.credit.used() >= running.window);
+            if let Some(spent) = spent {
+                let running = state.running.swap_remove(spent);
+                return Next::Replace(running, short.clamp(1, cap));
+            }
         }
         if give_back_at.is_some_and(|at| now >= at) || linger_until.is_some_and(|at| now >= at) {
             return Next::Stop;
@@ -277,12 +302,13 @@ impl Pump {
     pub(super) fn started(&self, running: Running) {
         let mut state = self.lock();
         if state.held_epoch != running.epoch {
-            // Held deliveries of an older channel went back with it.
+            // Held deliveries and consumers of an older channel went with it.
             state.held.clear();
+            state.running.clear();
         }
         state.held_epoch = running.epoch;
         state.held_channel = Some(Arc::clone(&running.channel));
-        state.running = Some(running);
+        state.running.push(running);
         state.failed_at = None;
     }
 
@@ -294,13 +320,14 @@ impl Pump {
         self.arrived.notify_waiters();
     }
 
-    /// Takes the running consumer to cancel it, leaving its deliveries to come.
-    pub(super) fn stopping(&self) -> Option<(Arc<TrackedChannel>, String)> {
+    /// The consumers to cancel, leaving their deliveries to come.
+    pub(super) fn stopping(&self) -> Vec<(Arc<TrackedChannel>, String)> {
         let state = self.lock();
         state
             .running
-            .as_ref()
+            .iter()
             .map(|running| (Arc::clone(&running.channel), running.tag.clone()))
+            .collect()
     }
 
     /// The consumer was cancelled: takes what it was sent before, ends it,
@@ -308,32 +335,34 @@ impl Pump {
     pub(super) fn stopped(&self) -> (Vec<Held>, Option<Arc<TrackedChannel>>, u64) {
         let mut state = self.lock();
         state.pull();
-        state.running = None;
+        state.running.clear();
         let held = state.held.drain(..).collect();
         (held, state.held_channel.clone(), state.held_epoch)
     }
 
-    /// Waits for a delivery to the running consumer (pending while none
-    /// runs), moves it and any after it into `held`, and wakes a caller.
+    /// Waits for a delivery to a consumer (pending while none runs), moves
+    /// it and any after it into `held`, and wakes a caller.
     pub(super) async fn delivered(&self) {
         std::future::poll_fn(|cx| {
             let mut state = self.lock();
             let State { running, held, .. } = &mut *state;
-            let Some(consumer) = running.as_mut() else {
-                return Poll::Pending;
-            };
-            match consumer.rx.poll_recv(cx) {
-                Poll::Ready(Some(message)) => {
-                    hold(held, consumer, message);
-                    state.pull();
-                    Poll::Ready(())
+            let mut ready = false;
+            for consumer in running.iter_mut() {
+                match consumer.rx.poll_recv(cx) {
+                    Poll::Ready(Some(message)) => {
+                        hold(held, consumer, message);
+                        ready = true;
+                    }
+                    // Ended: `pull` drops it.
+                    Poll::Ready(None) => ready = true,
+                    Poll::Pending => {}
                 }
-                Poll::Ready(None) => {
-                    state.running = None;
-                    Poll::Ready(())
-                }
-                Poll::Pending => Poll::Pending,
             }
+            if ready {
+                state.pull();
+                return Poll::Ready(());
+            }
+            Poll::Pending
         })
         .await;
         self.arrived.notify_one();

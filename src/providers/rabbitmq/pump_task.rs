@@ -8,16 +8,20 @@ use amqprs::channel::BasicCancelArguments;
 use tokio::sync::watch;
 
 use super::{
+    inner::Inner,
     pump::{Next, Pump, Running},
     slot::Slot,
     RabbitMqMessageService,
 };
+use crate::resilience::Resilience;
 
 impl RabbitMqMessageService {
     /// Spawns the task of `slot`'s standing consumer, once.
     pub(super) fn run_pump_of(&self, slot: &Arc<Slot>) {
         if slot.pump.claim_task() {
-            let task = self.clone().run_pump(
+            let task = run_pump(
+                Arc::downgrade(&self.inner),
+                Arc::clone(&self.resilience),
                 Arc::downgrade(slot),
                 Arc::clone(&slot.pump),
                 slot.stopped.clone(),
@@ -25,49 +29,69 @@ impl RabbitMqMessageService {
             tokio::spawn(task);
         }
     }
+}
 
-    /// Runs the standing consumer until the slot is dropped.
-    async fn run_pump(self, slot: Weak<Slot>, pump: Arc<Pump>, mut stop: watch::Receiver<()>) {
-        let cap = usize::from(self.inner.config.prefetch_count);
-        loop {
-            let asked = pump.asked();
-            tokio::pin!(asked);
-            asked.as_mut().enable();
-            let next = pump.next(cap);
-            let Some(slot) = slot.upgrade() else {
-                return;
-            };
-            match next {
-                Next::Start(window) => self.start_pump(&slot, &pump, window).await,
-                Next::Replace(old, window) => {
-                    // No credit left: nothing is in flight to race the
-                    // cancel, so it needs no reply.
-                    let args = BasicCancelArguments::new(&old.tag).no_wait(true).finish();
-                    let channel = Arc::clone(&old.channel);
-                    if channel
-                        .call(move |c| async move { c.basic_cancel(args).await })
-                        .await
-                        .is_err()
-                    {
-                        channel.give_up();
-                    }
-                    drop(old);
-                    self.start_pump(&slot, &pump, window).await;
-                }
-                Next::Stop => self.stop_pump(&slot, &pump).await,
-                Next::Wait(until) => {
-                    drop(slot);
-                    let until = until.unwrap_or_else(crate::wait::far_future);
-                    tokio::select! {
-                        _ = &mut asked => {}
-                        _ = pump.delivered() => {}
-                        _ = tokio::time::sleep_until(until) => {}
-                        changed = stop.changed() => if changed.is_err() {
-                            return;
-                        },
-                    }
+/// Runs the standing consumer until the slot or the backend is dropped. It
+/// holds neither while it waits: a backend dropped by its user closes.
+async fn run_pump(
+    inner: Weak<Inner>,
+    resilience: Arc<Resilience>,
+    slot: Weak<Slot>,
+    pump: Arc<Pump>,
+    mut stop: watch::Receiver<()>,
+) {
+    loop {
+        let asked = pump.asked();
+        tokio::pin!(asked);
+        asked.as_mut().enable();
+        let (Some(inner), Some(slot)) = (inner.upgrade(), slot.upgrade()) else {
+            return;
+        };
+        let service = RabbitMqMessageService {
+            inner,
+            resilience: Arc::clone(&resilience),
+        };
+        let cap = usize::from(service.inner.config.prefetch_count);
+        match pump.next(cap) {
+            Next::Wait(until) => {
+                drop((service, slot));
+                let until = until.unwrap_or_else(crate::wait::far_future);
+                tokio::select! {
+                    _ = &mut asked => {}
+                    _ = pump.delivered() => {}
+                    _ = tokio::time::sleep_until(until) => {}
+                    changed = stop.changed() => if changed.is_err() {
+                        return;
+                    },
                 }
             }
+            next => service.step(&slot, &pump, next).await,
+        }
+    }
+}
+
+impl RabbitMqMessageService {
+    /// Carries out a step of the standing consumer other than waiting.
+    async fn step(&self, slot: &Slot, pump: &Pump, next: Next) {
+        match next {
+            Next::Start(window) => self.start_pump(slot, pump, window).await,
+            Next::Replace(old, window) => {
+                // No credit left: nothing is in flight to race the
+                // cancel, so it needs no reply.
+                let args = BasicCancelArguments::new(&old.tag).no_wait(true).finish();
+                let channel = Arc::clone(&old.channel);
+                if channel
+                    .call(move |c| async move { c.basic_cancel(args).await })
+                    .await
+                    .is_err()
+                {
+                    channel.give_up();
+                }
+                drop(old);
+                self.start_pump(slot, pump, window).await;
+            }
+            Next::Stop => self.stop_pump(slot, pump).await,
+            Next::Wait(_) => {}
         }
     }
 
@@ -93,7 +117,7 @@ impl RabbitMqMessageService {
     /// Cancels the consumer, awaiting the reply so that what it was sent
     /// before is in hand, and gives back what no caller took.
     async fn stop_pump(&self, slot: &Slot, pump: &Pump) {
-        if let Some((channel, tag)) = pump.stopping() {
+        for (channel, tag) in pump.stopping() {
             let args = BasicCancelArguments::new(&tag);
             let cancelled = channel
                 .call(move |c| async move { c.basic_cancel(args).await })

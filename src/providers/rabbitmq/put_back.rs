@@ -108,7 +108,11 @@ impl RabbitMqMessageService {
         for (tags, requeue) in [(acked, false), (requeued, true)] {
             if let Err(error) = channel.settle_many(&tags, requeue).await {
                 // The channel is gone, and the broker requeued them with it.
-                tracing::debug!(queue = slot.queue, ?error, "could not settle held deliveries");
+                tracing::debug!(
+                    queue = slot.queue,
+                    ?error,
+                    "could not settle held deliveries"
+                );
             }
         }
         // Their credit returns now, with the settles sent.
