@@ -243,8 +243,18 @@ impl Pump {
             if !taken.is_empty() {
                 return Waited::Got(taken, epoch);
             }
-            if self.lock().failed_at.is_some_and(|at| at >= demand.ask) {
+            let (failed, short) = {
+                let state = self.lock();
+                // Nothing held, and too little credit for what is wanted:
+                // the task must add a consumer, or nothing may come.
+                let short = state.running.is_empty() || state.wanted > state.credit().0;
+                (state.failed_at.is_some_and(|at| at >= demand.ask), short)
+            };
+            if failed {
                 return Waited::Failed;
+            }
+            if short {
+                self.asked.notify_one();
             }
             tokio::select! {
                 _ = &mut arrived => {}
@@ -389,8 +399,9 @@ impl<'a> Demand<'a> {
         state.waiters += 1;
         state.asks += 1;
         let ask = state.asks;
+        // The caller wakes the task when what is held and the credit left
+        // fall short (`wait`): a wake-up per receive would cost a task switch.
         drop(state);
-        pump.asked.notify_one();
         Self { pump, want, ask }
     }
 }
@@ -401,7 +412,11 @@ impl Drop for Demand<'_> {
         state.wanted -= self.want;
         state.waiters -= 1;
         state.last_left = Some(Instant::now());
+        // The last one gone: the task times the consumers' linger.
+        let last = state.waiters == 0;
         drop(state);
-        self.pump.asked.notify_one();
+        if last {
+            self.pump.asked.notify_one();
+        }
     }
 }

@@ -1,9 +1,11 @@
-//! One queue's receives: `basic.get` and short-lived consumers, never a
-//! local buffer.
+//! One queue's receives: waiting receives through the standing consumer
+//! (`pump`), the others by `basic.get` and short-lived consumers.
 //!
-//! Several processes share a queue, so a process must never hold deliveries
+//! Several processes share a queue, so a process must not hold deliveries
 //! that no caller asked for: another process could not get them, and handing
-//! them back counts as a delivery (`x-delivery-count` + 1). A receive:
+//! them back counts as a delivery (`x-delivery-count` + 1). The standing
+//! consumer holds them for at most 50 ms and gives them back uncounted; a
+//! receive that does not wait, when the standing consumer holds nothing:
 //!
 //! 1. `basic.get`: one message, and how many more are ready. Empty means
 //!    nothing is available now (exact); a waiting receive then runs a
@@ -47,7 +49,9 @@
 //! - a consumer per receive: 17-23k msg/s at 100 a receive (a long-lived raw
 //!   consumer: 30-37k), but each cancel with credit left races new
 //!   messages, and 0.5-1% of a steady trickle came back counted;
-//! - returning unclaimed deliveries: each return is counted.
+//! - returning unclaimed deliveries with a nack: each return is counted; a
+//!   confirmed copy carrying the hand-outs, then an ack, is not, and is
+//!   what the standing consumer of waiting receives (`pump`) uses.
 //!
 //! Deliveries are leased the moment they arrive, so a receive abandoned
 //! mid-way loses nothing: what it took comes back when the lease ends, and a
