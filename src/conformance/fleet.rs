@@ -104,6 +104,31 @@ pub async fn held_deliveries_reach_another_process_within_the_bound(
     cleanup(a, &queue).await;
 }
 
+/// C27: what a process held of a queue that another process deleted and
+/// created again under the same name stays gone: A's waiting receive of 10
+/// takes 1, 9 more arrive (A may hold them), B deletes and re-creates the
+/// queue; past the hold bound, the new queue is empty.
+pub async fn a_recreated_queue_gets_nothing_another_process_held(
+    a: &MessageBackend,
+    b: &MessageBackend,
+) {
+    let queue = fresh_queue(a, "fleet_recreated").await;
+    send(a, &queue, &step()).await;
+    let first = a
+        .receive_messages_wait::<SimpleStepMessage>(&queue, 10, LONG_LEASE, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(first.len(), 1);
+    let more: Vec<SimpleStepMessage> = (0..9).map(|_| step()).collect();
+    b.send_batch(&queue, &more).await.expect("send_batch");
+    b.delete_queue(&queue).await.expect("delete_queue");
+    b.create_queue(&queue).await.expect("create_queue");
+    tokio::time::sleep(HOLD_BOUND + SLACK).await;
+    let got = receive(b, &queue, 10, LONG_LEASE).await;
+    assert!(got.is_empty(), "{} deleted messages came back", got.len());
+    cleanup(a, &queue).await;
+}
+
 /// C11, C17: a release with visibility 0, or a lease that ran out, makes the
 /// message receivable at once by any process, the one that let it go included,
 /// with `receive_count` one higher.

@@ -779,7 +779,10 @@ impl crate::service::provide::Provide for RabbitMqMessageService {
     }
 
     fn teardown(&self) -> Teardown {
-        let inner = Arc::clone(&self.inner);
-        Box::pin(async move { inner.teardown().await })
+        let service = self.clone();
+        Box::pin(async move {
+            service.stop_pumps().await;
+            service.inner.teardown().await
+        })
     }
 }

@@ -191,8 +191,11 @@ pub(super) fn uncounted_copy(
     let mut properties = properties.clone();
     properties
         .with_delivery_mode(DELIVERY_MODE_PERSISTENT)
-        .with_message_id(&original.message_id)
         .with_headers(headers);
+    // A message another publisher sent without an id keeps having none.
+    if properties.message_id().is_some() {
+        properties.with_message_id(&original.message_id);
+    }
     Outgoing {
         message_id: original.message_id.clone(),
         properties,

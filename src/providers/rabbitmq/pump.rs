@@ -62,16 +62,24 @@ pub(super) struct Held {
     /// When it arrived: its lease and the broker's `consumer_timeout` count
     /// from here.
     pub since: Instant,
+    /// The consumer it came from.
+    from: u64,
+    /// That consumer's tag.
+    pub tag: Arc<str>,
 }
 
 /// The consumer while it runs.
 pub(super) struct Running {
     pub channel: Arc<TrackedChannel>,
-    pub tag: String,
+    pub tag: Arc<str>,
     pub epoch: u64,
     pub window: usize,
     pub credit: Arc<Credit>,
     rx: mpsc::UnboundedReceiver<ConsumerMessage>,
+    /// Names it among the pump's consumers.
+    id: u64,
+    /// Being cancelled: it counts for no credit, and its end is ours.
+    cancelling: bool,
 }
 
 impl Running {
@@ -85,11 +93,13 @@ impl Running {
     ) -> Self {
         Self {
             channel,
-            tag,
+            tag: tag.into(),
             epoch,
             window,
             credit: Arc::default(),
             rx,
+            id: 0,
+            cancelling: false,
         }
     }
 }
@@ -114,27 +124,39 @@ struct State {
     failed_at: Option<u64>,
     /// Whether the task that runs the consumer was spawned.
     spawned: bool,
+    /// The last consumer id given.
+    ids: u64,
 }
 
 impl State {
     /// Moves what amqprs has received into `held`.
     fn pull(&mut self) {
-        let held = &mut self.held;
+        let (held, mut deleted) = (&mut self.held, Vec::new());
         self.running.retain_mut(|running| loop {
             match running.rx.try_recv() {
                 Ok(message) => hold(held, running, message),
                 Err(mpsc::error::TryRecvError::Empty) => return true,
-                // Cancelled by the broker (the queue was deleted) or gone
-                // with its channel: what it holds stays, and is given back,
-                // or went back with the channel.
-                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    // Gone with its channel, which gave back what it held;
+                    // or cancelled by the broker, its queue deleted: what
+                    // it held went with the queue, and must not be copied
+                    // into one created again under the same name.
+                    if running.channel.cancelled_by_broker(&running.tag) {
+                        deleted.push(running.id);
+                    }
+                    return false;
+                }
             }
         });
+        if !deleted.is_empty() {
+            self.held.retain(|held| !deleted.contains(&held.from));
+        }
     }
 
     /// The credit the consumers have left, and their windows in all.
     fn credit(&self) -> (usize, usize) {
-        self.running.iter().fold((0, 0), |(free, total), running| {
+        let live = self.running.iter().filter(|running| !running.cancelling);
+        live.fold((0, 0), |(free, total), running| {
             let used = running.credit.used();
             (
                 free + running.window.saturating_sub(used),
@@ -150,6 +172,8 @@ fn hold(held: &mut VecDeque<Held>, running: &Running, message: ConsumerMessage) 
             delivery,
             credit: Token::new(&running.credit),
             since: Instant::now(),
+            from: running.id,
+            tag: Arc::clone(&running.tag),
         });
     }
 }
@@ -158,8 +182,9 @@ fn hold(held: &mut VecDeque<Held>, running: &Running, message: ConsumerMessage) 
 pub(super) enum Next {
     /// Start a consumer (another, if some run) with this window.
     Start(usize),
-    /// Replace a consumer, which has no credit left, by one with this window.
-    Replace(Running, usize),
+    /// Cancel a consumer, which has no credit left (its id, channel and
+    /// tag), then start one with this window.
+    Replace(u64, Arc<TrackedChannel>, String, usize),
     /// Cancel the consumers and give back what they hold.
     Stop,
     /// Wait for a delivery, a caller, or this time.
@@ -292,11 +317,13 @@ impl Pump {
             }
             let spent = state
                 .running
-                .iter()
-                .position(|running| running.credit.used() >= running.window);
+                .iter_mut()
+                .find(|running| !running.cancelling && running.credit.used() >= running.window);
             if let Some(spent) = spent {
-                let running = state.running.swap_remove(spent);
-                return Next::Replace(running, short.clamp(1, cap));
+                spent.cancelling = true;
+                let room = cap.saturating_sub(total - spent.window).max(1);
+                let (channel, tag) = (Arc::clone(&spent.channel), spent.tag.to_string());
+                return Next::Replace(spent.id, channel, tag, short.clamp(1, room));
             }
         }
         if give_back_at.is_some_and(|at| now >= at) || linger_until.is_some_and(|at| now >= at) {
@@ -309,8 +336,10 @@ impl Pump {
     }
 
     /// The consumer started: its deliveries come on `running`'s receiver.
-    pub(super) fn started(&self, running: Running) {
+    pub(super) fn started(&self, mut running: Running) {
         let mut state = self.lock();
+        state.ids += 1;
+        running.id = state.ids;
         if state.held_epoch != running.epoch {
             // Held deliveries and consumers of an older channel went with it.
             state.held.clear();
@@ -330,14 +359,33 @@ impl Pump {
         self.arrived.notify_waiters();
     }
 
+    /// Takes everything held, leaving the consumers running, with the
+    /// channel the deliveries are on.
+    pub(super) fn take_held(&self) -> (Vec<Held>, Option<Arc<TrackedChannel>>) {
+        let mut state = self.lock();
+        state.pull();
+        let held = state.held.drain(..).collect();
+        (held, state.held_channel.clone())
+    }
+
     /// The consumers to cancel, leaving their deliveries to come.
     pub(super) fn stopping(&self) -> Vec<(Arc<TrackedChannel>, String)> {
-        let state = self.lock();
+        let mut state = self.lock();
         state
             .running
-            .iter()
-            .map(|running| (Arc::clone(&running.channel), running.tag.clone()))
+            .iter_mut()
+            .map(|running| {
+                running.cancelling = true;
+                (Arc::clone(&running.channel), running.tag.to_string())
+            })
             .collect()
+    }
+
+    /// Consumer `id` was cancelled: takes what it was sent before, and ends it.
+    pub(super) fn retired(&self, id: u64) {
+        let mut state = self.lock();
+        state.pull();
+        state.running.retain(|running| running.id != id);
     }
 
     /// The consumer was cancelled: takes what it was sent before, ends it,

@@ -75,11 +75,11 @@ impl RabbitMqMessageService {
     async fn step(&self, slot: &Slot, pump: &Pump, next: Next) {
         match next {
             Next::Start(window) => self.start_pump(slot, pump, window).await,
-            Next::Replace(old, window) => {
-                // No credit left: nothing is in flight to race the
-                // cancel, so it needs no reply.
-                let args = BasicCancelArguments::new(&old.tag).no_wait(true).finish();
-                let channel = Arc::clone(&old.channel);
+            Next::Replace(id, channel, tag, window) => {
+                // Awaited, though it has no credit left: a lease settled
+                // since may have given it some, and what it was sent before
+                // `cancel-ok` must reach `held` rather than be stranded.
+                let args = BasicCancelArguments::new(&tag);
                 if channel
                     .call(move |c| async move { c.basic_cancel(args).await })
                     .await
@@ -87,7 +87,7 @@ impl RabbitMqMessageService {
                 {
                     channel.give_up();
                 }
-                drop(old);
+                pump.retired(id);
                 self.start_pump(slot, pump, window).await;
             }
             Next::Stop => self.stop_pump(slot, pump).await,
@@ -114,9 +114,28 @@ impl RabbitMqMessageService {
         }
     }
 
-    /// Cancels the consumer, awaiting the reply so that what it was sent
-    /// before is in hand, and gives back what no caller took.
+    /// Stops every queue's standing consumer and gives back what it holds,
+    /// before `close` closes the channels (which would requeue it counted).
+    pub(super) async fn stop_pumps(&self) {
+        for slot in self.inner.all_slots() {
+            self.stop_pump(&slot, &slot.pump).await;
+        }
+    }
+
+    /// Stops the consumers and gives back what no caller took: copies
+    /// first, while the consumers still run, so that a queue deleted
+    /// meanwhile cancels them and is heard of (`copy_held` then leaves
+    /// their deliveries out); then the cancels, each awaited so that what
+    /// was sent before is in hand, and copies of that; the originals are
+    /// acknowledged last, so their credit draws nothing more.
     async fn stop_pump(&self, slot: &Slot, pump: &Pump) {
+        let (held, channel) = pump.take_held();
+        let mut given = match &channel {
+            Some(channel) if !held.is_empty() && channel.usable() => {
+                self.copy_held(slot, channel, held).await
+            }
+            _ => Vec::new(),
+        };
         for (channel, tag) in pump.stopping() {
             let args = BasicCancelArguments::new(&tag);
             let cancelled = channel
@@ -128,13 +147,16 @@ impl RabbitMqMessageService {
                 channel.give_up();
             }
         }
-        let (held, channel, _) = pump.stopped();
+        let (late, _, _) = pump.stopped();
         match channel {
-            Some(channel) if !held.is_empty() && channel.usable() => {
-                self.give_back_held(slot, &channel, held).await;
+            Some(channel) if channel.usable() => {
+                if !late.is_empty() {
+                    given.extend(self.copy_held(slot, &channel, late).await);
+                }
+                self.settle_given_back(slot, &channel, given).await;
             }
             // Gone with the channel, which gave them back.
-            _ => drop(held),
+            _ => drop((given, late)),
         }
     }
 }

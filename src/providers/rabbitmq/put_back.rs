@@ -68,14 +68,22 @@ impl RabbitMqMessageService {
         }
     }
 
-    /// Gives back what the standing consumer held and no caller took, on
-    /// `channel`, where those deliveries are: copied, then acknowledged.
-    pub(super) async fn give_back_held(
+    /// Publishes a copy of each delivery the standing consumer held and no
+    /// caller took, on `channel`'s queue: the deliveries, each with whether
+    /// its copy was confirmed. Those of a consumer the broker cancelled
+    /// went with their queue, and are left out: a copy would land in a
+    /// queue created again under the same name. Settle them with
+    /// [`settle_given_back`](Self::settle_given_back).
+    pub(super) async fn copy_held(
         &self,
         slot: &Slot,
-        channel: &Arc<TrackedChannel>,
-        held: Vec<Held>,
-    ) {
+        channel: &TrackedChannel,
+        mut held: Vec<Held>,
+    ) -> Vec<(Held, bool)> {
+        held.retain(|held| !channel.cancelled_by_broker(&held.tag));
+        if held.is_empty() {
+            return Vec::new();
+        }
         let copies = held
             .iter()
             .map(|held| {
@@ -91,9 +99,23 @@ impl RabbitMqMessageService {
             })
             .collect();
         let confirmed = self.copies_confirmed(&slot.queue, copies).await;
+        held.into_iter()
+            .enumerate()
+            .map(|(i, held)| (held, confirmed.get(i).copied().unwrap_or(false)))
+            .collect()
+    }
+
+    /// Acknowledges the originals whose copies were confirmed, and requeues
+    /// the others (counted by the broker, logged): back on the queue either way.
+    pub(super) async fn settle_given_back(
+        &self,
+        slot: &Slot,
+        channel: &Arc<TrackedChannel>,
+        given: Vec<(Held, bool)>,
+    ) {
         let (mut acked, mut requeued) = (Vec::new(), Vec::new());
-        for (i, held) in held.iter().enumerate() {
-            match confirmed.get(i).copied().unwrap_or(false) {
+        for (held, copied) in &given {
+            match copied {
                 true => acked.push(held.delivery.tag),
                 false => requeued.push(held.delivery.tag),
             }
@@ -116,6 +138,6 @@ impl RabbitMqMessageService {
             }
         }
         // Their credit returns now, with the settles sent.
-        drop(held);
+        drop(given);
     }
 }
