@@ -246,6 +246,28 @@ impl TrackedChannel {
         }
     }
 
+    /// Cancels consumer `tag`, awaiting `cancel-ok` unless `no_wait`. A
+    /// cancel that could not be sent would leave a consumer nobody owns:
+    /// the channel is closed instead, and the broker cancels it and
+    /// requeues its deliveries.
+    pub(super) async fn cancel_consumer(
+        self: &Arc<Self>,
+        tag: &str,
+        no_wait: bool,
+    ) -> Result<(), CallError> {
+        let args = amqprs::channel::BasicCancelArguments::new(tag)
+            .no_wait(no_wait)
+            .finish();
+        let cancelled = self
+            .call(move |c| async move { c.basic_cancel(args).await })
+            .await
+            .map(drop);
+        if cancelled.is_err() {
+            self.give_up();
+        }
+        cancelled
+    }
+
     /// Runs one synchronous request (a method the broker answers), one at a
     /// time on this channel, within the timeout.
     pub(super) async fn call<T, F, Fut>(self: &Arc<Self>, request: F) -> Result<T, CallError>

@@ -4,7 +4,6 @@
 
 use std::sync::{Arc, Weak};
 
-use amqprs::channel::BasicCancelArguments;
 use tokio::sync::watch;
 
 use super::{
@@ -79,14 +78,7 @@ impl RabbitMqMessageService {
                 // Awaited, though it has no credit left: a lease settled
                 // since may have given it some, and what it was sent before
                 // `cancel-ok` must reach `held` rather than be stranded.
-                let args = BasicCancelArguments::new(&tag);
-                if channel
-                    .call(move |c| async move { c.basic_cancel(args).await })
-                    .await
-                    .is_err()
-                {
-                    channel.give_up();
-                }
+                let _ = channel.cancel_consumer(&tag, false).await;
                 pump.retired(id);
                 self.start_pump(slot, pump, window).await;
             }
@@ -137,15 +129,7 @@ impl RabbitMqMessageService {
             _ => Vec::new(),
         };
         for (channel, tag) in pump.stopping() {
-            let args = BasicCancelArguments::new(&tag);
-            let cancelled = channel
-                .call(move |c| async move { c.basic_cancel(args).await })
-                .await;
-            if cancelled.is_err() {
-                // A consumer nobody owns must not stay: the broker cancels it
-                // with the channel, and requeues what it holds.
-                channel.give_up();
-            }
+            let _ = channel.cancel_consumer(&tag, false).await;
         }
         let (late, _, _) = pump.stopped();
         match channel {
