@@ -326,13 +326,19 @@ fn main() {
                     | Operation::FleetDrainWideWaiting
                     | Operation::SteadyStream
             );
-            if two_processes && peers.iter().any(Option::is_none) {
-                continue; // a client without a second process
+            // A client without a second process (raw PGMQ) sits a
+            // two-process row out; the library's row is still measured.
+            let runs = |i: usize| !two_processes || peers[i].is_some();
+            if !runs(0) {
+                continue;
             }
             let mut rates = vec![Vec::with_capacity(rounds); clients.len()];
             for round in 0..rounds {
                 for k in 0..clients.len() {
                     let i = (k + round) % clients.len();
+                    if !runs(i) {
+                        continue;
+                    }
                     let (client, queue) = &clients[i];
                     let peer = peers[i].as_ref();
                     rates[i].push(s.rt.block_on(operation.block(client, peer, queue)));
@@ -341,7 +347,14 @@ fn main() {
                 }
             }
             let ours = &rates[0];
+            if (1..clients.len()).all(|i| !runs(i)) {
+                let rate = median(ours);
+                println!("| {} | {provider} | {rate:.0} | (none) | | | |", operation.name());
+            }
             for ((raw, _), theirs) in clients.iter().zip(&rates).skip(1) {
+                if theirs.is_empty() {
+                    continue;
+                }
                 let ratios: Vec<f64> = ours.iter().zip(theirs).map(|(a, b)| a / b).collect();
                 let (low, high) = ratios
                     .iter()
