@@ -47,7 +47,7 @@ const SENDS_EACH: usize = 50;
 /// Batches sent, received and settled per block in `send_receive_settle_100`.
 const ROUND_TRIPS: usize = 10;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Operation {
     SendMessage,
     SendBatch,
@@ -57,12 +57,13 @@ enum Operation {
     ConcurrentSends,
     SendReceiveSettle,
     FleetDrainWide,
+    FleetDrainWideWaiting,
     SteadyStream,
     StreamSendersAlone,
 }
 
 impl Operation {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 11] = [
         Self::ConcurrentSends,
         Self::SendReceiveSettle,
         Self::SendMessage,
@@ -71,6 +72,7 @@ impl Operation {
         Self::EndToEnd,
         Self::FleetDrain,
         Self::FleetDrainWide,
+        Self::FleetDrainWideWaiting,
         Self::SteadyStream,
         Self::StreamSendersAlone,
     ];
@@ -86,6 +88,7 @@ impl Operation {
             Self::ConcurrentSends => "send_message_16_tasks",
             Self::SendReceiveSettle => "send_receive_settle_100",
             Self::FleetDrainWide => "drain_2x4_10000",
+            Self::FleetDrainWideWaiting => "drain_2x4_10000_waiting",
             Self::SteadyStream => "stream_4_senders_2x4_waiting",
             Self::StreamSendersAlone => "stream_4_senders_alone",
         }
@@ -164,7 +167,7 @@ impl Operation {
                 spent = started.elapsed();
                 FLEET_DRAIN
             }
-            Self::FleetDrainWide => {
+            Self::FleetDrainWide | Self::FleetDrainWideWaiting => {
                 let Some(peer) = peer else {
                     return f64::NAN;
                 };
@@ -172,7 +175,8 @@ impl Operation {
                     client.send_batch(queue, &batch).await;
                 }
                 let started = Instant::now();
-                fleet_drain_wide(client, peer, queue).await;
+                let waiting = self == Self::FleetDrainWideWaiting;
+                fleet_drain_wide(client, peer, queue, waiting).await;
                 spent = started.elapsed();
                 FLEET_WIDE
             }
@@ -317,15 +321,24 @@ fn main() {
             }
             let two_processes = matches!(
                 operation,
-                Operation::FleetDrain | Operation::FleetDrainWide | Operation::SteadyStream
+                Operation::FleetDrain
+                    | Operation::FleetDrainWide
+                    | Operation::FleetDrainWideWaiting
+                    | Operation::SteadyStream
             );
-            if two_processes && peers.iter().any(Option::is_none) {
-                continue; // a client without a second process
+            // A client without a second process (raw PGMQ) sits a
+            // two-process row out; the library's row is still measured.
+            let runs = |i: usize| !two_processes || peers[i].is_some();
+            if !runs(0) {
+                continue;
             }
             let mut rates = vec![Vec::with_capacity(rounds); clients.len()];
             for round in 0..rounds {
                 for k in 0..clients.len() {
                     let i = (k + round) % clients.len();
+                    if !runs(i) {
+                        continue;
+                    }
                     let (client, queue) = &clients[i];
                     let peer = peers[i].as_ref();
                     rates[i].push(s.rt.block_on(operation.block(client, peer, queue)));
@@ -334,7 +347,17 @@ fn main() {
                 }
             }
             let ours = &rates[0];
+            if (1..clients.len()).all(|i| !runs(i)) {
+                let rate = median(ours);
+                println!(
+                    "| {} | {provider} | {rate:.0} | (none) | | | |",
+                    operation.name()
+                );
+            }
             for ((raw, _), theirs) in clients.iter().zip(&rates).skip(1) {
+                if theirs.is_empty() {
+                    continue;
+                }
                 let ratios: Vec<f64> = ours.iter().zip(theirs).map(|(a, b)| a / b).collect();
                 let (low, high) = ratios
                     .iter()

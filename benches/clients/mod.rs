@@ -634,7 +634,7 @@ pub async fn purge(clients: &[(Client, String)], queue: &str) {
 /// Two processes (`client` and `peer`) with [`WORKERS_EACH`] workers each
 /// drain [`FLEET_WIDE`] messages queued beforehand, 10 per receive, each
 /// receive settled as one batch (`delete_messages`).
-pub async fn fleet_drain_wide(client: &Client, peer: &Client, queue: &str) {
+pub async fn fleet_drain_wide(client: &Client, peer: &Client, queue: &str, waiting: bool) {
     let done = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for process in [client, peer] {
@@ -642,10 +642,18 @@ pub async fn fleet_drain_wide(client: &Client, peer: &Client, queue: &str) {
             let (process, queue, done) = (process.clone(), queue.to_owned(), Arc::clone(&done));
             workers.spawn(async move {
                 while done.load(Ordering::Acquire) < FLEET_WIDE {
-                    let n = process.receive_delete_batch(&queue, 10).await;
-                    if n == 0 {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
+                    let n = if waiting {
+                        // As Tasker's workers: a waiting receive (the raw
+                        // clients: a receive, and 1 ms of sleep on empty).
+                        let wait = Duration::from_millis(100);
+                        process.receive_wait_delete_batch(&queue, 10, wait).await
+                    } else {
+                        let n = process.receive_delete_batch(&queue, 10).await;
+                        if n == 0 {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        n
+                    };
                     done.fetch_add(n, Ordering::AcqRel);
                 }
             });

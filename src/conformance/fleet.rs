@@ -56,6 +56,79 @@ pub async fn ready_messages_reach_every_process(a: &MessageBackend, b: &MessageB
     cleanup(a, &queue).await;
 }
 
+/// The longest a process may hold a delivery no caller asked for (C27).
+pub const HOLD_BOUND: Duration = Duration::from_millis(100);
+
+/// C27, C28: a process holds a delivery no caller asked for at most
+/// [`HOLD_BOUND`]. A's waiting receive of 10 finds 1 and A stops asking;
+/// the 5 sent next reach B's waiting receive within the bound (and the
+/// case's slack for a loaded machine), each with `receive_count` 1: what A
+/// held was never handed out.
+pub async fn held_deliveries_reach_another_process_within_the_bound(
+    a: &MessageBackend,
+    b: &MessageBackend,
+) {
+    let queue = fresh_queue(a, "fleet_held").await;
+    send(a, &queue, &step()).await;
+    let first = a
+        .receive_messages_wait::<SimpleStepMessage>(&queue, 10, LONG_LEASE, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(first.len(), 1, "A's waiting receive finds the one message");
+    let sent: Vec<SimpleStepMessage> = (0..5).map(|_| step()).collect();
+    a.send_batch(&queue, &sent).await.expect("send_batch");
+    let started = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < sent.len() && started.elapsed() < Duration::from_secs(5) {
+        let wait = Duration::from_secs(1);
+        got.extend(
+            b.receive_messages_wait::<SimpleStepMessage>(&queue, 10, LONG_LEASE, wait)
+                .await
+                .expect("receive"),
+        );
+    }
+    let took = started.elapsed();
+    let expected: HashSet<Uuid> = sent.iter().map(|m| m.step_uuid).collect();
+    assert_eq!(uuids(&got).into_iter().collect::<HashSet<_>>(), expected);
+    assert!(
+        got.iter().all(|m| m.metadata.receive_count == 1),
+        "held, never handed out: {:?}",
+        got.iter()
+            .map(|m| m.metadata.receive_count)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        took < HOLD_BOUND + SLACK,
+        "B received what A did not ask for after {took:?}"
+    );
+    cleanup(a, &queue).await;
+}
+
+/// C27: what a process held of a queue that another process deleted and
+/// created again under the same name stays gone: A's waiting receive of 10
+/// takes 1, 9 more arrive (A may hold them), B deletes and re-creates the
+/// queue; past the hold bound, the new queue is empty.
+pub async fn a_recreated_queue_gets_nothing_another_process_held(
+    a: &MessageBackend,
+    b: &MessageBackend,
+) {
+    let queue = fresh_queue(a, "fleet_recreated").await;
+    send(a, &queue, &step()).await;
+    let first = a
+        .receive_messages_wait::<SimpleStepMessage>(&queue, 10, LONG_LEASE, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(first.len(), 1);
+    let more: Vec<SimpleStepMessage> = (0..9).map(|_| step()).collect();
+    b.send_batch(&queue, &more).await.expect("send_batch");
+    b.delete_queue(&queue).await.expect("delete_queue");
+    b.create_queue(&queue).await.expect("create_queue");
+    tokio::time::sleep(HOLD_BOUND + SLACK).await;
+    let got = receive(b, &queue, 10, LONG_LEASE).await;
+    assert!(got.is_empty(), "{} deleted messages came back", got.len());
+    cleanup(a, &queue).await;
+}
+
 /// C11, C17: a release with visibility 0, or a lease that ran out, makes the
 /// message receivable at once by any process, the one that let it go included,
 /// with `receive_count` one higher.

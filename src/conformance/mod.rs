@@ -84,6 +84,8 @@ macro_rules! conformance_tests {
     ($backend:expr, $other_process:expr $(,)?) => {
         $crate::__conformance_fleet_cases!($backend, $other_process;
             ready_messages_reach_every_process,
+            held_deliveries_reach_another_process_within_the_bound,
+            a_recreated_queue_gets_nothing_another_process_held,
             released_and_expired_leases_reach_every_process,
             receive_count_counts_hand_outs_across_processes,
             two_processes_share_a_drain,

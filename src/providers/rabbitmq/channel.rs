@@ -63,6 +63,8 @@ impl CallError {
 #[derive(Default)]
 struct Events {
     closed: Mutex<Option<Closed>>,
+    /// Consumers the broker cancelled (their queue was deleted).
+    cancelled: Mutex<std::collections::HashSet<String>>,
 }
 
 /// The channel callback amqprs calls from its dispatcher task. It must be
@@ -102,9 +104,12 @@ impl ChannelCallback for Callback {
     async fn cancel(
         &mut self,
         _channel: &Channel,
-        _cancel: Cancel,
+        cancel: Cancel,
     ) -> Result<(), amqprs::error::Error> {
         // amqprs ends the consumer's delivery stream; the receive sees that.
+        // Remembered, so that what the consumer held is not copied back
+        // into a queue created again under the same name.
+        lock(&self.events.cancelled).insert(cancel.consumer_tag().clone());
         Ok(())
     }
 
@@ -182,6 +187,11 @@ pub(super) struct TrackedChannel {
 const SETTLE_GRACE: Duration = Duration::from_millis(250);
 
 impl TrackedChannel {
+    /// Whether the broker cancelled consumer `tag` (its queue was deleted).
+    pub(super) fn cancelled_by_broker(&self, tag: &str) -> bool {
+        lock(&self.events.cancelled).contains(tag)
+    }
+
     /// Opens a channel on `connection`. `confirms` receives publisher
     /// confirms and returns (publisher channels only).
     pub(super) async fn open(
@@ -234,6 +244,28 @@ impl TrackedChannel {
             Some(closed) => CallError::Closed(closed),
             None => CallError::broken("the channel is closed", None),
         }
+    }
+
+    /// Cancels consumer `tag`, awaiting `cancel-ok` unless `no_wait`. A
+    /// cancel that could not be sent would leave a consumer nobody owns:
+    /// the channel is closed instead, and the broker cancels it and
+    /// requeues its deliveries.
+    pub(super) async fn cancel_consumer(
+        self: &Arc<Self>,
+        tag: &str,
+        no_wait: bool,
+    ) -> Result<(), CallError> {
+        let args = amqprs::channel::BasicCancelArguments::new(tag)
+            .no_wait(no_wait)
+            .finish();
+        let cancelled = self
+            .call(move |c| async move { c.basic_cancel(args).await })
+            .await
+            .map(drop);
+        if cancelled.is_err() {
+            self.give_up();
+        }
+        cancelled
     }
 
     /// Runs one synchronous request (a method the broker answers), one at a

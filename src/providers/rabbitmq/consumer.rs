@@ -2,10 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use amqprs::{
-    channel::{BasicCancelArguments, ConsumerMessage},
-    BasicProperties,
-};
+use amqprs::{channel::ConsumerMessage, BasicProperties};
 use tokio::{sync::mpsc, time::Instant};
 
 use super::{
@@ -108,18 +105,9 @@ impl Consumer {
         lease: Duration,
     ) -> Result<Vec<Delivery>, MessagingError> {
         let full = self.full();
-        let args = BasicCancelArguments::new(&self.tag).no_wait(full).finish();
-        let cancelled = self
-            .channel
-            .call(move |c| async move { c.basic_cancel(args).await })
-            .await;
-        match &cancelled {
-            Ok(_) if !full => {
-                self.drain(slot, epoch, lease);
-            }
-            Ok(_) => {}
-            // An unsent cancel must not leave a consumer nobody owns.
-            Err(_) => self.channel.give_up(),
+        let cancelled = self.channel.cancel_consumer(&self.tag, full).await;
+        if cancelled.is_ok() && !full {
+            self.drain(slot, epoch, lease);
         }
         self.deliveries = None;
         let taken = std::mem::take(&mut self.taken);
@@ -159,15 +147,7 @@ impl Drop for Consumer {
         // What was taken is leased and comes back when the lease ends; what
         // arrives until cancel-ok has no lease and goes back at once.
         runtime.spawn(async move {
-            let args = BasicCancelArguments::new(&tag);
-            let cancelled = channel
-                .call(move |c| async move { c.basic_cancel(args).await })
-                .await;
-            if cancelled.is_err() {
-                // A cancel that was not sent (e.g. its turn timed out) would
-                // leave a consumer nobody owns: close the channel instead, and
-                // the broker cancels it and requeues its deliveries.
-                channel.give_up();
+            if channel.cancel_consumer(&tag, false).await.is_err() {
                 return;
             }
             while let Ok(message) = deliveries.try_recv() {

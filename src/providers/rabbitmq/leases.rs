@@ -17,12 +17,14 @@ use tokio::{
     time::Instant,
 };
 
-use super::channel::TrackedChannel;
+use super::{channel::TrackedChannel, credit::Token};
 
 struct Lease {
     deadline: Instant,
     /// When the broker delivered the message: its `consumer_timeout` counts from here.
     delivered_at: Instant,
+    /// The standing consumer's credit the delivery uses, returned with the lease.
+    _credit: Option<Token>,
 }
 
 #[derive(Default)]
@@ -74,21 +76,35 @@ impl Leases {
 
     /// Leases delivery `tag` of channel `epoch`, delivered at `delivered_at`, until `deadline`.
     pub(super) fn grant(&self, epoch: u64, tag: u64, deadline: Instant, delivered_at: Instant) {
+        self.grant_with(epoch, tag, deadline, delivered_at, None);
+    }
+
+    /// [`grant`](Self::grant) for a delivery of the standing consumer, which
+    /// keeps its `credit` until the lease ends. False when `epoch` is not the
+    /// live channel's: the delivery went back with its channel.
+    pub(super) fn grant_with(
+        &self,
+        epoch: u64,
+        tag: u64,
+        deadline: Instant,
+        delivered_at: Instant,
+        credit: Option<Token>,
+    ) -> bool {
         let mut table = self.lock();
-        if table.epoch != epoch {
-            return;
+        if table.epoch != epoch || epoch == 0 {
+            return false;
         }
-        if let Some(old) = table.by_tag.insert(
-            tag,
-            Lease {
-                deadline,
-                delivered_at,
-            },
-        ) {
+        let lease = Lease {
+            deadline,
+            delivered_at,
+            _credit: credit,
+        };
+        if let Some(old) = table.by_tag.insert(tag, lease) {
             table.by_deadline.remove(&(old.deadline, tag));
         }
         table.by_deadline.insert((deadline, tag));
         Self::wake_if_first(&self.changed, table, deadline, tag);
+        true
     }
 
     /// Wakes the timer only when `(deadline, tag)` is now the earliest

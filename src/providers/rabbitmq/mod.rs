@@ -54,14 +54,17 @@ mod admin;
 mod channel;
 mod connection;
 mod consumer;
+mod credit;
 mod dead_letters;
 mod delay;
 mod errors;
 mod inner;
 mod leases;
-mod other_shape;
 mod properties;
 mod publisher;
+mod pump;
+mod pump_task;
+mod put_back;
 mod settings;
 mod slot;
 mod teardown;
@@ -402,6 +405,9 @@ impl RabbitMqMessageService {
             .resilience
             .run("receive_messages", || async {
                 let slot = self.inner.slot(queue);
+                if until.is_some() {
+                    self.run_pump_of(&slot);
+                }
                 match slot
                     .receive::<T>(&self.inner, max_messages, window, secs, until)
                     .await
@@ -777,7 +783,10 @@ impl crate::service::provide::Provide for RabbitMqMessageService {
     }
 
     fn teardown(&self) -> Teardown {
-        let inner = Arc::clone(&self.inner);
-        Box::pin(async move { inner.teardown().await })
+        let service = self.clone();
+        Box::pin(async move {
+            service.stop_pumps().await;
+            service.inner.teardown().await
+        })
     }
 }

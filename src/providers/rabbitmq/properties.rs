@@ -150,15 +150,16 @@ pub(super) fn dead_letter(
     }
 }
 
-/// The copy of a delivery of another shape published back to its queue: the
-/// same id, body, properties and enqueue time; its hand-outs so far (this
-/// read was none) and when a receiver that could not read it first met it
-/// (`now`, the first time) in headers.
-pub(super) fn other_shape_copy(
+/// The copy of a delivery no caller was handed, published back to its queue
+/// in its place (a delivery of another shape, or one the standing consumer
+/// held): the same id, body, properties and enqueue time, its hand-outs so
+/// far (this delivery was none) and, for another shape, when a receiver
+/// that could not read it first met it (`other_shape_since`), in headers.
+pub(super) fn uncounted_copy(
     original: &Delivered,
     properties: &BasicProperties,
     body: Vec<u8>,
-    now: DateTime<Utc>,
+    other_shape_since: Option<DateTime<Utc>>,
 ) -> Outgoing {
     let mut headers = FieldTable::new();
     let ours = [
@@ -175,13 +176,14 @@ pub(super) fn other_shape_copy(
             }
         }
     }
-    let since = original.other_shape_since.unwrap_or(now);
     let hand_outs = original.receive_count.saturating_sub(1);
     headers.insert(name(HAND_OUTS), FieldValue::l(i64::from(hand_outs)));
-    headers.insert(
-        name(OTHER_SHAPE_SINCE_MS),
-        FieldValue::l(since.timestamp_millis()),
-    );
+    if let Some(since) = other_shape_since {
+        headers.insert(
+            name(OTHER_SHAPE_SINCE_MS),
+            FieldValue::l(since.timestamp_millis()),
+        );
+    }
     headers.insert(
         name(ENQUEUED_AT_MS),
         FieldValue::l(original.enqueued_at.timestamp_millis()),
@@ -189,14 +191,30 @@ pub(super) fn other_shape_copy(
     let mut properties = properties.clone();
     properties
         .with_delivery_mode(DELIVERY_MODE_PERSISTENT)
-        .with_message_id(&original.message_id)
         .with_headers(headers);
+    // A message another publisher sent without an id keeps having none.
+    if properties.message_id().is_some() {
+        properties.with_message_id(&original.message_id);
+    }
     Outgoing {
         message_id: original.message_id.clone(),
         properties,
         body,
         route: None,
     }
+}
+
+/// The copy of a delivery of another shape: an [`uncounted_copy`] that
+/// records when a receiver that could not read it first met it (`now`, the
+/// first time).
+pub(super) fn other_shape_copy(
+    original: &Delivered,
+    properties: &BasicProperties,
+    body: Vec<u8>,
+    now: DateTime<Utc>,
+) -> Outgoing {
+    let since = original.other_shape_since.unwrap_or(now);
+    uncounted_copy(original, properties, body, Some(since))
 }
 
 /// What a delivery's properties say about the message.

@@ -1,9 +1,11 @@
-//! One queue's receives: `basic.get` and short-lived consumers, never a
-//! local buffer.
+//! One queue's receives: waiting receives through the standing consumer
+//! (`pump`), the others by `basic.get` and short-lived consumers.
 //!
-//! Several processes share a queue, so a process must never hold deliveries
+//! Several processes share a queue, so a process must not hold deliveries
 //! that no caller asked for: another process could not get them, and handing
-//! them back counts as a delivery (`x-delivery-count` + 1). A receive:
+//! them back counts as a delivery (`x-delivery-count` + 1). The standing
+//! consumer holds them for at most 50 ms and gives them back uncounted; a
+//! receive that does not wait, when the standing consumer holds nothing:
 //!
 //! 1. `basic.get`: one message, and how many more are ready. Empty means
 //!    nothing is available now (exact); a waiting receive then runs a
@@ -47,7 +49,9 @@
 //! - a consumer per receive: 17-23k msg/s at 100 a receive (a long-lived raw
 //!   consumer: 30-37k), but each cancel with credit left races new
 //!   messages, and 0.5-1% of a steady trickle came back counted;
-//! - returning unclaimed deliveries: each return is counted.
+//! - returning unclaimed deliveries with a nack: each return is counted; a
+//!   confirmed copy carrying the hand-outs, then an ack, is not, and is
+//!   what the standing consumer of waiting receives (`pump`) uses.
 //!
 //! Deliveries are leased the moment they arrive, so a receive abandoned
 //! mid-way loses nothing: what it took comes back when the lease ends, and a
@@ -71,6 +75,7 @@ use super::{
     errors,
     leases::{self, Leases},
     properties::{self, Delivered},
+    pump::{Pump, Waited},
     Inner,
 };
 use crate::{
@@ -142,9 +147,12 @@ pub(super) struct Slot {
     pub queue: String,
     line: tokio::sync::Mutex<Option<Line>>,
     pub leases: Arc<Leases>,
+    /// The standing consumer of waiting receives (`pump`).
+    pub pump: Arc<Pump>,
     consumers: AtomicU64,
-    /// Dropping the slot stops its lease timer.
+    /// Dropping the slot stops its lease timer and its standing consumer's task.
     _stop: watch::Sender<()>,
+    pub stopped: watch::Receiver<()>,
 }
 
 impl Slot {
@@ -155,14 +163,16 @@ impl Slot {
         tokio::spawn(leases::run_timer(
             queue.to_owned(),
             Arc::clone(&leases),
-            stopped,
+            stopped.clone(),
         ));
         Arc::new(Self {
             queue: queue.to_owned(),
             line: tokio::sync::Mutex::new(None),
             leases,
+            pump: Arc::default(),
             consumers: AtomicU64::new(0),
             _stop: stop,
+            stopped,
         })
     }
 
@@ -196,7 +206,11 @@ impl Slot {
 
     /// Sets the window and starts a consumer, as one step: another receive's
     /// `basic.qos` must not come between them.
-    async fn open(&self, inner: &Inner, want: u16) -> Result<(Consumer, u64), MessagingError> {
+    pub(super) async fn open(
+        &self,
+        inner: &Inner,
+        want: u16,
+    ) -> Result<(Consumer, u64), MessagingError> {
         let link = inner.data.link().await?;
         let mut guard = self.line.lock().await;
         let line = self.line(&mut guard, inner, &link).await?;
@@ -278,6 +292,20 @@ impl Slot {
     ) -> Result<Received<T>, MessagingError> {
         let want = max.min(usize::from(window)).max(1);
         let lease = Duration::from_secs(secs);
+        // The standing consumer first: what it holds, or for a waiting
+        // receive, what it is sent until `until`.
+        let (held, epoch) = self.pump.take(&self.leases, want, lease);
+        if !held.is_empty() {
+            return Ok(self.hand_out(inner, epoch, secs, held));
+        }
+        if let Some(until) = until {
+            match self.pump.wait(&self.leases, want, lease, until).await {
+                Waited::Got(taken, epoch) => return Ok(self.hand_out(inner, epoch, secs, taken)),
+                Waited::Nothing => return Ok(self.hand_out(inner, epoch, secs, Vec::new())),
+                // The consumer could not start: this receive reports why.
+                Waited::Failed => {}
+            }
+        }
         let (channel, epoch) = self.channel(inner).await?;
         let mut taken = Vec::new();
         // How many more the broker says are ready; unknown after a wait.
