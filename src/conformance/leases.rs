@@ -484,3 +484,24 @@ pub(super) async fn receive_until_idle(
     }
     got
 }
+
+/// C11, C27: a message a waiting receive took and released (visibility 0)
+/// is returned at once by a receive that does not wait, in the same
+/// process, with `receive_count` 2: on RabbitMQ the release can go to the
+/// process's own standing consumer rather than to the `basic.get`.
+pub async fn a_released_message_is_received_at_once_without_waiting(backend: &MessageBackend) {
+    let queue = fresh_queue(backend, "release_no_wait").await;
+    send(backend, &queue, &step()).await;
+    for attempt in 1..=2 {
+        let got = receive_one(backend, &queue, LONG_LEASE).await;
+        assert_eq!(got.metadata.receive_count, attempt);
+        backend
+            .change_message_visibility(&queue, got.receipt(), Duration::ZERO)
+            .await
+            .expect("release");
+    }
+    let again = receive(backend, &queue, 1, LONG_LEASE).await;
+    assert_eq!(again.len(), 1, "the released message is available at once");
+    assert_eq!(again[0].metadata.receive_count, 3);
+    cleanup(backend, &queue).await;
+}

@@ -122,6 +122,7 @@ macro_rules! conformance_tests {
             receipts_from_before_a_queue_was_recreated_are_lease_expired,
             receipt_round_trips_through_text,
             change_visibility_extends_and_releases_leases,
+            a_released_message_is_received_at_once_without_waiting,
             delete_messages_settles_each_receipt_on_its_own,
             max_receive_count_moves_message_to_dead_letter_queue,
             expired_last_lease_moves_message_to_dead_letter_queue,

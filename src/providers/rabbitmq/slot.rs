@@ -315,7 +315,10 @@ impl Slot {
                 Some(ready)
             }
             None => match until {
-                None => return Ok(self.hand_out(inner, epoch, secs, taken)),
+                None => {
+                    self.top_up(&mut taken, epoch, want, lease);
+                    return Ok(self.hand_out(inner, epoch, secs, taken));
+                }
                 Some(until) => {
                     taken.extend(self.consume(inner, 1, lease, Some(until)).await?);
                     None
@@ -341,7 +344,26 @@ impl Slot {
                 }
             }
         }
+        self.top_up(&mut taken, epoch, want, lease);
         Ok(self.hand_out(inner, epoch, secs, taken))
+    }
+
+    /// Adds to `taken` what the standing consumer was sent meanwhile, up to
+    /// `want`. After a reply on the line's channel (a `basic.get`), what the
+    /// queue dispatched to the consumer before it has arrived: a message
+    /// released or requeued by this process just before, say, that went to
+    /// the consumer rather than to the `basic.get`.
+    fn top_up(&self, taken: &mut Vec<Delivery>, epoch: u64, want: usize, lease: Duration) {
+        let more = want.saturating_sub(taken.len());
+        if more == 0 {
+            return;
+        }
+        let (held, held_epoch) = self.pump.take(&self.leases, more, lease);
+        // Leased on another channel's epoch only if the line changed in
+        // between; then those leases were refused and nothing was taken.
+        if held_epoch == epoch {
+            taken.extend(held);
+        }
     }
 
     /// The line's channel and epoch, opening one when there is none.
