@@ -3,7 +3,8 @@
 //! Each delivery of the standing consumer (`pump`) carries a [`Token`] from
 //! its arrival until it is settled, given back, or gone with its channel:
 //! held unclaimed, then inside its lease. So the count is what the broker
-//! counts against the consumer's prefetch, or more while an ack is on its way.
+//! counts against the consumer's prefetch, or briefly less: a lease ends
+//! (and its token with it) just before its ack is sent.
 
 use std::sync::{
     atomic::{AtomicUsize, Ordering},

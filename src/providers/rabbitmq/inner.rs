@@ -138,8 +138,9 @@ impl Inner {
                 }
             }
         }
+        let generation = self.data.generation();
         for slot in self.all_slots() {
-            slot.forget_line().await;
+            slot.forget_line(generation).await;
         }
     }
 

@@ -3,14 +3,16 @@
 //! message instead of a consumer started and cancelled per receive.
 //!
 //! What it may hold (CONTRACT C27): a delivery no caller has taken is held
-//! for at most [`HOLD`], and the consumer's window is never more than its
-//! callers' demand: what the waiting callers want plus what its deliveries
-//! still leased to callers use. After [`HOLD`], or once no caller has waited
-//! for [`LINGER`], the consumer is cancelled (awaited, so that nothing it
-//! was sent is missed) and what it holds is given back *uncounted*: a
-//! confirmed copy carrying the hand-outs so far, then an ack of the
-//! original (`put_back`), so `receive_count` still counts hand-outs to
-//! callers only (C28).
+//! for at most [`HOLD`], and the consumers' window grows only to the
+//! callers' demand: what the waiting callers want plus what their
+//! deliveries still leased to callers use. A delivery held for [`HOLD`] is
+//! given back *uncounted* (a confirmed copy carrying the hand-outs so far,
+//! then an ack of the original: `put_back`), so `receive_count` still counts
+//! hand-outs to callers only (C28), with the consumers running on: a cancel
+//! with credit left can race a dispatch, which the broker counts. Only once
+//! no caller has waited for [`LINGER`] (or the backend closes) are they
+//! cancelled, each cancel awaited so that nothing they were sent is missed,
+//! and what they hold given back.
 //!
 //! A quorum queue fixes a consumer's prefetch when it starts (a later
 //! `basic.qos` changes nothing on RabbitMQ 3.10). So the window grows by
@@ -29,7 +31,7 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard},
     task::Poll,
     time::Duration,
 };
@@ -126,6 +128,8 @@ struct State {
     spawned: bool,
     /// The last consumer id given.
     ids: u64,
+    /// The backend is closing: no consumer starts again.
+    closed: bool,
 }
 
 impl State {
@@ -187,6 +191,8 @@ pub(super) enum Next {
     Replace(u64, Arc<TrackedChannel>, String, usize),
     /// Cancel the consumers and give back what they hold.
     Stop,
+    /// Give back what was held for [`HOLD`], the consumers running on.
+    GiveBack,
     /// Wait for a delivery, a caller, or this time.
     Wait(Option<Instant>),
 }
@@ -210,6 +216,9 @@ pub(super) struct Pump {
     arrived: Notify,
     /// Wakes the task: a caller came or left.
     asked: Notify,
+    /// Held by the task during a step, and by `close` while it stops the
+    /// consumers: the two never interleave.
+    pub step: tokio::sync::Mutex<()>,
 }
 
 impl Pump {
@@ -230,25 +239,61 @@ impl Pump {
         lease: Duration,
     ) -> (Vec<Delivery>, u64) {
         let mut state = self.lock();
+        let epoch = state.held_epoch;
+        (self.take_locked(&mut state, leases, want, lease), epoch)
+    }
+
+    /// [`take`](Self::take), only if what is held is of channel `epoch`.
+    pub(super) fn take_on(
+        &self,
+        leases: &Leases,
+        want: usize,
+        lease: Duration,
+        epoch: u64,
+    ) -> Vec<Delivery> {
+        let mut state = self.lock();
+        if state.held_epoch != epoch {
+            return Vec::new();
+        }
+        self.take_locked(&mut state, leases, want, lease)
+    }
+
+    fn take_locked(
+        &self,
+        state: &mut MutexGuard<'_, State>,
+        leases: &Leases,
+        want: usize,
+        lease: Duration,
+    ) -> Vec<Delivery> {
         state.pull();
         let epoch = state.held_epoch;
-        let (mut taken, now) = (Vec::new(), Instant::now());
+        let (mut taken, now, mut refused) = (Vec::new(), Instant::now(), false);
         while taken.len() < want {
             let Some(held) = state.held.pop_front() else {
                 break;
             };
             let tag = held.delivery.tag;
-            // Not leased: its channel is gone, and the broker requeued it.
             if leases.grant_with(epoch, tag, now + lease, held.since, Some(held.credit)) {
                 taken.push(held.delivery);
+            } else {
+                refused = true;
             }
         }
-        let more = !state.held.is_empty();
-        drop(state);
-        if more {
-            self.arrived.notify_one();
+        if refused {
+            // The lease table moved to another channel while this one
+            // lives: nothing would ever settle these deliveries. Closing
+            // the channel makes the broker requeue them.
+            if let Some(channel) = state.held_channel.as_ref().filter(|c| c.usable()) {
+                channel.give_up();
+            }
         }
-        (taken, epoch)
+        if !state.held.is_empty() {
+            // Another caller takes the rest, and the task times how long
+            // it is held.
+            self.arrived.notify_one();
+            self.asked.notify_one();
+        }
+        taken
     }
 
     /// Waits until `until` for deliveries, at most `want`, leased for `lease`.
@@ -283,7 +328,14 @@ impl Pump {
             }
             tokio::select! {
                 _ = &mut arrived => {}
-                _ = tokio::time::sleep_until(until) => return Waited::Nothing,
+                _ = tokio::time::sleep_until(until) => {
+                    // What came at the last moment, rather than a give-back.
+                    let (taken, epoch) = self.take(leases, want, lease);
+                    if taken.is_empty() {
+                        return Waited::Nothing;
+                    }
+                    return Waited::Got(taken, epoch);
+                }
             }
         }
     }
@@ -293,6 +345,12 @@ impl Pump {
         let mut state = self.lock();
         state.pull();
         let now = Instant::now();
+        if state.closed {
+            if state.running.is_empty() && state.held.is_empty() {
+                return Next::Wait(None);
+            }
+            return Next::Stop;
+        }
         let give_back_at = state.held.front().map(|held| held.since + HOLD);
         let linger_until = match (state.waiters, state.last_left) {
             (0, Some(left)) => Some(left + LINGER),
@@ -310,7 +368,8 @@ impl Pump {
             return Next::Wait(give_back_at);
         }
         let (free, total) = state.credit();
-        if state.held.is_empty() && state.wanted > free {
+        let retry = state.failed_at.is_none_or(|at| state.asks > at);
+        if state.held.is_empty() && state.wanted > free && retry {
             let short = state.wanted - free;
             if total < cap {
                 return Next::Start(short.min(cap - total));
@@ -326,8 +385,13 @@ impl Pump {
                 return Next::Replace(spent.id, channel, tag, short.clamp(1, room));
             }
         }
-        if give_back_at.is_some_and(|at| now >= at) || linger_until.is_some_and(|at| now >= at) {
+        if linger_until.is_some_and(|at| now >= at) {
             return Next::Stop;
+        }
+        if give_back_at.is_some_and(|at| now >= at) {
+            // The consumers keep running: a cancel with credit left could
+            // race a dispatch, which the broker would count.
+            return Next::GiveBack;
         }
         Next::Wait(match (give_back_at, linger_until) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -336,8 +400,12 @@ impl Pump {
     }
 
     /// The consumer started: its deliveries come on `running`'s receiver.
-    pub(super) fn started(&self, mut running: Running) {
+    /// Handed back when the backend closed meanwhile: cancel it.
+    pub(super) fn started(&self, mut running: Running) -> Option<Running> {
         let mut state = self.lock();
+        if state.closed {
+            return Some(running);
+        }
         state.ids += 1;
         running.id = state.ids;
         if state.held_epoch != running.epoch {
@@ -349,6 +417,7 @@ impl Pump {
         state.held_channel = Some(Arc::clone(&running.channel));
         state.running.push(running);
         state.failed_at = None;
+        None
     }
 
     /// The consumer could not start: the callers waiting now fall back.
@@ -357,6 +426,21 @@ impl Pump {
         state.failed_at = Some(state.asks);
         drop(state);
         self.arrived.notify_waiters();
+    }
+
+    /// Takes what was held for [`HOLD`] or longer, leaving the consumers
+    /// running, with the channel the deliveries are on.
+    pub(super) fn take_old(&self) -> (Vec<Held>, Option<Arc<TrackedChannel>>) {
+        let mut state = self.lock();
+        state.pull();
+        let now = Instant::now();
+        let old = state
+            .held
+            .iter()
+            .take_while(|held| now >= held.since + HOLD)
+            .count();
+        let held = state.held.drain(..old).collect();
+        (held, state.held_channel.clone())
     }
 
     /// Takes everything held, leaving the consumers running, with the
@@ -395,7 +479,8 @@ impl Pump {
         state.pull();
         state.running.clear();
         let held = state.held.drain(..).collect();
-        (held, state.held_channel.clone(), state.held_epoch)
+        // Nothing is on it any more: it need not stay open for the pump.
+        (held, state.held_channel.take(), state.held_epoch)
     }
 
     /// Waits for a delivery to a consumer (pending while none runs), moves
@@ -424,6 +509,20 @@ impl Pump {
         })
         .await;
         self.arrived.notify_one();
+    }
+
+    /// The backend is closing: no consumer starts again, and the task
+    /// stops those that run.
+    pub(super) fn close(&self) {
+        self.lock().closed = true;
+        self.asked.notify_one();
+    }
+
+    /// The task ended (it panicked, say): the next caller spawns another,
+    /// and the callers waiting now fall back.
+    pub(super) fn task_ended(&self) {
+        self.lock().spawned = false;
+        self.failed();
     }
 
     /// Ends when a caller comes or leaves (pin it and `enable` it before

@@ -39,6 +39,14 @@ async fn run_pump(
     pump: Arc<Pump>,
     mut stop: watch::Receiver<()>,
 ) {
+    /// Lets the callers know when the task ends, however it ends.
+    struct Ended(Arc<Pump>);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            self.0.task_ended();
+        }
+    }
+    let _ended = Ended(Arc::clone(&pump));
     loop {
         let asked = pump.asked();
         tokio::pin!(asked);
@@ -64,7 +72,10 @@ async fn run_pump(
                     },
                 }
             }
-            next => service.step(&slot, &pump, next).await,
+            next => {
+                let _step = pump.step.lock().await;
+                service.step(&slot, &pump, next).await;
+            }
         }
     }
 }
@@ -83,6 +94,13 @@ impl RabbitMqMessageService {
                 self.start_pump(slot, pump, window).await;
             }
             Next::Stop => self.stop_pump(slot, pump).await,
+            Next::GiveBack => {
+                let (held, channel) = pump.take_old();
+                if let Some(channel) = channel.filter(|c| c.usable()) {
+                    let given = self.copy_held(slot, &channel, held).await;
+                    self.settle_given_back(slot, &channel, given).await;
+                }
+            }
             Next::Wait(_) => {}
         }
     }
@@ -97,7 +115,11 @@ impl RabbitMqMessageService {
                 };
                 let channel = Arc::clone(&consumer.channel);
                 let tag = consumer.tag.clone();
-                pump.started(Running::new(channel, tag, epoch, window, rx));
+                if let Some(closed) = pump.started(Running::new(channel, tag, epoch, window, rx)) {
+                    // The backend closed meanwhile; its channel closes next,
+                    // and gives back what this consumer was sent.
+                    let _ = closed.channel.cancel_consumer(&closed.tag, true).await;
+                }
             }
             Err(error) => {
                 tracing::debug!(queue = slot.queue, %error, "the standing consumer could not start");
@@ -110,6 +132,8 @@ impl RabbitMqMessageService {
     /// before `close` closes the channels (which would requeue it counted).
     pub(super) async fn stop_pumps(&self) {
         for slot in self.inner.all_slots() {
+            slot.pump.close();
+            let _step = slot.pump.step.lock().await;
             self.stop_pump(&slot, &slot.pump).await;
         }
     }

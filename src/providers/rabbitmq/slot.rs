@@ -358,12 +358,9 @@ impl Slot {
         if more == 0 {
             return;
         }
-        let (held, held_epoch) = self.pump.take(&self.leases, more, lease);
-        // Leased on another channel's epoch only if the line changed in
-        // between; then those leases were refused and nothing was taken.
-        if held_epoch == epoch {
-            taken.extend(held);
-        }
+        // Only deliveries of the channel this receive leased on: its
+        // receipts name that channel.
+        taken.extend(self.pump.take_on(&self.leases, more, lease, epoch));
     }
 
     /// The line's channel and epoch, opening one when there is none.
@@ -572,9 +569,18 @@ impl Slot {
         }
     }
 
-    /// After a reconnect: the old channel died with its leases.
-    pub(super) async fn forget_line(&self) {
-        *self.line.lock().await = None;
+    /// After a reconnect to `generation`: a channel of an older one died
+    /// with its leases. One already opened on the new connection (a
+    /// receive between the reconnect and this call) stays, with its leases.
+    pub(super) async fn forget_line(&self, generation: u64) {
+        let mut line = self.line.lock().await;
+        if line
+            .as_ref()
+            .is_some_and(|line| line.generation >= generation)
+        {
+            return;
+        }
+        *line = None;
         self.leases.clear();
     }
 }
