@@ -64,7 +64,11 @@ pub(super) struct Link {
 }
 
 impl Link {
-    async fn open(settings: &Settings, generation: u64) -> Result<Arc<Self>, MessagingError> {
+    /// Opens a connection with a confirm-mode publisher channel.
+    pub(super) async fn open(
+        settings: &Settings,
+        generation: u64,
+    ) -> Result<Arc<Self>, MessagingError> {
         let (connection, node) = settings.open("tasker-messaging").await?;
         let closures = Arc::new(AtomicU32::new(0));
         let publisher = Publisher::open(&connection, settings.timeout, Arc::clone(&closures))

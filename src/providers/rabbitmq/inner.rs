@@ -13,7 +13,12 @@ use std::{
 
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{admin::Admin, connection::DataConnection, slot::Slot, teardown};
+use super::{
+    admin::Admin,
+    connection::{DataConnection, Link},
+    slot::Slot,
+    teardown,
+};
 use crate::{
     dead_letter::DeadLetterPolicy, receipt::Receipt, shutdown::Shutdown, MessagingError,
     QueuesConfig, RabbitMqConfig,
@@ -27,6 +32,8 @@ pub(super) struct Inner {
     pub(super) data: Arc<DataConnection>,
     pub(super) admin: Arc<Admin>,
     pub(super) slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// See [`Inner::put_back_link`].
+    pub(super) put_back: tokio::sync::Mutex<Option<Arc<Link>>>,
     /// Queues this backend created, declared again after a reconnect.
     pub(super) declared: Mutex<BTreeSet<String>>,
     /// Set once this backend declared the delay tiers (`delay`).
@@ -88,6 +95,20 @@ impl Inner {
             0
         };
         (epoch, lease.id)
+    }
+
+    /// The connection that publishes the copies of deliveries given back
+    /// (`put_back`), opened at first use and again once lost. Not the data
+    /// connection: RabbitMQ 3.10 closes a connection whose publish meets a
+    /// queue being deleted (C12), and this one holds no lease to lose.
+    pub(super) async fn put_back_link(&self) -> Result<Arc<Link>, MessagingError> {
+        let mut link = self.put_back.lock().await;
+        if let Some(live) = link.as_ref().filter(|link| link.is_alive()) {
+            return Ok(Arc::clone(live));
+        }
+        let fresh = Link::open(&self.data.settings, 0).await?;
+        *link = Some(Arc::clone(&fresh));
+        Ok(fresh)
     }
 
     pub(super) fn next_epoch(&self) -> u64 {

@@ -102,7 +102,10 @@ use crate::{
 /// circuit breaker.
 ///
 /// Holds two connections: one for publishes and consumers, which recovers by
-/// itself after a drop, and one for declarations and inspection. Dropping the
+/// itself after a drop, and one for declarations and inspection; and, once
+/// a receive first gives a delivery back uncounted, a third that publishes
+/// those copies and holds no lease (RabbitMQ 3.10 closes a connection whose
+/// publish meets a queue being deleted, C12). Dropping the
 /// last clone closes both; the broker then requeues every delivery this
 /// backend held.
 ///
@@ -160,6 +163,7 @@ impl RabbitMqMessageService {
             data: Arc::new(data),
             admin: Arc::new(admin),
             slots: Mutex::default(),
+            put_back: tokio::sync::Mutex::default(),
             declared: Mutex::default(),
             delay_tiers: tokio::sync::OnceCell::new(),
             delay_bound: Mutex::default(),

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::{
     channel::TrackedChannel,
     properties::{self, Outgoing},
+    publisher::Publish,
     pump::Held,
     slot::{OtherShape, Slot},
     RabbitMqMessageService,
@@ -20,7 +21,13 @@ use super::{
 impl RabbitMqMessageService {
     /// Publishes `copies` to `queue`: which of them the broker confirmed.
     async fn copies_confirmed(&self, queue: &str, copies: Vec<Outgoing>) -> Vec<bool> {
-        let Ok(pending) = self.publish(queue, copies).await else {
+        let pending = async {
+            let link = self.inner.put_back_link().await?;
+            link.publisher().await?.publish(queue, copies).await
+        };
+        let Ok(Publish::Sent(pending)) = pending.await else {
+            // Not sent (or on a channel retiring after a nack): the
+            // originals are requeued instead.
             return Vec::new();
         };
         let deadline = Instant::now() + self.inner.data.settings.timeout;

@@ -26,6 +26,9 @@ impl Inner {
     /// cancelled `close`.
     pub(super) async fn teardown(&self) -> Result<(), MessagingError> {
         self.stop.send_replace(());
+        // Nothing is given back any more (`stop_pumps` ran): its
+        // connection closes as it drops.
+        self.put_back.lock().await.take();
         let supervisor = lock(&self.supervisor).take();
         if let Some(mut supervisor) = supervisor {
             // A reconnect in progress may be declaring queues again, each
