@@ -106,7 +106,7 @@ use crate::{
 /// a receive first gives a delivery back uncounted, a third that publishes
 /// those copies and holds no lease (RabbitMQ 3.10 closes a connection whose
 /// publish meets a queue being deleted, C12). Dropping the
-/// last clone closes both; the broker then requeues every delivery this
+/// last clone closes them; the broker then requeues every delivery this
 /// backend held.
 ///
 /// [`close`](crate::MessagingService::close) gives each channel 250 ms
