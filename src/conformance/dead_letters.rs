@@ -300,11 +300,14 @@ pub async fn a_rolling_deploy_hands_newer_messages_to_the_newer_worker(backend: 
         NEWER,
         "every newer message reached the new worker"
     );
-    // First hand-outs only; on RabbitMQ a waiting consumer cancelled at its
-    // deadline may race a delivery, counted once more without a hand-out
-    // (C28's exception): one such message of 50 is allowed there.
+    // First hand-outs only; on RabbitMQ a consumer cancelled with credit
+    // left may race a delivery, counted once more without a hand-out (C28's
+    // exception): the standing consumer cancels only after its callers have
+    // not waited for a while, which a starved runtime (the suite in
+    // parallel on two cores) shows now and then. Two such messages of 50
+    // are allowed there; none elsewhere.
     let recounted: Vec<_> = newer.iter().filter(|(_, count)| *count > 1).collect();
-    let allowed = usize::from(backend.provider() == crate::Provider::RabbitMq);
+    let allowed = 2 * usize::from(backend.provider() == crate::Provider::RabbitMq);
     assert!(
         recounted.len() <= allowed && recounted.iter().all(|(_, count)| *count == 2),
         "first hand-outs only: {recounted:?}"
